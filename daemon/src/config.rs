@@ -1,0 +1,293 @@
+//! The daemon's configuration: a TOML file in which every key is optional.
+//!
+//! Read in two stages: [`RawConfig`] is the file as written (serde, unknown keys refused,
+//! every value spanned so a bad one can be pointed at), [`Config`] the validated result.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::keys::{RsaBits, SigningAlg};
+use tokendealer_shared::duration;
+
+/// The default lifetime of an access token (the seed's 24 hours).
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The default JWKS `Cache-Control: max-age`, which is also how long a next key is
+/// published before it may sign.
+pub const DEFAULT_JWKS_MAX_AGE: Duration = Duration::from_secs(15 * 60);
+/// The longest token lifetime accepted anywhere: a year.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_ADMIN_SOCKET: &str = "/run/tokendealer/admin.sock";
+const DEFAULT_CLIENTS_FILE: &str = "/etc/tokendealer/clients.toml";
+const DEFAULT_KEY_DIR: &str = "/var/lib/tokendealer/keys";
+
+/// The config file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    issuer: Option<Spanned<String>>,
+    listen: Option<Spanned<String>>,
+    admin_socket: Option<PathBuf>,
+    clients_file: Option<PathBuf>,
+    key_dir: Option<PathBuf>,
+    algorithm: Option<Spanned<String>>,
+    token_ttl: Option<Spanned<String>>,
+    jwks_max_age: Option<Spanned<String>>,
+    rotate_every: Option<Spanned<String>>,
+    rsa_bits: Option<Spanned<u32>>,
+    default_audience: Option<Spanned<String>>,
+    #[serde(default)]
+    admin_uids: Vec<u32>,
+    #[serde(default)]
+    admin_gids: Vec<u32>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, if any.
+    pub path: Option<PathBuf>,
+    /// `None` means "derived from the bound HTTP address" (`http://ADDR`).
+    pub issuer: Option<String>,
+    pub listen: SocketAddr,
+    pub admin_socket: PathBuf,
+    pub clients_file: PathBuf,
+    pub key_dir: PathBuf,
+    pub algorithm: SigningAlg,
+    pub token_ttl: Duration,
+    pub jwks_max_age: Duration,
+    pub rotate_every: Option<Duration>,
+    pub rsa_bits: RsaBits,
+    /// `None` means "the issuer".
+    pub default_audience: Option<String>,
+    /// Besides root and the daemon's own uid, who may use the admin socket.
+    pub admin_uids: Vec<u32>,
+    pub admin_gids: Vec<u32>,
+}
+
+/// A config that cannot be used. Displayed as one sentence naming file and line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {}{}: {message}", path.display(), line.map(|l| format!(" line {l}")).unwrap_or_default())]
+    Invalid {
+        path: PathBuf,
+        line: Option<usize>,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates a config file. Relative paths in it are relative to its directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, Some(path))
+    }
+
+    /// Validates config text; `path` names it in errors and anchors relative paths.
+    pub fn parse(text: &str, path: Option<&Path>) -> Result<Self, ConfigError> {
+        let shown = path.map_or_else(|| PathBuf::from("<config>"), Path::to_owned);
+        let invalid =
+            |span: Option<std::ops::Range<usize>>, message: String| ConfigError::Invalid {
+                path: shown.clone(),
+                line: span.map(|s| line_of(text, s.start)),
+                message,
+            };
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| invalid(e.span(), e.message().trim_end().to_owned()))?;
+        let base = path
+            .and_then(Path::parent)
+            .map(Path::to_owned)
+            .unwrap_or_default();
+        let resolve = |p: Option<PathBuf>, default: &str| {
+            let p = p.unwrap_or_else(|| PathBuf::from(default));
+            if p.is_relative() { base.join(p) } else { p }
+        };
+        let dur = |v: &Spanned<String>, key: &str| {
+            duration::parse(v.get_ref())
+                .map_err(|e| invalid(Some(v.span()), format!("`{key}`: {e}")))
+        };
+
+        let issuer = raw
+            .issuer
+            .map(|v| {
+                check_issuer(v.get_ref())
+                    .map_err(|m| invalid(Some(v.span()), m))
+                    .map(|()| v.into_inner())
+            })
+            .transpose()?;
+        let listen = match raw.listen {
+            None => DEFAULT_LISTEN.parse().expect("valid default"),
+            Some(v) => v.get_ref().parse().map_err(|_| {
+                invalid(
+                    Some(v.span()),
+                    format!(
+                        "`listen` = \"{}\" is not an address like \"127.0.0.1:8080\"",
+                        v.get_ref()
+                    ),
+                )
+            })?,
+        };
+        let algorithm = match raw.algorithm {
+            None => SigningAlg::RS512,
+            Some(v) => v
+                .get_ref()
+                .parse()
+                .map_err(|m| invalid(Some(v.span()), m))?,
+        };
+        let token_ttl = raw
+            .token_ttl
+            .map(|v| {
+                let d = dur(&v, "token_ttl")?;
+                if d > MAX_TOKEN_TTL {
+                    return Err(invalid(
+                        Some(v.span()),
+                        "`token_ttl` is over a year; issue shorter-lived tokens".into(),
+                    ));
+                }
+                Ok(d)
+            })
+            .transpose()?
+            .unwrap_or(DEFAULT_TOKEN_TTL);
+        let jwks_max_age = raw
+            .jwks_max_age
+            .map(|v| dur(&v, "jwks_max_age"))
+            .transpose()?
+            .unwrap_or(DEFAULT_JWKS_MAX_AGE);
+        let rotate_every = match raw.rotate_every {
+            Some(v) if v.get_ref() != "off" => Some(dur(&v, "rotate_every")?),
+            _ => None,
+        };
+        let rsa_bits = match raw.rsa_bits {
+            None => RsaBits::B2048,
+            Some(v) => RsaBits::try_from(*v.get_ref()).map_err(|m| invalid(Some(v.span()), m))?,
+        };
+        let default_audience = raw
+            .default_audience
+            .map(|v| {
+                tokendealer_shared::clients_file::check_audience(v.get_ref())
+                    .map_err(|m| invalid(Some(v.span()), format!("`default_audience`: {m}")))
+                    .map(|()| v.into_inner())
+            })
+            .transpose()?;
+
+        Ok(Self {
+            path: path.map(Path::to_owned),
+            issuer,
+            listen,
+            admin_socket: resolve(raw.admin_socket, DEFAULT_ADMIN_SOCKET),
+            clients_file: resolve(raw.clients_file, DEFAULT_CLIENTS_FILE),
+            key_dir: resolve(raw.key_dir, DEFAULT_KEY_DIR),
+            algorithm,
+            token_ttl,
+            jwks_max_age,
+            rotate_every,
+            rsa_bits,
+            default_audience,
+            admin_uids: raw.admin_uids,
+            admin_gids: raw.admin_gids,
+        })
+    }
+}
+
+/// RFC 8414 §2: an `http(s)` URL with no query or fragment.
+fn check_issuer(issuer: &str) -> Result<(), String> {
+    let rest = issuer
+        .strip_prefix("https://")
+        .or_else(|| issuer.strip_prefix("http://"));
+    match rest {
+        Some(host)
+            if !host.is_empty()
+                && !issuer.contains(['?', '#'])
+                && !issuer.contains(char::is_whitespace) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "`issuer` = \"{issuer}\" must be an http or https URL without query or fragment"
+        )),
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).unwrap_or(text).matches('\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_all_defaults() {
+        let c = Config::parse("", None).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.algorithm, SigningAlg::RS512);
+        assert_eq!(c.token_ttl, DEFAULT_TOKEN_TTL);
+        assert_eq!(c.jwks_max_age, DEFAULT_JWKS_MAX_AGE);
+        assert_eq!(c.rotate_every, None);
+        assert_eq!(c.rsa_bits, RsaBits::B2048);
+        assert_eq!(c.admin_socket, PathBuf::from(DEFAULT_ADMIN_SOCKET));
+        assert!(c.issuer.is_none() && c.default_audience.is_none());
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let c =
+            Config::parse("key_dir = \"keys\"", Some(Path::new("/etc/td/config.toml"))).unwrap();
+        assert_eq!(c.key_dir, PathBuf::from("/etc/td/keys"));
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let path = Path::new("/x/c.toml");
+        for (text, line) in [
+            ("issuer = \"http://a\"\nbogus = 1\n", 2),
+            ("\n\nalgorithm = \"HS256\"\n", 3),
+            ("token_ttl = \"soon\"\n", 1),
+            ("listen = \"nowhere\"\n", 1),
+            ("rsa_bits = 1024\n", 1),
+            ("issuer = \"ftp://x\"\n", 1),
+            ("issuer = [\n", 1),
+        ] {
+            let err = Config::parse(text, Some(path)).unwrap_err();
+            let ConfigError::Invalid { line: Some(l), .. } = err else {
+                panic!("{text}: {err}")
+            };
+            assert_eq!(l, line, "{text}: {err}");
+            let msg = err.to_string();
+            assert!(msg.starts_with("config file /x/c.toml line"), "{msg}");
+            assert!(!msg.contains('\n'), "one sentence: {msg}");
+        }
+    }
+
+    #[test]
+    fn rotate_every_off_is_none() {
+        assert_eq!(
+            Config::parse("rotate_every = \"off\"", None)
+                .unwrap()
+                .rotate_every,
+            None
+        );
+        assert_eq!(
+            Config::parse("rotate_every = \"30d\"", None)
+                .unwrap()
+                .rotate_every,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+    }
+}

@@ -1,0 +1,123 @@
+//! Durable file replacement: nothing acknowledged is lost, nothing is ever half-written.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::Path,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+/// Marks the daemon's own temporary files, so that watchers skip them and start-up removes
+/// the ones a crash left behind.
+pub const TEMP_MARKER: &str = ".tokendealer-tmp.";
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Whether `name` is one of our temporary files.
+pub fn is_temp_file(name: &str) -> bool {
+    name.starts_with('.') && name.contains(TEMP_MARKER)
+}
+
+/// Replaces `path` with `contents`: a new file beside it (`O_EXCL`, `mode`), fsync, rename
+/// over, fsync of the directory. Readers see the old file or the new one, never a mix, and
+/// once this returns the new one survives a crash. On error the old file is untouched.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?
+        .to_string_lossy();
+    let temp = dir.join(format!(
+        ".{name}{TEMP_MARKER}{}.{}",
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&temp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&temp, path)?;
+        // The rename lives in the directory; without this fsync a crash can forget it.
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+/// Removes temporary files that a crash left in `dir`. Best effort: failures are logged.
+pub fn remove_stale_temp_files(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if is_temp_file(&name.to_string_lossy()) {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %entry.path().display(), "removed a temporary file left by an interrupted write")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove a stale temporary file")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn replaces_with_mode_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.toml");
+        fs::write(&path, "old").unwrap();
+        write_atomic(&path, b"new", 0o600).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "new");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn failure_keeps_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // Renaming a file over a non-empty directory fails.
+        let path = dir.path().join("d");
+        fs::create_dir(&path).unwrap();
+        fs::write(path.join("inside"), "x").unwrap();
+        assert!(write_atomic(&path, b"new", 0o600).is_err());
+        assert!(path.is_dir());
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temp file removed"
+        );
+    }
+
+    #[test]
+    fn stale_temp_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = dir.path().join(format!(".clients.toml{TEMP_MARKER}1.0"));
+        fs::write(&stale, "x").unwrap();
+        fs::write(dir.path().join("clients.toml"), "y").unwrap();
+        remove_stale_temp_files(dir.path());
+        assert!(!stale.exists());
+        assert!(dir.path().join("clients.toml").exists());
+    }
+}

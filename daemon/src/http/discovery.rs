@@ -1,0 +1,142 @@
+//! Everything a verifier or an operator reads: JWKS, RFC 8414 metadata, health, and the two
+//! ways of checking a token (`/verify_token`, RFC 7662 introspection).
+
+use http::{HeaderValue, Request, StatusCode, header};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{
+    response::{self, OAuthError, Resp},
+    token,
+};
+use crate::{State, keys::Keyring};
+
+pub fn jwks(state: &State) -> Resp {
+    let mut resp = response::json(StatusCode::OK, state.keys.load().jwks());
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, state.jwks_cache_control.clone());
+    resp
+}
+
+pub fn metadata(state: &State) -> Resp {
+    response::json(StatusCode::OK, state.metadata.clone())
+}
+
+/// RFC 8414 §2, built once at start-up.
+pub fn build_metadata(issuer: &str) -> Vec<u8> {
+    let base = issuer.trim_end_matches('/');
+    let methods = ["client_secret_basic", "client_secret_post"];
+    serde_json::to_vec(&json!({
+        "issuer": issuer,
+        "token_endpoint": format!("{base}/oauth/token"),
+        "jwks_uri": format!("{base}/.well-known/jwks.json"),
+        "grant_types_supported": ["client_credentials"],
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": methods,
+        "introspection_endpoint": format!("{base}/oauth/introspect"),
+        "introspection_endpoint_auth_methods_supported": methods,
+    }))
+    .expect("metadata serialises")
+}
+
+pub fn jwks_cache_control(max_age: std::time::Duration) -> HeaderValue {
+    HeaderValue::try_from(format!("public, max-age={}", max_age.as_secs())).expect("ASCII header")
+}
+
+pub fn healthz() -> Resp {
+    response::json(StatusCode::OK, &b"{\"status\":\"ok\"}"[..])
+}
+
+pub fn readyz(state: &State) -> Resp {
+    // Keys and clients are loaded before the listeners open, so a daemon that answers is
+    // ready; this still reports what it serves with, for probes that want to see it.
+    let body = json!({
+        "status": "ready",
+        "clients": state.clients.load().len(),
+        "active_kid": state.keys.load().active().kid(),
+    });
+    response::json(StatusCode::OK, body.to_string())
+}
+
+/// Verifies a token we issued: known `kid`, the algorithm pinned to that key's (never the
+/// header's choice), signature, `typ`, `iss`, times, and `aud` when one is given.
+pub fn verify(keys: &Keyring, issuer: &str, token: &str, audience: Option<&str>) -> Option<Value> {
+    let header = jsonwebtoken::decode_header(token).ok()?;
+    let typ_ok = header.typ.as_deref().is_some_and(|t| {
+        t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")
+    });
+    if !typ_ok {
+        return None;
+    }
+    let key = keys.get(header.kid.as_deref()?)?;
+    let mut validation = jsonwebtoken::Validation::new(key.alg().jwt());
+    validation.set_issuer(&[issuer]);
+    validation.set_required_spec_claims(&["exp", "iat", "nbf", "iss", "aud", "sub"]);
+    validation.validate_nbf = true;
+    match audience {
+        Some(aud) => validation.set_audience(&[aud]),
+        None => validation.validate_aud = false,
+    }
+    jsonwebtoken::decode::<Value>(token, key.decoding_key(), &validation)
+        .ok()
+        .map(|data| data.claims)
+}
+
+#[derive(Deserialize)]
+struct VerifyRequest {
+    access_token: String,
+    audience: Option<String>,
+}
+
+/// The seed's `POST /verify_token`: JSON in, the claims out, or 400 `invalid_token`.
+pub async fn verify_token(state: &State, req: Request<Incoming>) -> Resp {
+    if req.method() != http::Method::POST {
+        return OAuthError::method_not_allowed("POST").into_response();
+    }
+    let body = match response::read_body(req).await {
+        Ok(body) => body,
+        Err(e) => return e.into_response(),
+    };
+    let Ok(request) = serde_json::from_slice::<VerifyRequest>(&body) else {
+        return OAuthError::invalid_token().into_response();
+    };
+    // As the seed did: a request naming no audience is checked against the service default.
+    let audience = request
+        .audience
+        .as_deref()
+        .unwrap_or(&state.default_audience);
+    match verify(
+        &state.keys.load(),
+        &state.issuer,
+        &request.access_token,
+        Some(audience),
+    ) {
+        Some(claims) => response::json_no_store(StatusCode::OK, &claims),
+        None => OAuthError::invalid_token().into_response(),
+    }
+}
+
+/// RFC 7662. The caller authenticates as a client, like at the token endpoint.
+pub async fn introspect(state: &State, req: Request<Incoming>) -> Resp {
+    let (params, credentials) = match token::parse_request(req).await {
+        Ok(parsed) => parsed,
+        Err(e) => return e.into_response(),
+    };
+    let registry = state.clients.load();
+    if let Err(e) = token::authenticate(&registry, &credentials) {
+        return e.into_response();
+    }
+    let Some(token) = params.get("token") else {
+        return OAuthError::invalid_request("token is missing").into_response();
+    };
+    let body = match verify(&state.keys.load(), &state.issuer, token, None) {
+        Some(Value::Object(mut claims)) => {
+            claims.insert("active".into(), true.into());
+            claims.insert("token_type".into(), "Bearer".into());
+            Value::Object(claims)
+        }
+        _ => json!({ "active": false }),
+    };
+    response::json_no_store(StatusCode::OK, &body)
+}

@@ -1,0 +1,212 @@
+//! Strict parsers for the two places client input arrives: an
+//! `application/x-www-form-urlencoded` body and an HTTP Basic `Authorization` header.
+//!
+//! Strict on purpose: a malformed percent escape or invalid UTF-8 is an error the client is
+//! told about, never silently repaired into a different value.
+
+use base64::{
+    Engine,
+    engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
+};
+
+/// A body or header that is not well formed; the message is safe to show the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Malformed(pub &'static str);
+
+/// Parameters that RFC 8707 lets a client repeat; any other repeated name is an error
+/// (RFC 6749 §3.1, §3.2).
+const REPEATABLE: &[&str] = &["resource"];
+
+/// Parsed form parameters, in order. Empty values are dropped (RFC 6749 §3.1: "parameters
+/// sent without a value MUST be treated as if they were omitted").
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Params(Vec<(String, String)>);
+
+/// Why form parameters were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamsError {
+    #[error(transparent)]
+    Malformed(#[from] Malformed),
+    #[error("parameter `{0}` is included more than once")]
+    Repeated(String),
+}
+
+impl Params {
+    /// Parses a form body.
+    pub fn parse(body: &[u8]) -> Result<Self, ParamsError> {
+        let mut params: Vec<(String, String)> = Vec::new();
+        for pair in body.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+            let (name, value) = match pair.iter().position(|&b| b == b'=') {
+                Some(i) => (&pair[..i], &pair[i + 1..]),
+                None => (pair, &[][..]),
+            };
+            let name = decode_component(name)?;
+            let value = decode_component(value)?;
+            if name.is_empty() {
+                return Err(Malformed("form body has a parameter without a name").into());
+            }
+            if value.is_empty() {
+                continue;
+            }
+            if !REPEATABLE.contains(&name.as_str()) && params.iter().any(|(n, _)| *n == name) {
+                return Err(ParamsError::Repeated(name));
+            }
+            params.push((name, value));
+        }
+        Ok(Self(params))
+    }
+
+    /// The value of a parameter that may appear once.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a parameter.
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Decodes one `application/x-www-form-urlencoded` component: `+` is a space, `%XX` a byte,
+/// and the result must be UTF-8.
+pub fn decode_component(input: &[u8]) -> Result<String, Malformed> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        match input[i] {
+            b'+' => out.push(b' '),
+            b'%' => match input.get(i + 1..i + 3) {
+                Some(&[hi, lo]) if hi.is_ascii_hexdigit() && lo.is_ascii_hexdigit() => {
+                    out.push(hex_value(hi) << 4 | hex_value(lo));
+                    i += 2;
+                }
+                _ => {
+                    return Err(Malformed(
+                        "form encoding has a `%` not followed by two hex digits",
+                    ));
+                }
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| Malformed("form encoding does not decode to UTF-8"))
+}
+
+fn hex_value(digit: u8) -> u8 {
+    match digit {
+        b'0'..=b'9' => digit - b'0',
+        b'a'..=b'f' => digit - b'a' + 10,
+        _ => digit - b'A' + 10,
+    }
+}
+
+/// What an `Authorization` header holds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Authorization {
+    Basic {
+        id: String,
+        secret: String,
+    },
+    /// Another scheme (Bearer, Digest …), which this endpoint does not take.
+    Other,
+}
+
+// Padding is optional in practice: some clients strip it.
+const BASIC_B64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Parses an `Authorization` header value. For Basic, RFC 6749 §2.3.1: the id and secret
+/// are each form-urlencoded before being joined by `:` and base64-encoded.
+pub fn parse_authorization(value: &[u8]) -> Result<Authorization, Malformed> {
+    let value =
+        std::str::from_utf8(value).map_err(|_| Malformed("Authorization header is not ASCII"))?;
+    let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Ok(Authorization::Other);
+    }
+    let bad = Malformed("Basic credentials are not base64 of `client_id:client_secret`");
+    let decoded = BASIC_B64.decode(rest.trim()).map_err(|_| bad.clone())?;
+    let pos = decoded.iter().position(|&b| b == b':').ok_or(bad)?;
+    let id = decode_component(&decoded[..pos])?;
+    let secret = decode_component(&decoded[pos + 1..])?;
+    if id.is_empty() {
+        return Err(Malformed("Basic credentials have an empty client_id"));
+    }
+    Ok(Authorization::Basic { id, secret })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::STANDARD;
+
+    #[test]
+    fn parses_and_drops_empty_values() {
+        let p = Params::parse(b"grant_type=client_credentials&scope=a+b%3Ac&audience=&x").unwrap();
+        assert_eq!(p.get("grant_type"), Some("client_credentials"));
+        assert_eq!(p.get("scope"), Some("a b:c"));
+        assert_eq!(p.get("audience"), None);
+        assert_eq!(p.get("x"), None);
+    }
+
+    #[test]
+    fn repeated_names_are_refused_except_resource() {
+        assert_eq!(
+            Params::parse(b"scope=a&scope=b"),
+            Err(ParamsError::Repeated("scope".into()))
+        );
+        let p = Params::parse(b"resource=https://a&resource=https://b").unwrap();
+        assert_eq!(
+            p.all("resource").collect::<Vec<_>>(),
+            ["https://a", "https://b"]
+        );
+    }
+
+    #[test]
+    fn malformed_encoding_is_refused() {
+        for body in [&b"a=%"[..], b"a=%zz", b"a=%4", b"a=%ff", b"=x", b"a=%+1"] {
+            assert!(
+                Params::parse(body).is_err(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        let header = format!("Basic {}", STANDARD.encode("my.client:p%3Ass+w%25rd"));
+        assert_eq!(
+            parse_authorization(header.as_bytes()),
+            Ok(Authorization::Basic {
+                id: "my.client".into(),
+                secret: "p:ss w%rd".into()
+            })
+        );
+        let lower = format!("basic {}", STANDARD.encode("a:b").trim_end_matches('='));
+        assert!(matches!(
+            parse_authorization(lower.as_bytes()),
+            Ok(Authorization::Basic { .. })
+        ));
+    }
+
+    #[test]
+    fn basic_garbage_is_malformed_and_other_schemes_are_other() {
+        assert!(parse_authorization(b"Basic !!!").is_err());
+        let no_colon = format!("Basic {}", STANDARD.encode("nocolon"));
+        assert!(parse_authorization(no_colon.as_bytes()).is_err());
+        let empty_id = format!("Basic {}", STANDARD.encode(":secret"));
+        assert!(parse_authorization(empty_id.as_bytes()).is_err());
+        assert_eq!(parse_authorization(b"Bearer abc"), Ok(Authorization::Other));
+    }
+}

@@ -1,0 +1,187 @@
+//! Response building shared by the endpoints, and the RFC 6749 §5.2 error.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Serialize;
+
+pub type Body = Full<Bytes>;
+pub type Resp = Response<Body>;
+
+/// The largest request body any endpoint reads.
+pub const BODY_LIMIT: usize = 16 * 1024;
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+const NO_CACHE: HeaderValue = HeaderValue::from_static("no-cache");
+const BASIC_CHALLENGE: HeaderValue = HeaderValue::from_static("Basic realm=\"tokendealer\"");
+
+/// A JSON response.
+pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Resp {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, JSON);
+    resp
+}
+
+/// A JSON response that no cache may keep (RFC 6749 §5.1): tokens, introspection, errors.
+pub fn json_no_store(status: StatusCode, body: &impl Serialize) -> Resp {
+    let mut resp = json(
+        status,
+        serde_json::to_vec(body).expect("response serialises"),
+    );
+    let headers = resp.headers_mut();
+    headers.insert(header::CACHE_CONTROL, NO_STORE);
+    headers.insert(header::PRAGMA, NO_CACHE);
+    resp
+}
+
+/// An OAuth error response (RFC 6749 §5.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub description: Option<Cow<'static, str>>,
+    /// Send `WWW-Authenticate: Basic realm="tokendealer"` (RFC 6749 §5.2, RFC 7617).
+    pub challenge: bool,
+    /// Extra header, e.g. `Allow` for a 405.
+    pub allow: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_description: Option<&'a str>,
+}
+
+impl OAuthError {
+    fn new(
+        status: StatusCode,
+        code: &'static str,
+        description: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self {
+            status,
+            code,
+            description: Some(description.into()),
+            challenge: false,
+            allow: None,
+        }
+    }
+
+    pub fn invalid_request(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
+    }
+
+    /// Every client-authentication failure gets this one response, so that an unknown id, a
+    /// wrong secret and a disabled client cannot be told apart.
+    pub fn invalid_client(challenge: bool) -> Self {
+        Self {
+            challenge,
+            ..Self::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client authentication failed",
+            )
+        }
+    }
+
+    pub fn unsupported_grant_type() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "only grant_type=client_credentials is supported",
+        )
+    }
+
+    pub fn invalid_target(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_target", description)
+    }
+
+    pub fn invalid_scope(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_scope", description)
+    }
+
+    pub fn invalid_token() -> Self {
+        Self {
+            description: None,
+            ..Self::new(StatusCode::BAD_REQUEST, "invalid_token", "")
+        }
+    }
+
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        Self {
+            allow: Some(allow),
+            ..Self::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request",
+                format!("this endpoint only accepts {allow}"),
+            )
+        }
+    }
+
+    pub fn too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request",
+            format!("the request body is over {BODY_LIMIT} bytes"),
+        )
+    }
+
+    pub fn not_found() -> Self {
+        Self {
+            description: None,
+            ..Self::new(StatusCode::NOT_FOUND, "not_found", "")
+        }
+    }
+
+    pub fn into_response(self) -> Resp {
+        let body = ErrorBody {
+            error: self.code,
+            error_description: self.description.as_deref(),
+        };
+        let mut resp = json_no_store(self.status, &body);
+        if self.challenge {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, BASIC_CHALLENGE);
+        }
+        if let Some(allow) = self.allow {
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        resp
+    }
+}
+
+/// Reads a request body of at most [`BODY_LIMIT`] bytes.
+pub async fn read_body(req: http::Request<Incoming>) -> Result<Bytes, OAuthError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // Refused on the declaration alone, before reading a byte of it.
+    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        return Err(OAuthError::too_large());
+    }
+    match Limited::new(req.into_body(), BODY_LIMIT).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(OAuthError::too_large()),
+        Err(_) => Err(OAuthError::invalid_request(
+            "the request body could not be read",
+        )),
+    }
+}
+
+/// Whether the request's media type is `expected` (parameters such as charset allowed).
+pub fn has_media_type(req: &http::Request<Incoming>, expected: &str) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case(expected))
+}

@@ -1,0 +1,472 @@
+//! `POST /oauth/token`: the client-credentials grant (RFC 6749 §4.4), read top to bottom:
+//! parse → authenticate → authorize → sign → respond.
+
+use std::{net::SocketAddr, time::SystemTime};
+
+use aws_lc_rs::rand::SecureRandom;
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
+use http::{Method, Request, StatusCode, header};
+use hyper::body::Incoming;
+use serde::Serialize;
+use tokendealer_shared::clients_file::{check_audience, check_scope_token};
+
+use super::{
+    form::{self, Authorization, Params, ParamsError},
+    response::{self, OAuthError, Resp},
+};
+use crate::{State, clients::Client, clients::Registry};
+
+const GRANT_TYPE: &str = "client_credentials";
+const FORM: &str = "application/x-www-form-urlencoded";
+
+pub async fn handle(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+    match issue(state, req, peer).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::debug!(%peer, error = e.code, status = e.status.as_u16(), "token request refused");
+            e.into_response()
+        }
+    }
+}
+
+async fn issue(
+    state: &State,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Resp, OAuthError> {
+    let (params, credentials) = parse_request(req).await?;
+    check_grant_type(&params)?;
+    let registry = state.clients.load();
+    let client = authenticate(&registry, &credentials)?;
+    let grant = authorize(client, &params, &state.default_audience)?;
+    let keys = state.keys.load();
+    let key = keys.active();
+    let issued = sign(state, key, client, &grant);
+    tracing::info!(
+        client = %client.id,
+        aud = ?grant.audiences,
+        scope = grant.scope.as_deref().unwrap_or(""),
+        jti = %issued.jti,
+        kid = key.kid(),
+        %peer,
+        "issued access token"
+    );
+    Ok(response::json_no_store(
+        StatusCode::OK,
+        &TokenResponse {
+            access_token: &issued.token,
+            token_type: "Bearer",
+            expires_in: issued.expires_in,
+            scope: grant.scope.as_deref(),
+        },
+    ))
+}
+
+/// How the client authenticated (RFC 6749 §2.3.1).
+#[derive(Debug)]
+pub enum Credentials {
+    Basic {
+        id: String,
+        secret: String,
+    },
+    Post {
+        id: String,
+        secret: String,
+    },
+    /// No usable credentials; `challenge` when the client should be told to use Basic.
+    Missing {
+        challenge: bool,
+    },
+}
+
+/// Checks method, URL and media type, reads the form body and the client's credentials.
+/// Shared with introspection, which authenticates its caller the same way.
+pub async fn parse_request(req: Request<Incoming>) -> Result<(Params, Credentials), OAuthError> {
+    if req.method() != Method::POST {
+        return Err(OAuthError::method_not_allowed("POST"));
+    }
+    // RFC 6749 §2.3.1: credentials never travel in the URL, where logs and proxies keep them.
+    if req.uri().query().is_some_and(|q| !q.is_empty()) {
+        return Err(OAuthError::invalid_request(
+            "parameters belong in the request body, not the URL",
+        ));
+    }
+    if !response::has_media_type(&req, FORM) {
+        return Err(OAuthError::invalid_request(
+            "the request body must be application/x-www-form-urlencoded",
+        ));
+    }
+    let mut authorizations = req.headers().get_all(header::AUTHORIZATION).iter();
+    let authorization = match (authorizations.next(), authorizations.next()) {
+        (_, Some(_)) => {
+            return Err(OAuthError::invalid_request(
+                "more than one Authorization header",
+            ));
+        }
+        (Some(value), None) => Some(
+            form::parse_authorization(value.as_bytes())
+                .map_err(|e| OAuthError::invalid_request(e.0))?,
+        ),
+        (None, None) => None,
+    };
+    let body = response::read_body(req).await?;
+    let params = Params::parse(&body).map_err(|e| match e {
+        ParamsError::Malformed(m) => OAuthError::invalid_request(m.0),
+        ParamsError::Repeated(name) => {
+            OAuthError::invalid_request(format!("parameter `{name}` is included more than once"))
+        }
+    })?;
+    let credentials = credentials(authorization, &params)?;
+    Ok((params, credentials))
+}
+
+fn credentials(
+    authorization: Option<Authorization>,
+    params: &Params,
+) -> Result<Credentials, OAuthError> {
+    let body_id = params.get("client_id");
+    let body_secret = params.get("client_secret");
+    match authorization {
+        Some(Authorization::Other) => Err(OAuthError::invalid_client(true)),
+        Some(Authorization::Basic { id, secret }) => {
+            if body_secret.is_some() {
+                return Err(OAuthError::invalid_request(
+                    "use one client authentication method: Basic or client_secret in the body, not both",
+                ));
+            }
+            // RFC 6749 allows client_id in the body beside Basic, but only the same one.
+            if body_id.is_some_and(|b| b != id) {
+                return Err(OAuthError::invalid_request(
+                    "client_id in the body differs from the one in the Authorization header",
+                ));
+            }
+            Ok(Credentials::Basic { id, secret })
+        }
+        None => match (body_id, body_secret) {
+            (Some(id), Some(secret)) => Ok(Credentials::Post {
+                id: id.to_owned(),
+                secret: secret.to_owned(),
+            }),
+            (None, None) => Ok(Credentials::Missing { challenge: true }),
+            _ => Ok(Credentials::Missing { challenge: false }),
+        },
+    }
+}
+
+fn check_grant_type(params: &Params) -> Result<(), OAuthError> {
+    match params.get("grant_type") {
+        None => Err(OAuthError::invalid_request("grant_type is missing")),
+        Some(GRANT_TYPE) => Ok(()),
+        Some(_) => Err(OAuthError::unsupported_grant_type()),
+    }
+}
+
+/// Authenticates the client. Every failure is the same `invalid_client`.
+pub fn authenticate<'r>(
+    registry: &'r Registry,
+    credentials: &Credentials,
+) -> Result<&'r Client, OAuthError> {
+    let now = unix_now();
+    let (id, secret, basic) = match credentials {
+        Credentials::Basic { id, secret } => (id, secret, true),
+        Credentials::Post { id, secret } => (id, secret, false),
+        Credentials::Missing { challenge } => return Err(OAuthError::invalid_client(*challenge)),
+    };
+    registry
+        .authenticate(id, secret, now)
+        .ok_or(OAuthError::invalid_client(basic))
+}
+
+/// What the client is granted.
+#[derive(Debug, PartialEq, Eq)]
+struct Grant {
+    audiences: Vec<String>,
+    /// Space-separated, `None` when empty.
+    scope: Option<String>,
+}
+
+fn authorize(
+    client: &Client,
+    params: &Params,
+    default_audience: &str,
+) -> Result<Grant, OAuthError> {
+    let mut audiences: Vec<String> = Vec::new();
+    let requested_audience = params.get("audience").into_iter().map(|a| (a, false));
+    let requested_resources = params.all("resource").map(|r| (r, true));
+    for (target, is_resource) in requested_audience.chain(requested_resources) {
+        let well_formed = if is_resource {
+            is_resource_indicator(target)
+        } else {
+            check_audience(target).is_ok()
+        };
+        if !well_formed {
+            return Err(OAuthError::invalid_target(if is_resource {
+                "a resource must be an absolute URI without a fragment (RFC 8707)"
+            } else {
+                "an audience must be non-empty and hold no spaces"
+            }));
+        }
+        if !(client.any_audience || client.audiences.iter().any(|a| a == target)) {
+            return Err(OAuthError::invalid_target(
+                "the requested audience is not allowed for this client",
+            ));
+        }
+        if !audiences.iter().any(|a| a == target) {
+            audiences.push(target.to_owned());
+        }
+    }
+    // RFC 9068 §3: with no target requested, a default audience.
+    if audiences.is_empty() {
+        audiences = if client.audiences.is_empty() {
+            vec![default_audience.to_owned()]
+        } else {
+            client.audiences.clone()
+        };
+    }
+
+    let scope = match params.get("scope") {
+        None => client.scopes.clone(),
+        Some(requested) => {
+            let mut granted: Vec<String> = Vec::new();
+            for token in requested.split(' ').filter(|t| !t.is_empty()) {
+                if check_scope_token(token).is_err() {
+                    return Err(OAuthError::invalid_scope(
+                        "the scope parameter is malformed",
+                    ));
+                }
+                if !client.scopes.iter().any(|s| s == token) {
+                    return Err(OAuthError::invalid_scope(
+                        "the requested scope exceeds what this client may be granted",
+                    ));
+                }
+                if !granted.iter().any(|s| s == token) {
+                    granted.push(token.to_owned());
+                }
+            }
+            if granted.is_empty() {
+                return Err(OAuthError::invalid_scope("the scope parameter is empty"));
+            }
+            granted
+        }
+    };
+    Ok(Grant {
+        audiences,
+        scope: (!scope.is_empty()).then(|| scope.join(" ")),
+    })
+}
+
+/// RFC 8707 §2: an absolute URI (`scheme:` …) with no fragment.
+fn is_resource_indicator(value: &str) -> bool {
+    let Some((scheme, rest)) = value.split_once(':') else {
+        return false;
+    };
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        && !rest.is_empty()
+        && !value.contains('#')
+        && !value.contains(|c: char| c.is_whitespace() || c.is_control())
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Audience<'a> {
+    One(&'a str),
+    Many(&'a [String]),
+}
+
+/// RFC 9068 §2.2.
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    client_id: &'a str,
+    aud: Audience<'a>,
+    iat: i64,
+    nbf: i64,
+    exp: i64,
+    jti: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<&'a str>,
+}
+
+struct Issued {
+    token: String,
+    jti: String,
+    expires_in: u64,
+}
+
+fn sign(state: &State, key: &crate::keys::SigningKey, client: &Client, grant: &Grant) -> Issued {
+    let ttl = client.token_ttl.unwrap_or(state.token_ttl);
+    let iat = unix_now();
+    let jti = new_jti();
+    let aud = match grant.audiences.as_slice() {
+        [one] => Audience::One(one),
+        many => Audience::Many(many),
+    };
+    let claims = Claims {
+        iss: &state.issuer,
+        sub: &client.id,
+        client_id: &client.id,
+        aud,
+        iat,
+        nbf: iat,
+        exp: iat.saturating_add_unsigned(ttl.as_secs()),
+        jti: &jti,
+        scope: grant.scope.as_deref(),
+    };
+    Issued {
+        token: key.sign(&claims),
+        jti,
+        expires_in: ttl.as_secs(),
+    }
+}
+
+/// 128 random bits, base64url: unique without coordination between daemons.
+fn new_jti() -> String {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("system randomness is available");
+    B64.encode(bytes)
+}
+
+#[derive(Serialize)]
+struct TokenResponse<'a> {
+    access_token: &'a str,
+    token_type: &'a str,
+    expires_in: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<&'a str>,
+}
+
+pub fn unix_now() -> i64 {
+    let secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    i64::try_from(secs).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clients::hash_secret;
+    use tokendealer_shared::clients_file::{self, format_hash};
+
+    fn client(extra: &str) -> Registry {
+        let h = format_hash(&hash_secret("s"));
+        Registry::from_specs(
+            clients_file::parse(&format!(
+                "[clients.c]\nsecret_hashes = [\"{h}\"]\n{extra}\n"
+            ))
+            .unwrap(),
+        )
+    }
+
+    fn grant(extra: &str, body: &str) -> Result<Grant, OAuthError> {
+        let r = client(extra);
+        authorize(
+            r.get("c").unwrap(),
+            &Params::parse(body.as_bytes()).unwrap(),
+            "https://issuer",
+        )
+    }
+
+    #[test]
+    fn scope_defaults_to_the_allow_list_and_subsets_are_kept() {
+        let extra = "scopes = [\"a\", \"b\", \"c\"]";
+        assert_eq!(grant(extra, "").unwrap().scope.as_deref(), Some("a b c"));
+        assert_eq!(
+            grant(extra, "scope=c+a+c").unwrap().scope.as_deref(),
+            Some("c a")
+        );
+        assert_eq!(grant(extra, "scope=a+d").unwrap_err().code, "invalid_scope");
+        assert_eq!(grant("", "").unwrap().scope, None);
+        assert_eq!(grant("", "scope=a").unwrap_err().code, "invalid_scope");
+    }
+
+    #[test]
+    fn audience_defaults_and_allow_list() {
+        assert_eq!(grant("", "").unwrap().audiences, ["https://issuer"]);
+        assert_eq!(
+            grant("audiences = [\"*\"]", "").unwrap().audiences,
+            ["https://issuer"]
+        );
+        let two = "audiences = [\"https://a\", \"https://b\"]";
+        assert_eq!(
+            grant(two, "").unwrap().audiences,
+            ["https://a", "https://b"]
+        );
+        assert_eq!(
+            grant(two, "audience=https://b").unwrap().audiences,
+            ["https://b"]
+        );
+        assert_eq!(
+            grant(
+                two,
+                "resource=https://a&resource=https://b&audience=https://a"
+            )
+            .unwrap()
+            .audiences,
+            ["https://a", "https://b"]
+        );
+        assert_eq!(
+            grant(two, "audience=https://c").unwrap_err().code,
+            "invalid_target"
+        );
+        assert_eq!(
+            grant("audiences = [\"*\"]", "audience=anything")
+                .unwrap()
+                .audiences,
+            ["anything"]
+        );
+    }
+
+    #[test]
+    fn resource_must_be_an_absolute_uri_without_fragment() {
+        let any = "audiences = [\"*\"]";
+        assert!(grant(any, "resource=https://x/api").is_ok());
+        assert!(grant(any, "resource=urn:example:x").is_ok());
+        for bad in [
+            "resource=relative/path",
+            "resource=https://x%23frag",
+            "resource=1http://x",
+        ] {
+            assert_eq!(grant(any, bad).unwrap_err().code, "invalid_target", "{bad}");
+        }
+    }
+
+    #[test]
+    fn credentials_methods() {
+        let params = Params::parse(b"client_id=a&client_secret=s").unwrap();
+        assert!(matches!(
+            credentials(None, &params),
+            Ok(Credentials::Post { .. })
+        ));
+        let basic = || {
+            Some(Authorization::Basic {
+                id: "a".into(),
+                secret: "s".into(),
+            })
+        };
+        assert_eq!(
+            credentials(basic(), &params).unwrap_err().code,
+            "invalid_request"
+        );
+        let same_id = Params::parse(b"client_id=a").unwrap();
+        assert!(matches!(
+            credentials(basic(), &same_id),
+            Ok(Credentials::Basic { .. })
+        ));
+        let other_id = Params::parse(b"client_id=b").unwrap();
+        assert_eq!(
+            credentials(basic(), &other_id).unwrap_err().code,
+            "invalid_request"
+        );
+        let none = Params::default();
+        assert!(matches!(
+            credentials(None, &none),
+            Ok(Credentials::Missing { challenge: true })
+        ));
+    }
+}

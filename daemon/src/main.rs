@@ -1,0 +1,133 @@
+//! `tokendealerd`: arguments → logging → config → load → bind → run.
+
+use std::{
+    io::{IsTerminal, Write},
+    net::SocketAddr,
+    path::PathBuf,
+    process::ExitCode,
+};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokendealer_daemon::{Listeners, config::Config, local};
+
+/// sysexits.h EX_CONFIG: the configuration (or data it names) is unusable.
+const EX_CONFIG: u8 = 78;
+
+/// The tokendealer OAuth 2.0 client-credentials token service.
+///
+/// With no --config, runs in local mode from ./tokendealer-data/ (made on first start).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Run from this TOML config file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Listen on this address instead of the config's `listen`.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a config file and exit: 0 when usable, 78 with the problem otherwise.
+    CheckConfig { file: PathBuf },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Some(Command::CheckConfig { file }) => check_config(&file),
+        None => serve(cli.config, cli.listen),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOKENDEALER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal, and never when NO_COLOR is set.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// One sentence on stderr, then the exit code.
+fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "tokendealerd: {message}");
+    ExitCode::from(code)
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(_) => {
+            let _ = writeln!(std::io::stdout(), "{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(EX_CONFIG, e),
+    }
+}
+
+fn serve(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> ExitCode {
+    let (mut config, local_setup) = match config_path {
+        Some(path) => match Config::load(&path) {
+            Ok(config) => (config, None),
+            Err(e) => return fail(EX_CONFIG, e),
+        },
+        None => match local::setup(std::path::Path::new(".")) {
+            Ok(setup) => (setup.config.clone(), Some(setup)),
+            Err(e) => return fail(EX_CONFIG, e),
+        },
+    };
+    if let Some(listen) = listen {
+        config.listen = listen;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(1, format!("cannot start the async runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        let shutdown = match tokendealer_daemon::termination() {
+            Ok(shutdown) => shutdown,
+            Err(e) => return fail(1, format!("cannot install signal handlers: {e}")),
+        };
+        let loaded = match tokendealer_daemon::load(config.clone()).await {
+            Ok(loaded) => loaded,
+            Err(e) if e.is_config() => return fail(EX_CONFIG, e),
+            Err(e) => return fail(1, e),
+        };
+        let listeners = match Listeners::bind(&config).await {
+            Ok(listeners) => listeners,
+            Err(e) => return fail(1, e),
+        };
+        if let Some(setup) = &local_setup {
+            let addr = listeners.http.local_addr().unwrap_or(config.listen);
+            if let Err(e) = local::print_banner(setup, addr, &config.admin_socket) {
+                tracing::warn!(error = %e, "cannot print the local-mode banner");
+            }
+        }
+        match tokendealer_daemon::run(loaded, listeners, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(1, e),
+        }
+    })
+}

@@ -1,0 +1,352 @@
+//! The clients file (`clients.toml`): who may get tokens.
+//!
+//! ```toml
+//! [clients.strava]
+//! secret_hashes = ["sha256:9f86d08…"]     # hex SHA-256 of each valid secret
+//! audiences     = ["https://data.runnerly.example"]
+//! scopes        = ["runs:read", "runs:write"]
+//! token_ttl     = "1h"                    # optional
+//! disabled      = false                   # optional
+//! ```
+//!
+//! During a secret rotation the old hash is an inline table with its expiry:
+//! `{ hash = "sha256:…", expires = 2026-11-28T10:00:00Z }`.
+//!
+//! Reading happens in two stages: [`RawClientsFile`] is the file as written (serde, unknown
+//! keys refused), [`parse`] turns it into validated [`ClientSpec`]s or says which line is
+//! wrong and why.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration;
+
+/// A client holds its current secret and at most one being rotated out.
+pub const MAX_SECRETS: usize = 2;
+
+/// The longest client id accepted.
+pub const MAX_CLIENT_ID_LEN: usize = 128;
+
+const HASH_PREFIX: &str = "sha256:";
+
+/// The file as written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientsFile {
+    #[serde(default)]
+    pub clients: BTreeMap<String, toml::Spanned<RawClient>>,
+}
+
+/// One `[clients.ID]` table as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClient {
+    pub secret_hashes: Vec<RawSecretHash>,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_ttl: Option<String>,
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+/// A secret hash: a plain string, or an inline table with an expiry while it is rotated out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RawSecretHash {
+    Current(String),
+    Expiring(RawExpiringHash),
+}
+
+/// `{ hash = "sha256:…", expires = 2026-11-28T10:00:00Z }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExpiringHash {
+    pub hash: String,
+    pub expires: toml::value::Datetime,
+}
+
+/// A validated client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSpec {
+    pub id: String,
+    pub secrets: Vec<SecretHash>,
+    /// The audience allow-list; `"*"` allows any.
+    pub audiences: Vec<String>,
+    /// The scope allow-list.
+    pub scopes: Vec<String>,
+    pub token_ttl: Option<Duration>,
+    pub disabled: bool,
+}
+
+/// The SHA-256 digest of one valid secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretHash {
+    pub digest: [u8; 32],
+    /// After this instant the secret no longer authenticates.
+    pub expires: Option<jiff::Timestamp>,
+}
+
+impl std::fmt::Debug for SecretHash {
+    // The digest is not a secret, but there is no reason to spread it through logs either.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretHash")
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a clients file was refused. `line` is 1-based.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientsFileError {
+    #[error("{}{message}", line_prefix(*line))]
+    Syntax { line: Option<u32>, message: String },
+    #[error("{}client `{client}`: {problem}", line_prefix(*line))]
+    Invalid {
+        client: String,
+        line: Option<u32>,
+        problem: String,
+    },
+}
+
+impl ClientsFileError {
+    /// The line the problem is on, when known.
+    pub fn line(&self) -> Option<u32> {
+        match self {
+            Self::Syntax { line, .. } | Self::Invalid { line, .. } => *line,
+        }
+    }
+}
+
+fn line_prefix(line: Option<u32>) -> String {
+    line.map(|l| format!("line {l}: ")).unwrap_or_default()
+}
+
+fn line_of(text: &str, offset: usize) -> u32 {
+    let upto = text.get(..offset.min(text.len())).unwrap_or(text);
+    u32::try_from(upto.bytes().filter(|&b| b == b'\n').count() + 1).unwrap_or(u32::MAX)
+}
+
+/// Parses and validates a whole clients file.
+pub fn parse(text: &str) -> Result<Vec<ClientSpec>, ClientsFileError> {
+    let raw: RawClientsFile = toml::from_str(text).map_err(|e| ClientsFileError::Syntax {
+        line: e.span().map(|s| line_of(text, s.start)),
+        message: e.message().trim_end().to_owned(),
+    })?;
+    raw.clients
+        .into_iter()
+        .map(|(id, spanned)| {
+            let line = line_of(text, spanned.span().start);
+            validate(&id, spanned.into_inner()).map_err(|problem| ClientsFileError::Invalid {
+                client: id,
+                line: Some(line),
+                problem,
+            })
+        })
+        .collect()
+}
+
+fn validate(id: &str, raw: RawClient) -> Result<ClientSpec, String> {
+    check_client_id(id)?;
+    if raw.secret_hashes.is_empty() {
+        return Err("`secret_hashes` is empty; give the client at least one secret hash".into());
+    }
+    if raw.secret_hashes.len() > MAX_SECRETS {
+        return Err(format!(
+            "`secret_hashes` has {} entries; a client holds at most {MAX_SECRETS} (the current secret and one being rotated out)",
+            raw.secret_hashes.len()
+        ));
+    }
+    let secrets = raw
+        .secret_hashes
+        .iter()
+        .map(|h| match h {
+            RawSecretHash::Current(hash) => Ok(SecretHash {
+                digest: parse_hash(hash)?,
+                expires: None,
+            }),
+            RawSecretHash::Expiring(e) => Ok(SecretHash {
+                digest: parse_hash(&e.hash)?,
+                expires: Some(parse_datetime(&e.expires)?),
+            }),
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    for audience in &raw.audiences {
+        check_audience(audience)?;
+    }
+    for scope in &raw.scopes {
+        check_scope_token(scope)?;
+    }
+    let token_ttl = raw
+        .token_ttl
+        .as_deref()
+        .map(|t| duration::parse(t).map_err(|e| format!("`token_ttl`: {e}")))
+        .transpose()?;
+    Ok(ClientSpec {
+        id: id.to_owned(),
+        secrets,
+        audiences: raw.audiences,
+        scopes: raw.scopes,
+        token_ttl,
+        disabled: raw.disabled,
+    })
+}
+
+/// A client id: 1 to 128 characters of `A-Z a-z 0-9 . _ -`.
+pub fn check_client_id(id: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if id.is_empty() || id.len() > MAX_CLIENT_ID_LEN || !id.chars().all(ok_char) {
+        return Err(format!(
+            "the id must be 1 to {MAX_CLIENT_ID_LEN} characters of letters, digits, `.`, `_` and `-`"
+        ));
+    }
+    Ok(())
+}
+
+/// A scope token as RFC 6749 §3.3 defines it: printable ASCII without space, `"` or `\`.
+pub fn check_scope_token(scope: &str) -> Result<(), String> {
+    let ok_char = |b: u8| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b);
+    if scope.is_empty() || !scope.bytes().all(ok_char) {
+        return Err(format!(
+            "scope `{scope}` is not a valid scope token (printable ASCII without spaces, quotes or backslashes)"
+        ));
+    }
+    Ok(())
+}
+
+/// An audience: `"*"`, or a non-empty value without whitespace or control characters.
+pub fn check_audience(audience: &str) -> Result<(), String> {
+    if audience.is_empty()
+        || audience
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "audience `{audience}` must be non-empty and hold no spaces or control characters"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses `sha256:` followed by 64 hex digits.
+pub fn parse_hash(hash: &str) -> Result<[u8; 32], String> {
+    let bad = || format!("secret hash `{hash}` is not `{HASH_PREFIX}` followed by 64 hex digits");
+    let hex = hash.strip_prefix(HASH_PREFIX).ok_or_else(bad)?;
+    let mut digest = [0u8; 32];
+    hex::decode_to_slice(hex, &mut digest).map_err(|_| bad())?;
+    Ok(digest)
+}
+
+/// Formats a digest the way the file holds it.
+pub fn format_hash(digest: &[u8; 32]) -> String {
+    format!("{HASH_PREFIX}{}", hex::encode(digest))
+}
+
+fn parse_datetime(dt: &toml::value::Datetime) -> Result<jiff::Timestamp, String> {
+    if dt.date.is_none() || dt.time.is_none() || dt.offset.is_none() {
+        return Err(format!(
+            "expiry `{dt}` needs a date, a time and an offset, e.g. 2026-11-28T10:00:00Z"
+        ));
+    }
+    dt.to_string()
+        .parse()
+        .map_err(|e| format!("expiry `{dt}` is not a valid instant: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    #[test]
+    fn parses_the_documented_example() {
+        let text = format!(
+            r#"
+# our services
+[clients.strava]
+secret_hashes = ["{HASH}", {{ hash = "{HASH}", expires = 2026-11-28T10:00:00Z }}]
+audiences     = ["https://data.runnerly.example"]
+scopes        = ["runs:read", "runs:write"]
+token_ttl     = "1h"
+disabled      = false
+
+[clients.other]
+secret_hashes = ["{HASH}"]
+"#
+        );
+        let clients = parse(&text).unwrap();
+        assert_eq!(clients.len(), 2);
+        let other = &clients[0];
+        assert_eq!(other.id, "other");
+        assert!(other.audiences.is_empty() && other.scopes.is_empty() && !other.disabled);
+        let strava = &clients[1];
+        assert_eq!(strava.token_ttl, Some(Duration::from_secs(3600)));
+        assert_eq!(strava.secrets[0].expires, None);
+        assert_eq!(
+            strava.secrets[1].expires,
+            Some("2026-11-28T10:00:00Z".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn empty_file_is_no_clients() {
+        assert!(parse("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn unknown_key_names_the_line() {
+        let text = format!("[clients.a]\nsecret_hashes = [\"{HASH}\"]\nscope = []\n");
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.line(), Some(3), "{err}");
+        assert!(err.to_string().contains("scope"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_id_is_refused() {
+        let text = format!(
+            "[clients.a]\nsecret_hashes = [\"{HASH}\"]\n[clients.a]\nsecret_hashes = [\"{HASH}\"]\n"
+        );
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.line(), Some(3), "{err}");
+    }
+
+    #[test]
+    fn malformed_hash_names_client_and_line() {
+        let text = format!(
+            "[clients.a]\nsecret_hashes = [\"{HASH}\"]\n\n[clients.b]\nsecret_hashes = [\"sha256:abc\"]\n"
+        );
+        let err = parse(&text).unwrap_err();
+        let ClientsFileError::Invalid { client, line, .. } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(client, "b");
+        assert_eq!(*line, Some(4), "{err}");
+    }
+
+    #[test]
+    fn refuses_bad_values() {
+        for body in [
+            "secret_hashes = []".to_owned(),
+            format!("secret_hashes = [\"{HASH}\", \"{HASH}\", \"{HASH}\"]"),
+            format!("secret_hashes = [\"{HASH}\"]\nscopes = [\"a b\"]"),
+            format!("secret_hashes = [\"{HASH}\"]\naudiences = [\"\"]"),
+            format!("secret_hashes = [\"{HASH}\"]\ntoken_ttl = \"soon\""),
+            format!("secret_hashes = [{{ hash = \"{HASH}\", expires = 2026-11-28 }}]"),
+        ] {
+            let text = format!("[clients.a]\n{body}\n");
+            assert!(parse(&text).is_err(), "accepted: {text}");
+        }
+        let text = format!("[clients.\"has space\"]\nsecret_hashes = [\"{HASH}\"]\n");
+        assert!(parse(&text).is_err());
+    }
+
+    #[test]
+    fn hash_round_trip() {
+        let digest = parse_hash(HASH).unwrap();
+        assert_eq!(format_hash(&digest), HASH);
+    }
+}

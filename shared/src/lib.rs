@@ -1,0 +1,51 @@
+//! What `tokendealerd` and the `tokendealer` admin tool both speak.
+//!
+//! * [`admin`]: the admin protocol messages exchanged over the daemon's Unix socket.
+//! * [`frame`] and [`codec`]: how those messages travel.
+//! * [`clients_file`]: the model of `clients.toml`, its parser and validator.
+//! * [`duration`]: the human duration syntax (`"1h"`, `"30d"`) used in config, files and CLI.
+//!
+//! This crate holds no runtime policy: no sockets are opened, no files written.
+//!
+//! # Framing
+//!
+//! Every message, in both directions, is one frame:
+//!
+//! ```text
+//!  0               4                                   4 + len
+//!  +---------------+-----------------------------------+
+//!  |  len: u32 BE  |  body: bincode (serde, standard)  |
+//!  +---------------+-----------------------------------+
+//! ```
+//!
+//! `len` is checked against [`frame::MAX_FRAME`] (1 MiB) *before* anything is allocated; a
+//! longer frame is a protocol error and the connection is closed. The body must decode to
+//! exactly `len` bytes.
+//!
+//! # Conversation
+//!
+//! ```text
+//! client                                   daemon
+//!   | ClientFrame::Hello { protocol_version } |
+//!   |---------------------------------------->|
+//!   | ServerFrame::Hello { protocol_version } |   (or ServerFrame::Refused, then close)
+//!   |<----------------------------------------|
+//!   | ClientFrame::Request(..)                |
+//!   |---------------------------------------->|
+//!   | ServerFrame::Response(..)               |
+//!   |<----------------------------------------|
+//!   | ...                                     |
+//! ```
+//!
+//! # Versioning
+//!
+//! `Hello` is variant 0 of both [`admin::ClientFrame`] and [`admin::ServerFrame`] and its
+//! layout never changes, so peers of any version can always read each other's greeting.
+//! Any change to any other message bumps [`admin::PROTOCOL_VERSION`]; peers whose versions
+//! differ stop after the greeting with [`admin::AdminError::ProtocolMismatch`].
+
+pub mod admin;
+pub mod clients_file;
+pub mod codec;
+pub mod duration;
+pub mod frame;

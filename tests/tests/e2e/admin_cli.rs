@@ -1,0 +1,97 @@
+//! The scriptable admin tool against a running daemon's admin socket.
+
+use std::{os::unix::net::UnixListener, process::Command};
+
+use serde_json::Value;
+use tokendealer_tests::{Daemon, TestClient, bins, daemon::admin_command};
+
+use crate::{API, service_client};
+
+#[test]
+fn status_shows_version_address_and_key() {
+    let daemon = Daemon::with_client(&service_client());
+    let output = daemon.admin(&["status"]);
+    output.assert_success();
+    let kid = daemon.kids().remove(0);
+    for expected in [
+        env!("CARGO_PKG_VERSION").to_owned(),
+        daemon.addr().to_string(),
+        kid.chars().take(8).collect(),
+    ] {
+        assert!(
+            output.stdout.contains(&expected),
+            "no `{expected}` in the status:\n{output}"
+        );
+    }
+}
+
+#[test]
+fn status_json_is_one_object_with_listen_clients_and_keys() {
+    let first = service_client();
+    let second = TestClient::new("second").audiences(&[API]);
+    let daemon = Daemon::builder().client(&first).client(&second).start();
+    let output = daemon.admin(&["status", "--json"]);
+    output.assert_success();
+    let status: Value = serde_json::from_str(&output.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON value ({e}):\n{output}"));
+    assert_eq!(status["listen"], daemon.addr().to_string(), "{output}");
+    let clients = &status["clients"];
+    assert!(
+        clients.as_u64() == Some(2) || clients.as_array().is_some_and(|c| c.len() == 2),
+        "`clients` should count two clients:\n{output}"
+    );
+    let kid = daemon.kids().remove(0);
+    let keys = status["keys"]
+        .as_array()
+        .unwrap_or_else(|| panic!("`keys` is not an array:\n{output}"));
+    let key = keys
+        .iter()
+        .find(|k| k["kid"] == kid.as_str())
+        .unwrap_or_else(|| panic!("the signing key {kid} is not listed:\n{output}"));
+    assert_eq!(key["alg"], "RS512", "{output}");
+    assert_eq!(key["state"], "active", "{output}");
+}
+
+#[test]
+fn no_daemon_exits_1_with_one_sentence() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let absent = dir.path().join("absent.sock");
+    // A socket file nobody listens on any more, as a killed daemon leaves behind.
+    let stale = dir.path().join("stale.sock");
+    drop(UnixListener::bind(&stale).expect("binding a socket"));
+    for socket in [absent, stale] {
+        let mut cmd = Command::new(bins::tokendealer());
+        cmd.arg("--socket").arg(&socket).arg("status");
+        let output = admin_command(cmd);
+        output.assert_code(1);
+        let lines = output.stderr_lines();
+        assert_eq!(lines.len(), 1, "one sentence on stderr:\n{output}");
+        assert!(lines[0].contains("no tokendealer daemon at"), "{output}");
+        assert!(
+            lines[0].contains(socket.to_str().expect("UTF-8 path")),
+            "the message names the socket:\n{output}"
+        );
+    }
+}
+
+/// `tokendealer reload` is synchronous: when it returns, a client added to the file works.
+#[test]
+fn reload_picks_up_a_new_client() {
+    let first = service_client();
+    let daemon = Daemon::with_client(&first);
+    let added = TestClient::new("added-later").audiences(&[API]);
+    daemon.write_clients(&[first, added.clone()]);
+    daemon.admin(&["reload"]).assert_success();
+    daemon.access_token(&added, &[]);
+}
+
+/// A broken clients file is refused and the clients already loaded keep working.
+#[test]
+fn reload_of_a_broken_file_fails_and_keeps_the_old_clients() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    daemon.write_file("clients.toml", "[clients.broken\n");
+    let output = daemon.admin(&["reload"]);
+    assert_eq!(output.code(), Some(1), "a failed reload exits 1:\n{output}");
+    daemon.access_token(&client, &[]);
+}

@@ -1,0 +1,191 @@
+//! The config file: refusals with exit 78 (EX_CONFIG) and a sentence that names the file and
+//! line, `check-config`, relative paths, `--listen`, and what survives a restart.
+
+use std::{fs, path::Path, process::Command};
+
+use serde_json::json;
+use tokendealer_tests::{Daemon, ISSUER, Output, bins, clients::toml_string, jwt, process};
+
+use crate::{API, assert_private_keys, service_client};
+
+/// `EX_CONFIG` from sysexits.h.
+const EX_CONFIG: i32 = 78;
+
+/// Five valid lines that keep every path inside the test's directory, so a daemon that wrongly
+/// accepts a bad line still touches nothing outside it. A line appended to this is line 6.
+fn valid_config(daemon: &Daemon) -> String {
+    let path = |name: &str| {
+        toml_string(
+            daemon
+                .dir()
+                .join(name)
+                .to_str()
+                .expect("temporary paths are UTF-8"),
+        )
+    };
+    format!(
+        "issuer = {}\nlisten = \"127.0.0.1:0\"\nadmin_socket = {}\nclients_file = {}\nkey_dir = {}\n",
+        toml_string(ISSUER),
+        path("admin.sock"),
+        path("clients.toml"),
+        path("keys"),
+    )
+}
+
+/// A daemon whose `config.toml` is the valid lines plus `line6`.
+fn daemon_with_line6(line6: &str) -> Daemon {
+    let daemon = Daemon::builder().client(&service_client()).write();
+    let text = format!("{}{line6}\n", valid_config(&daemon));
+    daemon.write_file("config.toml", &text);
+    daemon
+}
+
+/// Some line of stderr names the config file and the line.
+#[track_caller]
+fn assert_names_file_and_line(output: &Output, file: &Path, line: u32) {
+    let file = file.to_str().expect("UTF-8 path");
+    let named = output.stderr.lines().any(|l| {
+        l.contains(file)
+            && (l.contains(&format!("line {line}")) || l.contains(&format!("{file}:{line}")))
+    });
+    assert!(
+        named,
+        "stderr should name {file} and line {line} in one sentence:\n{output}"
+    );
+}
+
+#[track_caller]
+fn assert_refused_at_start(line6: &str) {
+    let mut daemon = daemon_with_line6(line6);
+    let output = daemon.start_expecting_exit();
+    output.assert_code(EX_CONFIG);
+    assert_names_file_and_line(&output, &daemon.config_path(), 6);
+}
+
+#[test]
+fn syntax_error_exits_78_naming_file_and_line() {
+    assert_refused_at_start("token_ttl = 24h");
+}
+
+#[test]
+fn invalid_value_exits_78_naming_file_and_line() {
+    assert_refused_at_start(r#"algorithm = "HS256""#);
+}
+
+#[test]
+fn invalid_duration_exits_78_naming_file_and_line() {
+    assert_refused_at_start(r#"token_ttl = "soon""#);
+}
+
+/// `deny_unknown_fields`: a typo is an error, not a silent default.
+#[test]
+fn unknown_key_exits_78_naming_it() {
+    let mut daemon = daemon_with_line6(r#"algoritm = "ES256""#);
+    let output = daemon.start_expecting_exit();
+    output.assert_code(EX_CONFIG);
+    assert_names_file_and_line(&output, &daemon.config_path(), 6);
+    assert!(output.stderr.contains("algoritm"), "{output}");
+}
+
+fn check_config(file: &Path) -> Output {
+    let mut cmd = Command::new(bins::tokendealerd());
+    cmd.arg("check-config").arg(file);
+    process::run(cmd)
+}
+
+#[test]
+fn check_config_accepts_a_valid_config() {
+    let daemon = Daemon::builder().client(&service_client()).write();
+    check_config(&daemon.config_path()).assert_success();
+}
+
+#[test]
+fn check_config_refuses_with_one_sentence() {
+    let daemon = daemon_with_line6(r#"algoritm = "ES256""#);
+    let output = check_config(&daemon.config_path());
+    output.assert_code(EX_CONFIG);
+    assert_eq!(
+        output.stderr_lines().len(),
+        1,
+        "one sentence on stderr:\n{output}"
+    );
+    assert_names_file_and_line(&output, &daemon.config_path(), 6);
+}
+
+#[test]
+fn restart_keeps_the_key_and_the_clients() {
+    let client = service_client();
+    let mut daemon = Daemon::with_client(&client);
+    let kids = daemon.kids();
+    let token = daemon.access_token(&client, &[("audience", API)]);
+    daemon.restart();
+    assert_eq!(daemon.kids(), kids, "the JWKS changed across a restart");
+    daemon
+        .post_json(
+            "/verify_token",
+            &json!({"access_token": token, "audience": API}),
+        )
+        .assert_status(200);
+    let again = daemon.access_token(&client, &[("audience", API)]);
+    assert_eq!(
+        jwt::decode(&again).header["kid"],
+        jwt::decode(&token).header["kid"],
+        "a restart signs with the same key"
+    );
+    assert_private_keys(&daemon.dir().join("keys"));
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_directory() {
+    let client = service_client();
+    let mut daemon = Daemon::new(Vec::new());
+    let config = daemon.write_file(
+        "etc/config.toml",
+        &format!(
+            "issuer = {}\nlisten = \"127.0.0.1:0\"\nadmin_socket = \"admin.sock\"\nclients_file = \"clients.toml\"\nkey_dir = \"keys\"\n",
+            toml_string(ISSUER)
+        ),
+    );
+    daemon.write_file("etc/clients.toml", &client.to_toml());
+    let elsewhere = daemon.dir().join("elsewhere");
+    fs::create_dir(&elsewhere).expect("creating a working directory");
+    daemon.set_cwd(elsewhere.clone());
+    daemon.set_args(vec!["--config".into(), config.into()]);
+    daemon.start();
+
+    let etc = daemon.dir().join("etc");
+    assert_eq!(
+        daemon.admin_socket().canonicalize().ok(),
+        etc.join("admin.sock").canonicalize().ok(),
+        "the admin socket belongs beside the config"
+    );
+    assert_private_keys(&etc.join("keys"));
+    daemon.access_token(&client, &[]);
+    let stray: Vec<_> = fs::read_dir(&elsewhere)
+        .expect("reading the working directory")
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "files created in the working directory: {stray:?}"
+    );
+}
+
+#[test]
+fn listen_flag_overrides_the_config() {
+    let mut daemon = Daemon::builder().client(&service_client()).write();
+    // TEST-NET-1: not an address of this host, so binding it would fail.
+    let text = valid_config(&daemon).replace("127.0.0.1:0", "192.0.2.1:9");
+    daemon.write_file("config.toml", &text);
+    daemon.start();
+    assert!(daemon.addr().ip().is_loopback(), "{}", daemon.addr());
+    daemon.get("/healthz").assert_status(200);
+}
+
+#[test]
+fn listen_comes_from_the_config_without_the_flag() {
+    let mut daemon = Daemon::builder().client(&service_client()).write();
+    daemon.set_args(vec!["--config".into(), daemon.config_path().into()]);
+    daemon.start();
+    assert!(daemon.addr().ip().is_loopback(), "{}", daemon.addr());
+    daemon.get("/healthz").assert_status(200);
+}

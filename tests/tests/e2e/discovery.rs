@@ -1,0 +1,293 @@
+//! The JWKS, RFC 8414 metadata, health endpoints, `/verify_token` and RFC 7662 introspection.
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::json;
+use sha2::Sha256;
+use tokendealer_tests::{Auth, Daemon, ISSUER, Reply, TestClient, jwt};
+
+use crate::{API, OTHER_API, service_client};
+
+const PRIVATE_MEMBERS: [&str; 6] = ["d", "p", "q", "dp", "dq", "qi"];
+
+#[test]
+fn jwks_publishes_the_signing_key_under_its_thumbprint() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let reply = daemon.get("/.well-known/jwks.json");
+    reply.assert_status(200);
+    let jwks = reply.json();
+    let keys = jwks["keys"].as_array().expect("a `keys` array");
+    assert!(!keys.is_empty(), "{reply}");
+    for key in keys {
+        for member in ["kty", "kid", "alg"] {
+            assert!(key[member].is_string(), "JWK without `{member}`: {key}");
+        }
+        assert_eq!(key["use"], "sig", "{key}");
+        assert_eq!(
+            key["kid"].as_str(),
+            Some(jwt::thumbprint(key).as_str()),
+            "the kid is the RFC 7638 thumbprint: {key}"
+        );
+        for member in PRIVATE_MEMBERS {
+            assert!(
+                key.get(member).is_none(),
+                "the JWKS leaks the private `{member}`: {key}"
+            );
+        }
+    }
+    let token = daemon.access_token(&client, &[]);
+    let header = jwt::decode(&token).header;
+    let kid = header["kid"].as_str().expect("a kid");
+    assert_eq!(jwt::find_key(&jwks, kid)["alg"], header["alg"], "{jwks}");
+}
+
+#[test]
+fn jwks_cache_lifetime_defaults_to_15_minutes() {
+    let daemon = Daemon::with_client(&service_client());
+    assert_max_age(&daemon.get("/.well-known/jwks.json"), 900);
+}
+
+#[test]
+fn jwks_cache_lifetime_follows_jwks_max_age() {
+    let daemon = Daemon::builder()
+        .config(r#"jwks_max_age = "5m""#)
+        .client(&service_client())
+        .start();
+    assert_max_age(&daemon.get("/.well-known/jwks.json"), 300);
+}
+
+#[track_caller]
+fn assert_max_age(reply: &Reply, seconds: u64) {
+    reply.assert_status(200);
+    let cache_control = reply.header("cache-control").unwrap_or_default();
+    assert!(
+        cache_control
+            .split(',')
+            .any(|d| d.trim() == format!("max-age={seconds}")),
+        "`Cache-Control` should hold max-age={seconds}:\n{reply}"
+    );
+}
+
+#[test]
+fn metadata_describes_the_server() {
+    let daemon = Daemon::with_client(&service_client());
+    let reply = daemon.get("/.well-known/oauth-authorization-server");
+    reply.assert_status(200);
+    let meta = reply.json();
+    assert_eq!(meta["issuer"], ISSUER, "{reply}");
+    for (member, path) in [
+        ("token_endpoint", "/oauth/token"),
+        ("jwks_uri", "/.well-known/jwks.json"),
+        ("introspection_endpoint", "/oauth/introspect"),
+    ] {
+        let url = meta[member].as_str().unwrap_or_default();
+        assert!(
+            url.starts_with("http") && url.ends_with(path),
+            "`{member}` should be an absolute URL ending in {path}:\n{reply}"
+        );
+    }
+    assert!(
+        meta["grant_types_supported"]
+            .as_array()
+            .is_some_and(|g| g.contains(&json!("client_credentials"))),
+        "{reply}"
+    );
+    assert_eq!(
+        meta["token_endpoint_auth_methods_supported"],
+        json!(["client_secret_basic", "client_secret_post"]),
+        "{reply}"
+    );
+}
+
+#[test]
+fn health_and_readiness_are_200() {
+    let daemon = Daemon::with_client(&service_client());
+    daemon.get("/healthz").assert_status(200);
+    daemon.get("/readyz").assert_status(200);
+}
+
+#[test]
+fn metrics_are_prometheus_text() {
+    let daemon = Daemon::with_client(&service_client());
+    let reply = daemon.get("/metrics");
+    reply.assert_status(200);
+    assert!(
+        reply
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain")),
+        "{reply}"
+    );
+}
+
+/// A daemon, its client, and a token for `API` only.
+fn daemon_and_token() -> (Daemon, TestClient, String) {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let token = daemon.access_token(&client, &[("audience", API), ("scope", "runs:read")]);
+    (daemon, client, token)
+}
+
+fn verify(daemon: &Daemon, token: &str, audience: &str) -> Reply {
+    daemon.post_json(
+        "/verify_token",
+        &json!({"access_token": token, "audience": audience}),
+    )
+}
+
+#[track_caller]
+fn assert_invalid_token(reply: &Reply) {
+    reply.assert_status(400);
+    assert_eq!(reply.json()["error"], "invalid_token", "{reply}");
+}
+
+#[test]
+fn verify_token_returns_the_claims() {
+    let (daemon, client, token) = daemon_and_token();
+    let reply = verify(&daemon, &token, API);
+    reply.assert_status(200);
+    let claims = reply.json();
+    assert_eq!(claims["sub"], client.id.as_str(), "{reply}");
+    assert_eq!(claims["iss"], ISSUER, "{reply}");
+    assert_eq!(claims, jwt::decode(&token).claims, "{reply}");
+}
+
+#[test]
+fn verify_token_refuses_another_audience() {
+    let (daemon, _, token) = daemon_and_token();
+    assert_invalid_token(&verify(&daemon, &token, OTHER_API));
+}
+
+#[test]
+fn verify_token_refuses_tampered_claims() {
+    let (daemon, _, token) = daemon_and_token();
+    let jws = jwt::decode(&token);
+    let mut claims = jws.claims.clone();
+    claims["sub"] = json!("someone-else");
+    claims["client_id"] = json!("someone-else");
+    let header = jws.signing_input.split('.').next().expect("a header part");
+    let forged = format!(
+        "{header}.{}.{}",
+        jwt::b64url(claims.to_string()),
+        jwt::b64url(&jws.signature)
+    );
+    assert_invalid_token(&verify(&daemon, &forged, API));
+}
+
+#[test]
+fn verify_token_refuses_a_tampered_signature() {
+    let (daemon, _, token) = daemon_and_token();
+    let jws = jwt::decode(&token);
+    let mut signature = jws.signature.clone();
+    let last = signature.last_mut().expect("a non-empty signature");
+    *last ^= 0x01;
+    let forged = format!("{}.{}", jws.signing_input, jwt::b64url(&signature));
+    assert_invalid_token(&verify(&daemon, &forged, API));
+}
+
+#[test]
+fn verify_token_refuses_garbage() {
+    let (daemon, _, _) = daemon_and_token();
+    for garbage in ["", "garbage", "a.b.c", "..", "eyJhbGciOiJSUzUxMiJ9.e30."] {
+        assert_invalid_token(&verify(&daemon, garbage, API));
+    }
+}
+
+/// RFC 8725 §3.1: a token that names `alg: none` is never accepted.
+#[test]
+fn verify_token_refuses_alg_none() {
+    let (daemon, _, token) = daemon_and_token();
+    let jws = jwt::decode(&token);
+    let header = json!({"alg": "none", "typ": "at+jwt", "kid": jws.header["kid"]});
+    let claims_part = jws.signing_input.split('.').nth(1).expect("a claims part");
+    let unsigned = format!("{}.{claims_part}.", jwt::b64url(header.to_string()));
+    assert_invalid_token(&verify(&daemon, &unsigned, API));
+}
+
+/// RFC 8725 §2.1: the RS→HS confusion, an HS256 token whose HMAC key is the public key.
+#[test]
+fn verify_token_refuses_hs256_signed_with_the_public_key() {
+    let (daemon, _, token) = daemon_and_token();
+    let jws = jwt::decode(&token);
+    let kid = jws.header["kid"].as_str().expect("a kid").to_owned();
+    let jwks = daemon.jwks();
+    let jwk = jwt::find_key(&jwks, &kid);
+    let pem = jwt::rsa_public_pem(jwk);
+    let secrets: [Vec<u8>; 4] = [
+        pem.clone().into_bytes(),
+        pem.trim_end().as_bytes().to_vec(),
+        jwk.to_string().into_bytes(),
+        jwt::b64url_decode(jwk["n"].as_str().expect("n")).expect("base64url n"),
+    ];
+    let header = json!({"alg": "HS256", "typ": "at+jwt", "kid": kid});
+    let claims_part = jws.signing_input.split('.').nth(1).expect("a claims part");
+    let signing_input = format!("{}.{claims_part}", jwt::b64url(header.to_string()));
+    for secret in secrets {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&secret).expect("HMAC takes any key");
+        mac.update(signing_input.as_bytes());
+        let forged = format!(
+            "{signing_input}.{}",
+            jwt::b64url(mac.finalize().into_bytes())
+        );
+        assert_invalid_token(&verify(&daemon, &forged, API));
+    }
+}
+
+/// A well-formed token with the same issuer, but signed by another daemon's key.
+#[test]
+fn verify_token_refuses_a_token_signed_by_another_key() {
+    let (daemon, client, _) = daemon_and_token();
+    let stranger = Daemon::with_client(&client);
+    let foreign = stranger.access_token(&client, &[("audience", API)]);
+    assert_invalid_token(&verify(&daemon, &foreign, API));
+}
+
+fn introspect(daemon: &Daemon, auth: Auth<'_>, token: &str) -> Reply {
+    daemon.post_form("/oauth/introspect", auth, &[("token", token)])
+}
+
+#[test]
+fn introspection_reports_an_active_token() {
+    let (daemon, client, token) = daemon_and_token();
+    let claims = jwt::decode(&token).claims;
+    for auth in [
+        Auth::Basic(&client.id, &client.secret),
+        Auth::Post(&client.id, &client.secret),
+    ] {
+        let reply = introspect(&daemon, auth, &token);
+        reply.assert_status(200);
+        let body = reply.json();
+        assert_eq!(body["active"], true, "{reply}");
+        assert_eq!(body["client_id"], client.id.as_str(), "{reply}");
+        assert_eq!(body["scope"], "runs:read", "{reply}");
+        assert_eq!(body["exp"], claims["exp"], "{reply}");
+    }
+}
+
+/// RFC 7662 §2.2: an inactive token is `{"active": false}` and nothing more.
+#[test]
+fn introspection_reports_bad_tokens_inactive() {
+    let (daemon, client, token) = daemon_and_token();
+    let jws = jwt::decode(&token);
+    let mut signature = jws.signature.clone();
+    signature[0] ^= 0x01;
+    let tampered = format!("{}.{}", jws.signing_input, jwt::b64url(&signature));
+    for bad in ["garbage", tampered.as_str()] {
+        let reply = introspect(&daemon, Auth::Basic(&client.id, &client.secret), bad);
+        reply.assert_status(200);
+        assert_eq!(reply.json(), json!({"active": false}), "{reply}");
+    }
+}
+
+#[test]
+fn introspection_needs_an_authenticated_client() {
+    let (daemon, client, token) = daemon_and_token();
+    for auth in [Auth::None, Auth::Basic(&client.id, "not-the-secret")] {
+        let reply = introspect(&daemon, auth, &token);
+        reply.assert_status(401);
+        assert_eq!(reply.json()["error"], "invalid_client", "{reply}");
+        assert!(
+            reply.json().get("active").is_none(),
+            "an unauthenticated caller learns nothing about the token:\n{reply}"
+        );
+    }
+}

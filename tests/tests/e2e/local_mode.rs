@@ -1,0 +1,189 @@
+//! `tokendealerd` with no `--config`: it makes `./tokendealer-data/`, prints the demo
+//! client's secret once in a ready-to-paste `curl`, and keeps its key and clients across
+//! restarts.
+
+use std::path::{Path, PathBuf};
+
+use tokendealer_tests::{Daemon, http::Request, jwt, secret_hash};
+
+use crate::assert_private_keys;
+
+/// What the first start printed: the demo secret and URL from the `curl` line.
+struct Curl {
+    line: String,
+    secret: String,
+    url: String,
+}
+
+/// Finds `curl … -u demo:SECRET … http://…/oauth/token` in stdout.
+fn printed_curl(stdout: &str) -> Option<Curl> {
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("curl ") && l.contains("-u demo:"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let user = words
+        .windows(2)
+        .find(|w| w[0] == "-u")
+        .map(|w| w[1].trim_matches(|c| c == '\'' || c == '"'))?;
+    let secret = user.strip_prefix("demo:")?;
+    let url = words.iter().find(|w| w.starts_with("http://"))?;
+    Some(Curl {
+        line: line.to_owned(),
+        secret: secret.to_owned(),
+        url: url.trim_matches(|c| c == '\'' || c == '"').to_owned(),
+    })
+}
+
+#[track_caller]
+fn first_curl(daemon: &Daemon) -> Curl {
+    let stdout = daemon.stdout();
+    printed_curl(&stdout).unwrap_or_else(|| {
+        panic!(
+            "no `curl -s -u demo:SECRET … /oauth/token` line on the first start's stdout:\n{stdout}"
+        )
+    })
+}
+
+/// Finds the path after `tokendealer --socket` in stdout.
+fn printed_socket(stdout: &str) -> Option<PathBuf> {
+    let rest = stdout.split("tokendealer --socket ").nth(1)?;
+    let path = rest.split_whitespace().next()?;
+    Some(PathBuf::from(path.trim_matches(|c| c == '\'' || c == '"')))
+}
+
+/// What `curl -s -u demo:SECRET -d grant_type=client_credentials URL` sends: `-u` joins id
+/// and secret as they are (the demo secret is hex, so form encoding would not change it), and
+/// `-d` makes it a form POST.
+fn run_curl(daemon: &Daemon, curl: &Curl) -> String {
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("demo:{}", curl.secret)
+        )
+    );
+    let reply = daemon.request(Request {
+        method: "POST",
+        url: curl.url.clone(),
+        headers: vec![
+            ("authorization", basic),
+            (
+                "content-type",
+                "application/x-www-form-urlencoded".to_owned(),
+            ),
+        ],
+        body: Some(b"grant_type=client_credentials".to_vec()),
+    });
+    reply.assert_status(200);
+    reply.json()["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no access_token:\n{reply}"))
+        .to_owned()
+}
+
+fn data_dir(daemon: &Daemon) -> PathBuf {
+    daemon.dir().join("tokendealer-data")
+}
+
+#[test]
+fn first_start_prints_a_curl_that_gets_a_verifiable_token() {
+    let daemon = Daemon::local_mode();
+    let curl = first_curl(&daemon);
+    assert!(
+        curl.line.contains("-d grant_type=client_credentials"),
+        "{}",
+        curl.line
+    );
+    assert_eq!(
+        curl.url,
+        daemon.url("/oauth/token"),
+        "the curl names the bound address"
+    );
+    assert!(
+        curl.secret.len() >= 32,
+        "a generated secret carries at least 128 bits: {}",
+        curl.line
+    );
+
+    let token = run_curl(&daemon, &curl);
+    let meta = daemon.get("/.well-known/oauth-authorization-server").json();
+    let issuer = meta["issuer"].as_str().expect("an issuer").to_owned();
+    let claims = jwt::decode(&token).claims;
+    let audience = match &claims["aud"] {
+        serde_json::Value::Array(list) => list[0].as_str().expect("a string aud").to_owned(),
+        aud => aud.as_str().expect("a string aud").to_owned(),
+    };
+    let verified = jwt::pyjwt_verify(
+        &daemon.url("/.well-known/jwks.json"),
+        &token,
+        &issuer,
+        &audience,
+    );
+    assert_eq!(verified["client_id"], "demo", "{verified}");
+}
+
+#[test]
+fn first_start_prints_the_dashboard_command() {
+    let daemon = Daemon::local_mode();
+    let stdout = daemon.stdout();
+    let socket = printed_socket(&stdout)
+        .unwrap_or_else(|| panic!("no `tokendealer --socket PATH` line on stdout:\n{stdout}"));
+    assert!(socket.is_absolute(), "{}", socket.display());
+    assert_eq!(socket, daemon.admin_socket());
+    assert_same_file(&socket, &data_dir(&daemon).join("admin.sock"));
+}
+
+#[track_caller]
+fn assert_same_file(a: &Path, b: &Path) {
+    let canonical = |p: &Path| {
+        p.canonicalize()
+            .unwrap_or_else(|e| panic!("{} does not exist: {e}", p.display()))
+    };
+    assert_eq!(canonical(a), canonical(b));
+}
+
+#[test]
+fn local_mode_keeps_hashes_and_private_keys_in_its_data_directory() {
+    let daemon = Daemon::local_mode();
+    let curl = first_curl(&daemon);
+    let data = data_dir(&daemon);
+    assert!(
+        data.join("config.toml").is_file(),
+        "no config.toml in {}",
+        data.display()
+    );
+    let clients = std::fs::read_to_string(data.join("clients.toml"))
+        .unwrap_or_else(|e| panic!("no clients.toml in {}: {e}", data.display()));
+    assert!(
+        clients.contains(&secret_hash(&curl.secret)),
+        "clients.toml holds the demo secret's hash:\n{clients}"
+    );
+    assert!(
+        !clients.contains(&curl.secret),
+        "clients.toml holds the plaintext secret:\n{clients}"
+    );
+    assert_private_keys(&data.join("keys"));
+}
+
+#[test]
+fn second_start_prints_no_secret_and_reuses_key_and_clients() {
+    let mut daemon = Daemon::local_mode();
+    let curl = first_curl(&daemon);
+    let kids = daemon.kids();
+    daemon.restart();
+    let stdout = daemon.stdout();
+    assert!(
+        !stdout.contains(&curl.secret),
+        "the second start printed the secret again:\n{stdout}"
+    );
+    assert_eq!(
+        daemon.kids(),
+        kids,
+        "the signing key changed across a restart"
+    );
+    let curl = Curl {
+        url: daemon.url("/oauth/token"),
+        ..curl
+    };
+    run_curl(&daemon, &curl);
+}

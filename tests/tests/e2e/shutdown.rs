@@ -1,0 +1,95 @@
+//! SIGTERM: requests in flight finish, idle connections do not hold the daemon up, the exit
+//! status is 0 and the admin socket is gone.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+};
+
+use nix::sys::signal::Signal;
+use tokendealer_tests::{Daemon, http};
+
+use crate::service_client;
+
+#[test]
+fn sigterm_exits_zero_and_removes_the_admin_socket() {
+    let mut daemon = Daemon::with_client(&service_client());
+    let socket = daemon.admin_socket().to_path_buf();
+    assert!(socket.exists(), "no admin socket at {}", socket.display());
+    let status = daemon.stop();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    assert!(!socket.exists(), "{} is left behind", socket.display());
+}
+
+/// Reads one response head (up to the blank line), byte by byte so nothing after it is
+/// consumed.
+#[track_caller]
+fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            Ok(_) => panic!(
+                "the connection closed inside a response head: {}",
+                String::from_utf8_lossy(&head)
+            ),
+            Err(e) => panic!(
+                "reading a response head failed ({e}): {}",
+                String::from_utf8_lossy(&head)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// `Expect: 100-continue` makes the request provably in flight: the server sends
+/// `100 Continue` only once the handler starts reading the body. We signal then, and only
+/// afterwards send the body; the token must still arrive.
+#[test]
+fn sigterm_lets_an_in_flight_request_finish() {
+    let client = service_client();
+    let mut daemon = Daemon::with_client(&client);
+    let body = "grant_type=client_credentials";
+    let mut stream = http::connect(daemon.addr());
+    let head = format!(
+        "POST /oauth/token HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+         Expect: 100-continue\r\n\r\n",
+        daemon.addr(),
+        http::basic_header(&client.id, &client.secret),
+        body.len()
+    );
+    stream
+        .write_all(head.as_bytes())
+        .expect("writing the request head");
+    let interim = read_head(&mut stream);
+    assert_eq!(http::raw_status(&interim), 100, "{interim}");
+
+    daemon.signal(Signal::SIGTERM);
+    stream
+        .write_all(body.as_bytes())
+        .expect("writing the request body");
+    let response = http::read_to_close(&mut stream);
+    assert_eq!(http::raw_status(&response), 200, "{response}");
+    assert!(response.contains("access_token"), "{response}");
+
+    let status = daemon.wait_exit();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+}
+
+#[test]
+fn an_idle_keep_alive_connection_does_not_hold_shutdown() {
+    let mut daemon = Daemon::with_client(&service_client());
+    let mut stream = http::connect(daemon.addr());
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", daemon.addr());
+    stream
+        .write_all(request.as_bytes())
+        .expect("writing a request");
+    let head = read_head(&mut stream);
+    assert_eq!(http::raw_status(&head), 200, "{head}");
+    // The connection stays open and idle while the daemon stops.
+    let status = daemon.stop();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    drop(stream);
+}

@@ -1,0 +1,668 @@
+//! `POST /oauth/token`: RFC 6749 §4.4 client credentials, the SPEC's error table, and the
+//! decided edge cases (limits, methods, content types, query strings, duplicates).
+
+use std::collections::HashSet;
+
+use serde_json::{Value, json};
+use tokendealer_tests::{
+    Auth, Daemon, ISSUER, Reply, TestClient,
+    http::{self, Request},
+    jwt,
+};
+
+use crate::{API, OTHER_API, now, scope_set, service_client};
+
+const TOKEN: &str = "/oauth/token";
+const FORM: &str = "application/x-www-form-urlencoded";
+const BASIC_CHALLENGE: &str = r#"Basic realm="tokendealer""#;
+const GRANT: (&str, &str) = ("grant_type", "client_credentials");
+
+/// The claims of the token in a 200 reply.
+#[track_caller]
+fn claims_of(reply: &Reply) -> Value {
+    reply.assert_status(200);
+    let token = reply.json()["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no `access_token`:\n{reply}"))
+        .to_owned();
+    jwt::decode(&token).claims
+}
+
+/// An `aud` claim as a sorted list, whether the token carries a string or an array.
+#[track_caller]
+fn audiences(aud: &Value) -> Vec<String> {
+    let mut list: Vec<String> = match aud {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items
+            .iter()
+            .map(|a| a.as_str().expect("`aud` array of strings").to_owned())
+            .collect(),
+        other => panic!("`aud` is neither a string nor an array: {other}"),
+    };
+    list.sort();
+    list
+}
+
+#[test]
+fn basic_auth_issues_an_rfc9068_access_token() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let before = now();
+    let reply = daemon.token_request(Auth::Basic(&client.id, &client.secret), &[]);
+    reply.assert_status(200).assert_no_store();
+    assert!(
+        reply
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("application/json")),
+        "{reply}"
+    );
+    let body = reply.json();
+    assert_eq!(body["token_type"], "Bearer", "{reply}");
+    assert_eq!(
+        body["expires_in"], 86_400,
+        "the default token_ttl is 24h:\n{reply}"
+    );
+    assert!(
+        body.get("refresh_token").is_none(),
+        "RFC 6749 §4.4.3: no refresh token:\n{reply}"
+    );
+    let scope = body["scope"].as_str().unwrap_or_default();
+    assert_eq!(
+        scope_set(scope),
+        ["admin", "runs:read", "runs:write"],
+        "{reply}"
+    );
+
+    let jws = jwt::decode(body["access_token"].as_str().expect("access_token"));
+    assert_eq!(
+        jws.header["alg"], "RS512",
+        "the default algorithm: {}",
+        jws.header
+    );
+    assert_eq!(jws.header["typ"], "at+jwt", "{}", jws.header);
+    assert!(
+        jws.header["kid"].as_str().is_some_and(|k| !k.is_empty()),
+        "{}",
+        jws.header
+    );
+    let claims = &jws.claims;
+    assert_eq!(claims["iss"], ISSUER, "{claims}");
+    assert_eq!(claims["sub"], client.id.as_str(), "{claims}");
+    assert_eq!(claims["client_id"], client.id.as_str(), "{claims}");
+    assert_eq!(audiences(&claims["aud"]), [API, OTHER_API], "{claims}");
+    let iat = claims["iat"].as_i64().expect("numeric iat");
+    assert!(
+        (before - 5..=now() + 5).contains(&iat),
+        "iat {iat} is not now: {claims}"
+    );
+    let nbf = claims["nbf"].as_i64().expect("numeric nbf");
+    assert!(nbf <= iat, "nbf after iat: {claims}");
+    assert_eq!(claims["exp"].as_i64(), Some(iat + 86_400), "{claims}");
+    assert!(
+        claims["jti"].as_str().is_some_and(|j| !j.is_empty()),
+        "{claims}"
+    );
+    assert_eq!(claims["scope"].as_str(), Some(scope), "{claims}");
+}
+
+#[test]
+fn client_secret_post_issues_a_token() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let reply = daemon.token_request(Auth::Post(&client.id, &client.secret), &[]);
+    reply.assert_status(200).assert_no_store();
+    assert_eq!(claims_of(&reply)["client_id"], client.id.as_str());
+}
+
+/// RFC 6749 §2.3.1: id and secret are form-urlencoded before they are joined by `:` and
+/// base64-encoded, so a secret may hold `:`, `%`, `+`, spaces and non-ASCII.
+#[test]
+fn basic_credentials_are_form_urlencoded() {
+    let client = service_client().secret("p:a%2Bs+s w&o=rd/é:");
+    let daemon = Daemon::with_client(&client);
+    let reply = daemon.token_request(Auth::Basic(&client.id, &client.secret), &[]);
+    assert_eq!(claims_of(&reply)["sub"], client.id.as_str());
+}
+
+#[test]
+fn post_credentials_with_special_characters() {
+    let client = service_client().secret("p:a%2Bs+s w&o=rd/é:");
+    let daemon = Daemon::with_client(&client);
+    let reply = daemon.token_request(Auth::Post(&client.id, &client.secret), &[]);
+    assert_eq!(claims_of(&reply)["sub"], client.id.as_str());
+}
+
+#[test]
+fn no_credentials_is_invalid_client_with_a_basic_challenge() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    daemon
+        .token_request(Auth::None, &[])
+        .assert_oauth_error(401, "invalid_client")
+        .assert_header("www-authenticate", BASIC_CHALLENGE);
+}
+
+/// The three ways to fail authentication must be indistinguishable, so the endpoint does not
+/// tell which client ids exist or which are disabled.
+#[test]
+fn basic_failures_are_identical_and_carry_the_challenge() {
+    let client = service_client();
+    let disabled = TestClient::new("disabled-client").disabled();
+    let daemon = Daemon::builder().client(&client).client(&disabled).start();
+    let replies = [
+        daemon.token_request(Auth::Basic("no-such-client", &client.secret), &[]),
+        daemon.token_request(Auth::Basic(&client.id, "not-the-secret"), &[]),
+        daemon.token_request(Auth::Basic(&disabled.id, &disabled.secret), &[]),
+    ];
+    for reply in &replies {
+        reply
+            .assert_oauth_error(401, "invalid_client")
+            .assert_header("www-authenticate", BASIC_CHALLENGE);
+        assert_eq!(
+            reply.body, replies[0].body,
+            "failure bodies differ:\n{reply}\n---\n{}",
+            replies[0]
+        );
+    }
+}
+
+#[test]
+fn post_failures_are_identical_without_a_challenge() {
+    let client = service_client();
+    let disabled = TestClient::new("disabled-client").disabled();
+    let daemon = Daemon::builder().client(&client).client(&disabled).start();
+    let replies = [
+        daemon.token_request(Auth::Post("no-such-client", &client.secret), &[]),
+        daemon.token_request(Auth::Post(&client.id, "not-the-secret"), &[]),
+        daemon.token_request(Auth::Post(&disabled.id, &disabled.secret), &[]),
+    ];
+    for reply in &replies {
+        reply.assert_oauth_error(401, "invalid_client");
+        assert_eq!(
+            reply.header("www-authenticate"),
+            None,
+            "client_secret_post failures carry no Basic challenge:\n{reply}"
+        );
+        assert_eq!(
+            reply.body, replies[0].body,
+            "failure bodies differ:\n{reply}\n---\n{}",
+            replies[0]
+        );
+    }
+}
+
+#[test]
+fn missing_grant_type_is_invalid_request() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let auth = Auth::Basic(&client.id, &client.secret);
+    daemon
+        .post_form(TOKEN, auth, &[("scope", "runs:read")])
+        .assert_oauth_error(400, "invalid_request");
+    // An empty value counts as absent.
+    daemon
+        .post_form(TOKEN, auth, &[("grant_type", "")])
+        .assert_oauth_error(400, "invalid_request");
+}
+
+#[test]
+fn other_grant_types_are_unsupported() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    for grant in ["password", "authorization_code", "refresh_token"] {
+        daemon
+            .post_form(
+                TOKEN,
+                Auth::Basic(&client.id, &client.secret),
+                &[("grant_type", grant)],
+            )
+            .assert_oauth_error(400, "unsupported_grant_type");
+    }
+}
+
+#[test]
+fn basic_and_post_together_is_invalid_request() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let basic = Auth::Basic(&client.id, &client.secret);
+    daemon
+        .token_request(basic, &[("client_secret", &client.secret)])
+        .assert_oauth_error(400, "invalid_request");
+    daemon
+        .token_request(
+            basic,
+            &[("client_id", &client.id), ("client_secret", &client.secret)],
+        )
+        .assert_oauth_error(400, "invalid_request");
+}
+
+#[test]
+fn malformed_basic_header_is_invalid_request() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let no_colon = format!("Basic {}", base64_std(&client.id));
+    for header in ["Basic %%%not-base64%%%", "Basic", no_colon.as_str()] {
+        daemon
+            .token_request(Auth::Header(header), &[])
+            .assert_oauth_error(400, "invalid_request");
+    }
+}
+
+fn base64_std(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+#[test]
+fn duplicated_parameters_are_invalid_request() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let basic = Auth::Basic(&client.id, &client.secret);
+    let cases: [&[(&str, &str)]; 4] = [
+        &[GRANT, GRANT],
+        &[GRANT, ("scope", "runs:read"), ("scope", "runs:write")],
+        &[GRANT, ("audience", API), ("audience", OTHER_API)],
+        &[GRANT, ("grant_type", "password")],
+    ];
+    for pairs in cases {
+        daemon
+            .post_form(TOKEN, basic, pairs)
+            .assert_oauth_error(400, "invalid_request");
+    }
+    let post = [
+        GRANT,
+        ("client_id", client.id.as_str()),
+        ("client_id", client.id.as_str()),
+        ("client_secret", client.secret.as_str()),
+    ];
+    daemon
+        .post_form(TOKEN, Auth::None, &post)
+        .assert_oauth_error(400, "invalid_request");
+}
+
+#[test]
+fn audience_selects_one_audience_as_a_string() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let basic = Auth::Basic(&client.id, &client.secret);
+    let claims = claims_of(&daemon.token_request(basic, &[("audience", API)]));
+    assert_eq!(claims["aud"], API, "one audience is a string: {claims}");
+}
+
+#[test]
+fn resource_selects_an_audience() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let basic = Auth::Basic(&client.id, &client.secret);
+    let claims = claims_of(&daemon.token_request(basic, &[("resource", OTHER_API)]));
+    assert_eq!(claims["aud"], OTHER_API, "{claims}");
+}
+
+/// RFC 8707 §2: `resource` may be given several times; several audiences are an array.
+#[test]
+fn resource_may_repeat() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let basic = Auth::Basic(&client.id, &client.secret);
+    let claims =
+        claims_of(&daemon.token_request(basic, &[("resource", API), ("resource", OTHER_API)]));
+    assert!(
+        claims["aud"].is_array(),
+        "several audiences are an array: {claims}"
+    );
+    assert_eq!(audiences(&claims["aud"]), [API, OTHER_API], "{claims}");
+}
+
+#[test]
+fn audience_and_resource_are_united() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let basic = Auth::Basic(&client.id, &client.secret);
+    let claims =
+        claims_of(&daemon.token_request(basic, &[("audience", API), ("resource", OTHER_API)]));
+    assert_eq!(audiences(&claims["aud"]), [API, OTHER_API], "{claims}");
+}
+
+#[test]
+fn no_audience_requested_gives_the_allow_list() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let basic = Auth::Basic(&client.id, &client.secret);
+    let claims = claims_of(&daemon.token_request(basic, &[]));
+    assert!(claims["aud"].is_array(), "{claims}");
+    assert_eq!(audiences(&claims["aud"]), [API, OTHER_API], "{claims}");
+    // An empty value counts as absent.
+    let claims = claims_of(&daemon.token_request(basic, &[("audience", ""), ("resource", "")]));
+    assert_eq!(audiences(&claims["aud"]), [API, OTHER_API], "{claims}");
+}
+
+#[test]
+fn a_single_allowed_audience_is_a_string() {
+    let client = TestClient::new("one-audience").audiences(&[API]);
+    let daemon = Daemon::with_client(&client);
+    let claims = claims_of(&daemon.token_request(Auth::Basic(&client.id, &client.secret), &[]));
+    assert_eq!(claims["aud"], API, "{claims}");
+}
+
+/// RFC 9068 §3 and the SPEC: with nothing requested and no concrete allow-list entry, `aud`
+/// is `default_audience`, which defaults to the issuer.
+#[test]
+fn wildcard_client_gets_the_issuer_as_default_audience() {
+    let client = TestClient::new("wildcard").audiences(&["*"]);
+    let daemon = Daemon::with_client(&client);
+    let claims = claims_of(&daemon.token_request(Auth::Basic(&client.id, &client.secret), &[]));
+    assert_eq!(claims["aud"], ISSUER, "{claims}");
+}
+
+#[test]
+fn configured_default_audience_is_used() {
+    let wildcard = TestClient::new("wildcard").audiences(&["*"]);
+    let no_audiences = TestClient::new("no-audiences");
+    let daemon = Daemon::builder()
+        .config(r#"default_audience = "https://default.example""#)
+        .client(&wildcard)
+        .client(&no_audiences)
+        .start();
+    for client in [&wildcard, &no_audiences] {
+        let claims = claims_of(&daemon.token_request(Auth::Basic(&client.id, &client.secret), &[]));
+        assert_eq!(claims["aud"], "https://default.example", "{claims}");
+    }
+}
+
+#[test]
+fn wildcard_allows_any_absolute_resource() {
+    let client = TestClient::new("wildcard").audiences(&["*"]);
+    let daemon = Daemon::with_client(&client);
+    let basic = Auth::Basic(&client.id, &client.secret);
+    let claims =
+        claims_of(&daemon.token_request(basic, &[("resource", "https://anything.example/api")]));
+    assert_eq!(claims["aud"], "https://anything.example/api", "{claims}");
+}
+
+#[test]
+fn audience_outside_the_allow_list_is_invalid_target() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let basic = Auth::Basic(&client.id, &client.secret);
+    for param in ["audience", "resource"] {
+        daemon
+            .token_request(basic, &[(param, "https://elsewhere.example")])
+            .assert_oauth_error(400, "invalid_target");
+    }
+    // One allowed and one not is still refused as a whole.
+    daemon
+        .token_request(
+            basic,
+            &[("resource", API), ("resource", "https://elsewhere.example")],
+        )
+        .assert_oauth_error(400, "invalid_target");
+}
+
+/// RFC 8707 §2: a resource is an absolute URI without a fragment, even for a wildcard client.
+#[test]
+fn resource_must_be_an_absolute_uri_without_fragment() {
+    let client = TestClient::new("wildcard").audiences(&["*"]);
+    let daemon = Daemon::with_client(&client);
+    let basic = Auth::Basic(&client.id, &client.secret);
+    for resource in [
+        "relative/path",
+        "/absolute-path-only",
+        "https://api.example/#fragment",
+    ] {
+        daemon
+            .token_request(basic, &[("resource", resource)])
+            .assert_oauth_error(400, "invalid_target");
+    }
+}
+
+#[test]
+fn requested_scope_subset_is_granted_exactly() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let basic = Auth::Basic(&client.id, &client.secret);
+    let reply = daemon.token_request(basic, &[("scope", "runs:read admin")]);
+    let claims = claims_of(&reply);
+    let granted = reply.json()["scope"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(scope_set(&granted), ["admin", "runs:read"], "{reply}");
+    assert_eq!(
+        scope_set(claims["scope"].as_str().unwrap_or_default()),
+        ["admin", "runs:read"],
+        "{claims}"
+    );
+}
+
+#[test]
+fn absent_or_empty_scope_grants_the_whole_allow_list() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let basic = Auth::Basic(&client.id, &client.secret);
+    for params in [&[][..], &[("scope", "")][..]] {
+        let reply = daemon.token_request(basic, params);
+        reply.assert_status(200);
+        let scope = reply.json()["scope"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(
+            scope_set(&scope),
+            ["admin", "runs:read", "runs:write"],
+            "{reply}"
+        );
+    }
+}
+
+#[test]
+fn scope_outside_the_allow_list_is_invalid_scope() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let basic = Auth::Basic(&client.id, &client.secret);
+    for scope in ["runs:delete", "runs:read runs:delete"] {
+        daemon
+            .token_request(basic, &[("scope", scope)])
+            .assert_oauth_error(400, "invalid_scope");
+    }
+}
+
+#[test]
+fn client_without_scopes_gets_no_scope_member() {
+    let client = TestClient::new("scopeless").audiences(&[API]);
+    let daemon = Daemon::with_client(&client);
+    let basic = Auth::Basic(&client.id, &client.secret);
+    let reply = daemon.token_request(basic, &[]);
+    let claims = claims_of(&reply);
+    assert!(reply.json().get("scope").is_none(), "{reply}");
+    assert!(
+        claims.get("scope").is_none(),
+        "no scope claim when empty: {claims}"
+    );
+    daemon
+        .token_request(basic, &[("scope", "runs:read")])
+        .assert_oauth_error(400, "invalid_scope");
+}
+
+#[test]
+fn client_token_ttl_sets_the_lifetime() {
+    let client = service_client().token_ttl("1h");
+    let daemon = Daemon::builder()
+        .config(r#"token_ttl = "2h""#)
+        .client(&client)
+        .start();
+    let reply = daemon.token_request(Auth::Basic(&client.id, &client.secret), &[]);
+    let claims = claims_of(&reply);
+    assert_eq!(reply.json()["expires_in"], 3600, "{reply}");
+    let iat = claims["iat"].as_i64().expect("iat");
+    assert_eq!(claims["exp"].as_i64(), Some(iat + 3600), "{claims}");
+}
+
+#[test]
+fn config_token_ttl_is_the_default_lifetime() {
+    let client = service_client();
+    let daemon = Daemon::builder()
+        .config(r#"token_ttl = "2h""#)
+        .client(&client)
+        .start();
+    let reply = daemon.token_request(Auth::Basic(&client.id, &client.secret), &[]);
+    let claims = claims_of(&reply);
+    assert_eq!(reply.json()["expires_in"], 7200, "{reply}");
+    let iat = claims["iat"].as_i64().expect("iat");
+    assert_eq!(claims["exp"].as_i64(), Some(iat + 7200), "{claims}");
+}
+
+#[test]
+fn every_token_has_a_unique_jti() {
+    const TOKENS: usize = 25;
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let jtis: HashSet<String> = (0..TOKENS)
+        .map(|_| {
+            let token = daemon.access_token(&client, &[]);
+            jwt::decode(&token).claims["jti"]
+                .as_str()
+                .expect("a jti string")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(jtis.len(), TOKENS, "repeated jti among {jtis:?}");
+}
+
+/// RFC 6749 §3.2: unrecognised parameters are ignored; a body under the 16 KiB limit is read.
+#[test]
+fn unknown_parameters_are_ignored() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let padding = "x".repeat(15 * 1024);
+    daemon
+        .token_request(
+            Auth::Basic(&client.id, &client.secret),
+            &[("unknown", "value"), ("padding", &padding)],
+        )
+        .assert_status(200);
+}
+
+#[test]
+fn body_over_16_kib_is_413() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let padding = "x".repeat(17 * 1024);
+    daemon
+        .token_request(
+            Auth::Basic(&client.id, &client.secret),
+            &[("padding", &padding)],
+        )
+        .assert_status(413);
+}
+
+/// Without a `Content-Length` the limit must hold while the body streams in.
+#[test]
+fn chunked_body_over_16_kib_is_413() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let mut request = format!(
+        "POST {TOKEN} HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nContent-Type: {FORM}\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        daemon.addr(),
+        http::basic_header(&client.id, &client.secret),
+    );
+    let first = "grant_type=client_credentials&padding=";
+    request.push_str(&format!("{:x}\r\n{first}\r\n", first.len()));
+    let chunk = "x".repeat(4096);
+    for _ in 0..5 {
+        request.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+    }
+    request.push_str("0\r\n\r\n");
+    let response = http::raw_exchange(daemon.addr(), request.as_bytes());
+    assert_eq!(http::raw_status(&response), 413, "{response}");
+}
+
+#[test]
+fn get_is_405_with_allow_post() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let reply = daemon.get(TOKEN);
+    reply.assert_status(405);
+    let allow = reply.header("allow").unwrap_or_default();
+    assert!(
+        allow.split(',').map(str::trim).any(|m| m == "POST"),
+        "`Allow` must name POST:\n{reply}"
+    );
+}
+
+#[test]
+fn non_form_content_type_is_invalid_request() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let basic = Auth::Basic(&client.id, &client.secret);
+    let json_body = json!({"grant_type": "client_credentials"}).to_string();
+    daemon
+        .post_raw(TOKEN, Some("application/json"), basic, json_body.as_bytes())
+        .assert_oauth_error(400, "invalid_request");
+    daemon
+        .post_raw(
+            TOKEN,
+            Some("text/plain"),
+            basic,
+            b"grant_type=client_credentials",
+        )
+        .assert_oauth_error(400, "invalid_request");
+}
+
+#[test]
+fn form_content_type_with_charset_is_accepted() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    daemon
+        .post_raw(
+            TOKEN,
+            Some("application/x-www-form-urlencoded; charset=UTF-8"),
+            Auth::Basic(&client.id, &client.secret),
+            b"grant_type=client_credentials",
+        )
+        .assert_status(200);
+}
+
+/// Credentials in the query string would land in access logs; no query parameter is taken.
+#[test]
+fn query_string_parameters_are_refused() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let credentials = format!(
+        "client_id={}&client_secret={}",
+        http::form_encode(&client.id),
+        http::form_encode(&client.secret)
+    );
+    let post = |query: &str, auth: Auth<'_>| {
+        let mut headers = vec![("content-type", FORM.to_owned())];
+        headers.extend(auth.header().map(|h| ("authorization", h)));
+        daemon.request(Request {
+            method: "POST",
+            url: daemon.url(&format!("{TOKEN}?{query}")),
+            headers,
+            body: Some(b"grant_type=client_credentials".to_vec()),
+        })
+    };
+    post(&credentials, Auth::None).assert_oauth_error(400, "invalid_request");
+    post("scope=runs%3Aread", Auth::Basic(&client.id, &client.secret))
+        .assert_oauth_error(400, "invalid_request");
+}
+
+/// The SPEC's 429 row: after repeated failures the endpoint throttles, and says when to retry.
+#[test]
+fn repeated_failures_are_throttled_with_retry_after() {
+    const ATTEMPTS: usize = 200;
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let wrong = Auth::Basic(&client.id, "not-the-secret");
+    let throttled = (0..ATTEMPTS)
+        .map(|_| daemon.token_request(wrong, &[]))
+        .find(|reply| reply.status != 401)
+        .unwrap_or_else(|| panic!("{ATTEMPTS} failed logins in a row were never throttled"));
+    throttled.assert_status(429);
+    let retry_after = throttled.header("retry-after").unwrap_or_default();
+    assert!(
+        retry_after.parse::<u64>().is_ok_and(|s| s > 0),
+        "`Retry-After` must be a positive number of seconds:\n{throttled}"
+    );
+}

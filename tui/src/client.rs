@@ -1,0 +1,105 @@
+//! The admin-socket client: connect, greet, ask.
+
+use std::path::{Path, PathBuf};
+
+use tokendealer_shared::{
+    admin::{AdminError, ClientFrame, Hello, PROTOCOL_VERSION, Request, Response, ServerFrame},
+    frame::{self, FrameError},
+};
+use tokio::net::UnixStream;
+
+/// Where the daemon is expected when nothing says otherwise.
+pub const SYSTEM_SOCKET: &str = "/run/tokendealer/admin.sock";
+/// Local mode's socket, relative to the working directory.
+pub const LOCAL_SOCKET: &str = "tokendealer-data/admin.sock";
+
+/// Why talking to the daemon failed. Each is one sentence that says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no tokendealer daemon at {} (is it running?)", .0.display())]
+    NotRunning(PathBuf),
+    #[error("cannot connect to {}: {source}", path.display())]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the connection to the daemon failed: {0}")]
+    Frame(#[from] FrameError),
+    #[error("the daemon closed the connection without answering")]
+    Closed,
+    #[error("the daemon answered something this tool does not expect; is it the same version?")]
+    Unexpected,
+    #[error(
+        "the daemon speaks admin protocol {daemon} and this tool speaks {PROTOCOL_VERSION}; use the tokendealer binary of the daemon's version ({daemon_version})"
+    )]
+    Mismatch { daemon: u32, daemon_version: String },
+    #[error("{0}")]
+    Refused(AdminError),
+}
+
+/// The socket to use: `--socket`, else `$TOKENDEALER_SOCKET` (clap fills `explicit` from
+/// both), else the system socket if it exists, else local mode's.
+pub fn discover(explicit: Option<PathBuf>) -> PathBuf {
+    explicit.unwrap_or_else(|| {
+        if Path::new(SYSTEM_SOCKET).exists() {
+            PathBuf::from(SYSTEM_SOCKET)
+        } else {
+            PathBuf::from(LOCAL_SOCKET)
+        }
+    })
+}
+
+/// A greeted connection to the daemon.
+#[derive(Debug)]
+pub struct Connection {
+    stream: UnixStream,
+}
+
+impl Connection {
+    /// Connects and exchanges greetings.
+    pub async fn open(path: &Path) -> Result<Self, ClientError> {
+        let mut stream = UnixStream::connect(path).await.map_err(|source| {
+            use std::io::ErrorKind::{ConnectionRefused, NotFound};
+            match source.kind() {
+                NotFound | ConnectionRefused => ClientError::NotRunning(path.to_owned()),
+                _ => ClientError::Connect {
+                    path: path.to_owned(),
+                    source,
+                },
+            }
+        })?;
+        frame::write(&mut stream, &ClientFrame::Hello(Hello::current())).await?;
+        match frame::read::<ServerFrame, _>(&mut stream).await? {
+            Some(ServerFrame::Hello(hello)) if hello.protocol_version == PROTOCOL_VERSION => {
+                Ok(Self { stream })
+            }
+            Some(ServerFrame::Hello(hello)) => Err(ClientError::Mismatch {
+                daemon: hello.protocol_version,
+                daemon_version: hello.software_version,
+            }),
+            Some(ServerFrame::Refused(e)) => Err(ClientError::Refused(e)),
+            Some(_) => Err(ClientError::Unexpected),
+            None => Err(ClientError::Closed),
+        }
+    }
+
+    /// Sends one request and waits for its response. A refusal the daemon sends right after
+    /// the greeting (permission denied) arrives here.
+    pub async fn request(&mut self, request: Request) -> Result<Response, ClientError> {
+        let sent = frame::write(&mut self.stream, &ClientFrame::Request(request)).await;
+        // A daemon that refused us wrote its reason and closed, so the write may have failed;
+        // the reason is still waiting to be read, and says more than "broken pipe".
+        let received = frame::read::<ServerFrame, _>(&mut self.stream).await;
+        if let Ok(Some(ServerFrame::Refused(e))) = received {
+            return Err(ClientError::Refused(e));
+        }
+        sent?;
+        match received? {
+            Some(ServerFrame::Response(Response::Error(e))) => Err(ClientError::Refused(e)),
+            Some(ServerFrame::Response(response)) => Ok(response),
+            Some(ServerFrame::Hello(_) | ServerFrame::Refused(_)) => Err(ClientError::Unexpected),
+            None => Err(ClientError::Closed),
+        }
+    }
+}

@@ -246,13 +246,9 @@ fn status(state: &State) -> Status {
         listen: state.listen.to_string(),
         issuer: state.issuer.clone(),
         algorithm: state.config.algorithm.to_string(),
-        clients_file: state.config.clients_file.display().to_string(),
+        clients_file: state.clients.path().display().to_string(),
         clients: state.clients.load().len() as u64,
-        last_reload: state
-            .last_reload
-            .lock()
-            .expect("reload outcome lock")
-            .clone(),
+        last_reload: state.clients.last_reload(),
         keys: keys
             .entries()
             .iter()

@@ -21,18 +21,17 @@ use std::{
     io,
     net::SocketAddr,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use tokendealer_shared::admin::ReloadOutcome;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    clients::Registry,
+    clients::ClientsStore,
     config::Config,
     keys::{KeyEntry, KeyStore, Keyring},
 };
@@ -70,7 +69,7 @@ impl StartError {
 pub struct Loaded {
     config: Config,
     keys: Vec<KeyEntry>,
-    registry: Registry,
+    clients: ClientsStore,
 }
 
 /// Reads (on first use: creates) the signing keys, and reads the clients file.
@@ -91,11 +90,14 @@ pub async fn load(config: Config) -> Result<Loaded, StartError> {
             "the active key's algorithm differs from `algorithm`; the change applies at the next key rotation"
         );
     }
-    let registry = Registry::load(&config.clients_file)?;
+    let clients_file = config.clients_file.clone();
+    let clients = tokio::task::spawn_blocking(move || ClientsStore::open(&clients_file))
+        .await
+        .map_err(|_| StartError::Interrupted)??;
     Ok(Loaded {
         config,
         keys,
-        registry,
+        clients,
     })
 }
 
@@ -130,47 +132,11 @@ pub struct State {
     pub token_ttl: Duration,
     pub listen: SocketAddr,
     pub admin_socket: PathBuf,
-    pub clients: ArcSwap<Registry>,
+    pub clients: Arc<ClientsStore>,
     pub keys: ArcSwap<Keyring>,
-    /// Written only by reloads, read by the admin socket.
-    pub last_reload: Mutex<ReloadOutcome>,
     pub started: Instant,
     metadata: Bytes,
     jwks_cache_control: ::http::HeaderValue,
-}
-
-impl State {
-    /// Re-reads the clients file and swaps it in; a file that fails keeps the old registry.
-    pub fn reload_clients(&self) -> ReloadOutcome {
-        let at = jiff::Timestamp::now().as_second();
-        let outcome = match Registry::load(&self.config.clients_file) {
-            Ok(registry) => {
-                let count = registry.len() as u64;
-                self.clients.store(Arc::new(registry));
-                tracing::info!(clients = count, file = %self.config.clients_file.display(), "clients file reloaded");
-                ReloadOutcome::Ok { at, clients: count }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "clients file not reloaded; still serving the previous clients");
-                let line = match &e {
-                    clients::LoadError::Invalid { source, .. } => source.line(),
-                    clients::LoadError::Read { .. } => None,
-                };
-                let reason = match &e {
-                    clients::LoadError::Invalid { source, .. } => source.to_string(),
-                    clients::LoadError::Read { source, .. } => source.to_string(),
-                };
-                ReloadOutcome::Failed {
-                    at,
-                    file: self.config.clients_file.display().to_string(),
-                    line,
-                    reason,
-                }
-            }
-        };
-        *self.last_reload.lock().expect("reload outcome lock") = outcome.clone();
-        outcome
-    }
 }
 
 /// Serves until `shutdown` completes; SIGHUP reloads the clients file meanwhile.
@@ -182,7 +148,7 @@ pub async fn run(
     let Loaded {
         config,
         keys,
-        registry,
+        clients,
     } = loaded;
     let listen = listeners.http.local_addr()?;
     let issuer = config
@@ -201,11 +167,7 @@ pub async fn run(
         token_ttl: config.token_ttl,
         listen,
         admin_socket: config.admin_socket.clone(),
-        last_reload: Mutex::new(ReloadOutcome::Ok {
-            at: jiff::Timestamp::now().as_second(),
-            clients: registry.len() as u64,
-        }),
-        clients: ArcSwap::from_pointee(registry),
+        clients: Arc::new(clients),
         keys: ArcSwap::from_pointee(keyring),
         started: Instant::now(),
         config,
@@ -216,6 +178,10 @@ pub async fn run(
     let stop = CancellationToken::new();
     let http_task = tokio::spawn(http::serve(listeners.http, state.clone(), stop.clone()));
     let admin_task = tokio::spawn(admin::serve(listeners.admin, state.clone(), stop.clone()));
+    // Without the watch the daemon still serves, and SIGHUP still reloads.
+    let _watch = clients::watch::start(state.clients.clone(), stop.clone())
+        .inspect_err(|e| tracing::error!(error = %e, "cannot watch the clients file; edits apply on SIGHUP only"))
+        .ok();
     tracing::info!(
         listen = %state.listen,
         issuer = %state.issuer,
@@ -233,8 +199,8 @@ pub async fn run(
             _ = hangup.recv() => {
                 tracing::info!("SIGHUP: reloading the clients file");
                 systemd::reloading();
-                let reloaded = state.clone();
-                let _ = tokio::task::spawn_blocking(move || reloaded.reload_clients()).await;
+                let clients = state.clients.clone();
+                let _ = tokio::task::spawn_blocking(move || clients.reload()).await;
                 systemd::ready(&state);
             }
         }

@@ -1,11 +1,11 @@
-//! The clients registry: an immutable snapshot of the clients file, swapped in whole.
+//! The registry: an immutable snapshot of the clients file, swapped in whole.
 //!
 //! Authentication does the same work whoever asks: the secret is hashed, and exactly
 //! [`MAX_SECRETS`] fixed-length digests are compared in constant time, a known client's or
 //! decoys for an unknown one. Only then is the outcome branched on, and every failure looks
 //! the same to the caller.
 
-use std::{collections::HashMap, path::Path, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use aws_lc_rs::{digest, rand::SecureRandom};
 use subtle::{Choice, ConstantTimeEq};
@@ -38,23 +38,6 @@ impl Slot {
     const EMPTY: i64 = i64::MIN;
 }
 
-/// Why a registry could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{}: {source}", path.display())]
-    Invalid {
-        path: std::path::PathBuf,
-        #[source]
-        source: ClientsFileError,
-    },
-}
-
 /// Every client, by id.
 #[derive(Debug)]
 pub struct Registry {
@@ -64,17 +47,9 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Reads and validates a clients file.
-    pub fn load(path: &Path) -> Result<Self, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let specs = clients_file::parse(&text).map_err(|source| LoadError::Invalid {
-            path: path.to_owned(),
-            source,
-        })?;
-        Ok(Self::from_specs(specs))
+    /// Validates clients-file text and builds its registry.
+    pub fn parse(text: &str) -> Result<Self, ClientsFileError> {
+        clients_file::parse(text).map(Self::from_specs)
     }
 
     /// Builds a registry from validated clients.

@@ -1,0 +1,321 @@
+//! Clients: the registry the token endpoint reads, the file it comes from, and the writes
+//! and reloads that keep the two in step.
+//!
+//! The file is the source of truth. Memory never runs ahead of it: a write reaches the disk
+//! (fsync, rename, directory fsync) before the new registry is swapped in and acknowledged,
+//! and a file that cannot be loaded leaves the previous registry serving.
+
+pub mod edit;
+mod registry;
+pub mod watch;
+
+use std::{
+    fs,
+    io::ErrorKind,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+};
+
+use arc_swap::{ArcSwap, Guard};
+use tokendealer_shared::{admin::ReloadOutcome, clients_file::ClientsFileError};
+
+pub use edit::{Edit, EditError};
+pub use registry::{Client, Registry, hash_secret};
+
+use crate::fsio;
+
+/// How many times a write re-reads and re-applies when the file changes under it.
+const WRITE_ATTEMPTS: usize = 3;
+
+/// Why the clients file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read clients file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("clients file {} {source}", path.display())]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: ClientsFileError,
+    },
+}
+
+/// Why a change to the clients was not made. In every case the file and the registry are
+/// exactly as they were.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Edit(#[from] EditError),
+    #[error("cannot read clients file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write clients file {}: {source}; it is unchanged", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the clients file kept changing while it was being written; try again")]
+    Contended,
+}
+
+/// The clients file and the registry built from it.
+#[derive(Debug)]
+pub struct ClientsStore {
+    path: PathBuf,
+    current: ArcSwap<Registry>,
+    /// SHA-256 of the text `current` was built from, so that reloading what we ourselves
+    /// just wrote (the watcher sees our rename) is recognised and skipped.
+    applied: Mutex<[u8; 32]>,
+    outcome: Mutex<ReloadOutcome>,
+    /// One writer at a time; readers never take it.
+    write_lock: Mutex<()>,
+    /// Successful reloads that changed the registry.
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
+    /// Unix seconds of the last successful load.
+    pub last_success: AtomicI64,
+}
+
+fn sha256(text: &str) -> [u8; 32] {
+    hash_secret(text)
+}
+
+fn now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+impl ClientsStore {
+    /// Loads the file; at start-up a file that cannot be loaded is an error.
+    pub fn open(path: &Path) -> Result<Self, LoadError> {
+        if let Some(dir) = path.parent() {
+            fsio::remove_stale_temp_files(dir);
+        }
+        let (text, registry) = read(path)?;
+        let count = registry.len() as u64;
+        Ok(Self {
+            path: path.to_owned(),
+            current: ArcSwap::from_pointee(registry),
+            applied: Mutex::new(sha256(&text)),
+            outcome: Mutex::new(ReloadOutcome::Ok {
+                at: now(),
+                clients: count,
+            }),
+            write_lock: Mutex::new(()),
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
+            last_success: AtomicI64::new(now()),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The current registry. Cheap and lock-free: the token endpoint calls it per request.
+    pub fn load(&self) -> Guard<Arc<Registry>> {
+        self.current.load()
+    }
+
+    /// The outcome of the last load attempt.
+    pub fn last_reload(&self) -> ReloadOutcome {
+        self.outcome.lock().expect("outcome lock").clone()
+    }
+
+    /// Re-reads the file and swaps in its registry; a file that fails keeps the previous
+    /// registry serving and the failure is kept as the last reload outcome.
+    pub fn reload(&self) -> ReloadOutcome {
+        // Serialised with writes, so a reload never swaps in an older file over a newer write.
+        let _writing = self.write_lock.lock().expect("write lock");
+        let outcome = match read(&self.path) {
+            Ok((text, registry)) => {
+                let digest = sha256(&text);
+                let count = registry.len() as u64;
+                let mut applied = self.applied.lock().expect("applied lock");
+                if *applied == digest {
+                    tracing::debug!(file = %self.path.display(), "clients file unchanged");
+                } else {
+                    *applied = digest;
+                    self.current.store(Arc::new(registry));
+                    self.reloads.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(clients = count, file = %self.path.display(), "clients file reloaded");
+                }
+                self.last_success.store(now(), Ordering::Relaxed);
+                ReloadOutcome::Ok {
+                    at: now(),
+                    clients: count,
+                }
+            }
+            Err(e) => {
+                self.reload_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "clients file not loaded; still serving the previous clients");
+                let (line, reason) = match &e {
+                    LoadError::Invalid { source, .. } => (source.line(), source.to_string()),
+                    LoadError::Read { source, .. } if source.kind() == ErrorKind::NotFound => {
+                        (None, "the file is missing".to_owned())
+                    }
+                    LoadError::Read { source, .. } => (None, source.to_string()),
+                };
+                ReloadOutcome::Failed {
+                    at: now(),
+                    file: self.path.display().to_string(),
+                    line,
+                    reason,
+                }
+            }
+        };
+        *self.outcome.lock().expect("outcome lock") = outcome.clone();
+        outcome
+    }
+
+    /// Applies `edit` to the file on disk, then to memory. A change made by hand since the
+    /// file was last loaded is kept: the edit is applied to the file as it is now.
+    pub fn edit(&self, edit: &Edit) -> Result<(), WriteError> {
+        let _writing = self.write_lock.lock().expect("write lock");
+        let read_now = || {
+            fs::read_to_string(&self.path).map_err(|source| WriteError::Read {
+                path: self.path.clone(),
+                source,
+            })
+        };
+        for _ in 0..WRITE_ATTEMPTS {
+            let before = read_now()?;
+            let after = edit::apply(&before, edit, jiff::Timestamp::now())?;
+            // Someone may have saved the file while we edited it; the rename would then lose
+            // their change. Re-read and re-apply instead.
+            if read_now()? != before {
+                tracing::info!(file = %self.path.display(), "clients file changed during a write; applying the change again");
+                continue;
+            }
+            fsio::write_atomic(&self.path, after.as_bytes(), 0o600).map_err(|source| {
+                WriteError::Write {
+                    path: self.path.clone(),
+                    source,
+                }
+            })?;
+            let registry = Registry::parse(&after).expect("edit::apply only returns loadable text");
+            let count = registry.len() as u64;
+            *self.applied.lock().expect("applied lock") = sha256(&after);
+            self.current.store(Arc::new(registry));
+            self.last_success.store(now(), Ordering::Relaxed);
+            *self.outcome.lock().expect("outcome lock") = ReloadOutcome::Ok {
+                at: now(),
+                clients: count,
+            };
+            return Ok(());
+        }
+        Err(WriteError::Contended)
+    }
+}
+
+fn read(path: &Path) -> Result<(String, Registry), LoadError> {
+    let text = fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    if let Ok(meta) = fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                file = %path.display(),
+                mode = format!("{mode:04o}"),
+                "the clients file is readable by group or others; it holds no secrets, but who may get tokens is still worth keeping private (chmod 600)"
+            );
+        }
+    }
+    let registry = Registry::parse(&text).map_err(|source| LoadError::Invalid {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok((text, registry))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokendealer_shared::clients_file::format_hash;
+
+    fn store(text: &str) -> (tempfile::TempDir, ClientsStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clients.toml");
+        fs::write(&path, text).unwrap();
+        let store = ClientsStore::open(&path).unwrap();
+        (dir, store)
+    }
+
+    fn add(id: &str) -> Edit {
+        Edit::Add {
+            id: id.into(),
+            audiences: vec![],
+            scopes: vec![],
+            ttl: None,
+            secret_hash: hash_secret("s"),
+        }
+    }
+
+    #[test]
+    fn edits_reach_disk_then_memory() {
+        let (_dir, store) = store("");
+        store.edit(&add("a")).unwrap();
+        assert!(store.load().authenticate("a", "s", 0).is_some());
+        let on_disk = fs::read_to_string(store.path()).unwrap();
+        assert!(on_disk.contains(&format_hash(&hash_secret("s"))));
+        assert_eq!(
+            fs::metadata(store.path()).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn a_hand_edit_is_kept_by_the_next_write() {
+        let (_dir, store) = store("");
+        let hand = format!(
+            "# by hand\n[clients.h]\nsecret_hashes = [\"{}\"]\n",
+            format_hash(&hash_secret("x"))
+        );
+        fs::write(store.path(), hand).unwrap();
+        store.edit(&add("a")).unwrap();
+        let r = store.load();
+        assert!(r.get("h").is_some() && r.get("a").is_some());
+        assert!(
+            fs::read_to_string(store.path())
+                .unwrap()
+                .starts_with("# by hand")
+        );
+    }
+
+    #[test]
+    fn a_bad_file_keeps_the_previous_registry() {
+        let (_dir, store) = store("");
+        store.edit(&add("a")).unwrap();
+        fs::write(
+            store.path(),
+            "[clients.a]\nsecret_hashes = [\"sha256:nope\"]\n",
+        )
+        .unwrap();
+        let outcome = store.reload();
+        assert!(
+            matches!(outcome, ReloadOutcome::Failed { line: Some(1), .. }),
+            "{outcome:?}"
+        );
+        assert!(store.load().get("a").is_some());
+        assert_eq!(store.reload_failures.load(Ordering::Relaxed), 1);
+        fs::remove_file(store.path()).unwrap();
+        let ReloadOutcome::Failed { reason, .. } = store.reload() else {
+            panic!()
+        };
+        assert_eq!(reason, "the file is missing");
+        assert!(store.load().get("a").is_some());
+    }
+}

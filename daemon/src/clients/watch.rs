@@ -1,0 +1,161 @@
+//! Follows edits of the clients file as they happen.
+//!
+//! The parent directory is watched, not the file: editors and `mv` replace the file (a new
+//! inode the old watch would never see), vim writes a backup and renames, and a Kubernetes
+//! volume swaps its `..data` symlink. Events are filtered by name, debounced, and each burst
+//! becomes one reload of the whole file.
+
+use std::{
+    ffi::OsStr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use notify::{
+    EventKind, RecursiveMode,
+    event::{AccessKind, AccessMode},
+};
+use notify_debouncer_full::{
+    DebounceEventResult, DebouncedEvent, Debouncer, RecommendedCache, new_debouncer,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::ClientsStore;
+use crate::fsio;
+
+/// Quiet time after the last event of a burst before reloading. Short enough that an edit
+/// is live well within a second, long enough that a save's several events make one reload.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// The running watch; dropping it stops watching.
+pub struct Watch {
+    _debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch").finish_non_exhaustive()
+    }
+}
+
+/// Starts watching `store`'s file; reloads run on the blocking pool until `stop` fires.
+pub fn start(store: Arc<ClientsStore>, stop: CancellationToken) -> notify::Result<Watch> {
+    let path = store.path().to_owned();
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(OsStr::to_owned).unwrap_or_default();
+    // Capacity one: a pending reload already covers every event that arrives before it runs.
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let mut debouncer =
+        new_debouncer(
+            DEBOUNCE,
+            None,
+            move |result: DebounceEventResult| match result {
+                Ok(events) => {
+                    if events.iter().any(|e| relevant(e, &name)) {
+                        let _ = tx.try_send(());
+                    }
+                }
+                Err(errors) => {
+                    for e in errors {
+                        tracing::warn!(error = %e, "clients file watch error");
+                    }
+                    // After an error (e.g. an inotify queue overflow) events may have been lost.
+                    let _ = tx.try_send(());
+                }
+            },
+        )?;
+    debouncer.watch(&dir, RecursiveMode::NonRecursive)?;
+    tracing::info!(dir = %dir.display(), file = %path.display(), "watching the clients file");
+
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                event = rx.recv() => {
+                    if event.is_none() { break }
+                    let store = store.clone();
+                    let _ = tokio::task::spawn_blocking(move || store.reload()).await;
+                }
+            }
+        }
+    });
+    Ok(Watch {
+        _debouncer: debouncer,
+    })
+}
+
+/// Whether an event may have changed what the clients file's path resolves to.
+fn relevant(event: &DebouncedEvent, name: &OsStr) -> bool {
+    if let EventKind::Access(kind) = event.kind {
+        // Opening or reading changes nothing; closing after a write does.
+        if !matches!(kind, AccessKind::Close(AccessMode::Write)) {
+            return false;
+        }
+    }
+    event.paths.iter().any(|p| names_target(p, name))
+}
+
+fn names_target(path: &Path, name: &OsStr) -> bool {
+    let Some(file) = path.file_name() else {
+        return false;
+    };
+    let file = file.to_string_lossy();
+    if fsio::is_temp_file(&file) {
+        return false;
+    }
+    // `..data` and `..2026_…` are how a Kubernetes volume swaps its contents.
+    path.file_name() == Some(name) || file.starts_with("..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, ModifyKind, RenameMode};
+    use std::time::Instant;
+
+    fn event(kind: EventKind, path: &str) -> DebouncedEvent {
+        DebouncedEvent::new(
+            notify::Event::new(kind).add_path(path.into()),
+            Instant::now(),
+        )
+    }
+
+    #[test]
+    fn filters_by_name_and_kind() {
+        let name = OsStr::new("clients.toml");
+        let modify = EventKind::Modify(ModifyKind::Any);
+        assert!(relevant(&event(modify, "/etc/td/clients.toml"), name));
+        assert!(relevant(
+            &event(
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+                "/etc/td/..data"
+            ),
+            name
+        ));
+        assert!(relevant(
+            &event(
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                "/etc/td/clients.toml"
+            ),
+            name
+        ));
+        assert!(!relevant(
+            &event(
+                EventKind::Access(AccessKind::Open(AccessMode::Any)),
+                "/etc/td/clients.toml"
+            ),
+            name
+        ));
+        assert!(!relevant(
+            &event(EventKind::Create(CreateKind::File), "/etc/td/config.toml"),
+            name
+        ));
+        let temp = format!("/etc/td/.clients.toml{}1.0", fsio::TEMP_MARKER);
+        assert!(!relevant(&event(modify, &temp), name));
+    }
+}

@@ -9,14 +9,14 @@ use std::{
     io::{self, ErrorKind},
     os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
-    sync::{Arc, OnceLock},
+    sync::{Arc, OnceLock, atomic::Ordering::Relaxed},
     time::Duration,
 };
 
 use tokendealer_shared::{
     admin::{
-        AdminError, ClientFrame, Hello, KeyInfo, PROTOCOL_VERSION, Request, Response, ServerFrame,
-        Status,
+        AdminError, ClientFrame, ClientInfo, Event, Hello, KeyInfo, MAX_PAGE, PROTOCOL_VERSION,
+        Request, Response, ServerFrame, Status,
     },
     frame::{self, FrameError},
 };
@@ -26,7 +26,11 @@ use tokio::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::State;
+use crate::{
+    State,
+    clients::{self, Client, Edit, EditError, WriteError},
+    config::MAX_TOKEN_TTL,
+};
 
 /// How many admin connections are served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 32;
@@ -36,6 +40,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long one request may take before the peer is told it failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a frame may wait for a peer that does not read before the connection is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the admin socket could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -176,10 +182,10 @@ async fn converse(
         };
     // Our greeting goes first whatever follows: its layout is frozen, so any version of the
     // tool can read it and explain a mismatch.
-    frame::write(&mut tx, &ServerFrame::Hello(Hello::current())).await?;
+    send(&mut tx, &ServerFrame::Hello(Hello::current())).await?;
     if !allowed {
         tracing::warn!(uid, "admin connection refused: uid is not permitted");
-        return frame::write(
+        return send(
             &mut tx,
             &ServerFrame::Refused(AdminError::PermissionDenied { uid }),
         )
@@ -197,47 +203,282 @@ async fn converse(
             tool: hello.protocol_version,
             daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
         };
-        return frame::write(&mut tx, &ServerFrame::Refused(refusal)).await;
+        return send(&mut tx, &ServerFrame::Refused(refusal)).await;
     }
-    loop {
-        let request = match tokio::time::timeout(
-            IDLE_TIMEOUT,
-            frame::read::<ClientFrame, _>(&mut rx),
-        )
-        .await
-        {
-            Ok(Ok(Some(ClientFrame::Request(request)))) => request,
-            Ok(Ok(Some(ClientFrame::Hello(_)))) => {
-                frame::write(
-                    &mut tx,
-                    &ServerFrame::Response(Response::Error(AdminError::BadRequest)),
-                )
-                .await?;
-                return Ok(());
+
+    // Frames are read by their own task: reading is not cancel-safe, and the loop below
+    // must wait on requests and on stats ticks at once.
+    let (frames_tx, mut frames) = tokio::sync::mpsc::channel(1);
+    let reader = tokio::spawn(async move {
+        loop {
+            let frame = frame::read::<ClientFrame, _>(&mut rx).await;
+            let end = !matches!(frame, Ok(Some(_)));
+            if frames_tx.send(frame).await.is_err() || end {
+                return;
             }
-            Ok(Ok(None)) | Err(_) => return Ok(()),
-            Ok(Err(e)) => return Err(e),
-        };
-        let response =
-            match tokio::time::timeout(REQUEST_TIMEOUT, handle(state, request, uid)).await {
-                Ok(response) => response,
-                Err(_) => Response::Error(AdminError::Internal("the request timed out".into())),
-            };
-        frame::write(&mut tx, &ServerFrame::Response(response)).await?;
+        }
+    });
+    let _reader = AbortOnDrop(reader);
+    let mut ticks: Option<tokio::sync::broadcast::Receiver<_>> = None;
+    loop {
+        let idle = tokio::time::sleep(IDLE_TIMEOUT);
+        tokio::select! {
+            frame = frames.recv() => {
+                let request = match frame {
+                    Some(Ok(Some(ClientFrame::Request(request)))) => request,
+                    Some(Ok(Some(ClientFrame::Hello(_)))) => {
+                        return send(&mut tx, &ServerFrame::Response(Response::Error(AdminError::BadRequest))).await;
+                    }
+                    Some(Ok(None)) | None => return Ok(()),
+                    Some(Err(e)) => return Err(e),
+                };
+                if request == Request::Subscribe {
+                    ticks = Some(state.stats.subscribe());
+                }
+                let response = match tokio::time::timeout(REQUEST_TIMEOUT, handle(state, request, uid)).await {
+                    Ok(response) => response,
+                    Err(_) => Response::Error(AdminError::Internal("the request timed out".into())),
+                };
+                send(&mut tx, &ServerFrame::Response(response)).await?;
+            }
+            tick = async { ticks.as_mut().expect("guarded").recv().await }, if ticks.is_some() => {
+                match tick {
+                    Ok(tick) => send(&mut tx, &ServerFrame::Event(Event::Stats((*tick).clone()))).await?,
+                    // A slow reader missed some ticks; it gets the next ones.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+                }
+            }
+            () = idle, if ticks.is_none() => return Ok(()),
+        }
+    }
+}
+
+/// Writes one frame, giving up on a peer that stops reading.
+async fn send(
+    tx: &mut tokio::net::unix::OwnedWriteHalf,
+    frame: &ServerFrame,
+) -> Result<(), FrameError> {
+    match tokio::time::timeout(WRITE_TIMEOUT, frame::write(tx, frame)).await {
+        Ok(result) => result,
+        Err(_) => Err(FrameError::Io(io::Error::new(
+            ErrorKind::TimedOut,
+            "peer stopped reading",
+        ))),
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
 async fn handle(state: &State, request: Request, uid: u32) -> Response {
     match request {
-        Request::Status => {
-            tracing::debug!(uid, "admin: status");
-            Response::Status(Box::new(status(state)))
+        Request::Status => Response::Status(Box::new(status(state))),
+        Request::ListClients { after, limit } => list_clients(state, after.as_deref(), limit),
+        Request::ListKeys => Response::Keys(key_infos(state)),
+        Request::Subscribe => {
+            tracing::info!(uid, "admin: subscribed to stats");
+            Response::Subscribed
+        }
+        Request::Reload => {
+            tracing::info!(uid, "admin: reload");
+            crate::systemd::reloading();
+            let clients = state.clients.clone();
+            let outcome = tokio::task::spawn_blocking(move || clients.reload()).await;
+            crate::systemd::ready(state);
+            match outcome {
+                Ok(outcome) => Response::Reloaded(outcome),
+                Err(e) => Response::Error(AdminError::Internal(e.to_string())),
+            }
+        }
+        Request::AddClient {
+            id,
+            audiences,
+            scopes,
+            ttl_secs,
+        } => {
+            let ttl = match ttl_secs {
+                None => None,
+                Some(secs) if secs > 0 && Duration::from_secs(secs) <= MAX_TOKEN_TTL => {
+                    Some(Duration::from_secs(secs))
+                }
+                Some(_) => {
+                    return Response::Error(AdminError::InvalidInput(
+                        "the token lifetime must be between one second and a year".into(),
+                    ));
+                }
+            };
+            let secret = clients::new_secret();
+            let edit = Edit::Add {
+                id: id.clone(),
+                audiences,
+                scopes,
+                ttl,
+                secret_hash: clients::hash_secret(&secret),
+            };
+            match apply(state, edit).await {
+                Ok(()) => {
+                    tracing::info!(uid, client = %id, "admin: client added");
+                    Response::ClientAdded { id, secret }
+                }
+                Err(e) => Response::Error(e),
+            }
+        }
+        Request::RotateSecret { id, keep_old_secs } => {
+            let secret = clients::new_secret();
+            let keep_old_until = (keep_old_secs > 0).then(|| {
+                jiff::Timestamp::now()
+                    .checked_add(Duration::from_secs(
+                        keep_old_secs.min(MAX_TOKEN_TTL.as_secs()),
+                    ))
+                    .unwrap_or(jiff::Timestamp::MAX)
+            });
+            let edit = Edit::RotateSecret {
+                id: id.clone(),
+                new_hash: clients::hash_secret(&secret),
+                keep_old_until,
+            };
+            match apply(state, edit).await {
+                Ok(()) => {
+                    let old_valid_until = keep_old_until.map(|t| t.as_second());
+                    tracing::info!(uid, client = %id, old_valid_until, "admin: secret rotated");
+                    Response::SecretRotated {
+                        id,
+                        secret,
+                        old_valid_until,
+                    }
+                }
+                Err(e) => Response::Error(e),
+            }
+        }
+        Request::DisableClient { id } => {
+            done(
+                state,
+                uid,
+                "client disabled",
+                Edit::SetDisabled { id, disabled: true },
+            )
+            .await
+        }
+        Request::EnableClient { id } => {
+            done(
+                state,
+                uid,
+                "client enabled",
+                Edit::SetDisabled {
+                    id,
+                    disabled: false,
+                },
+            )
+            .await
+        }
+        Request::RemoveClient { id } => {
+            done(state, uid, "client removed", Edit::Remove { id }).await
+        }
+        Request::ImportClients { clients } => {
+            let count = clients.len() as u64;
+            let ids: Vec<String> = clients.iter().map(|(id, _)| id.clone()).collect();
+            match apply(state, Edit::Import { clients }).await {
+                Ok(()) => {
+                    tracing::info!(uid, count, clients = ?ids, "admin: clients imported");
+                    Response::Imported { count }
+                }
+                Err(e) => Response::Error(e),
+            }
         }
     }
 }
 
+async fn done(state: &State, uid: u32, what: &'static str, edit: Edit) -> Response {
+    let id = match &edit {
+        Edit::SetDisabled { id, .. } | Edit::Remove { id } => id.clone(),
+        _ => String::new(),
+    };
+    match apply(state, edit).await {
+        Ok(()) => {
+            tracing::info!(uid, client = %id, "admin: {what}");
+            Response::Done
+        }
+        Err(e) => Response::Error(e),
+    }
+}
+
+/// Runs a clients-file edit on the blocking pool (it fsyncs) and types its failure.
+async fn apply(state: &State, edit: Edit) -> Result<(), AdminError> {
+    let clients = state.clients.clone();
+    let result = tokio::task::spawn_blocking(move || clients.edit(&edit))
+        .await
+        .map_err(|e| AdminError::Internal(e.to_string()))?;
+    result.map_err(|e| match e {
+        WriteError::Edit(EditError::Exists(id)) => AdminError::ClientExists(id),
+        WriteError::Edit(EditError::NoSuchClient(id)) => AdminError::NoSuchClient(id),
+        WriteError::Edit(EditError::Invalid(m)) => AdminError::InvalidInput(m),
+        WriteError::Edit(EditError::FileInvalid(e)) => AdminError::ClientsFileInvalid {
+            file: state.clients.path().display().to_string(),
+            reason: e.to_string(),
+        },
+        other => {
+            tracing::error!(error = %other, "clients file write failed");
+            AdminError::WriteFailed(other.to_string())
+        }
+    })
+}
+
+fn list_clients(state: &State, after: Option<&str>, limit: u32) -> Response {
+    let registry = state.clients.load();
+    let mut clients: Vec<&Client> = registry.iter().collect();
+    clients.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    let total = clients.len() as u64;
+    let now = jiff::Timestamp::now().as_second();
+    let page = clients
+        .into_iter()
+        .filter(|c| after.is_none_or(|a| c.id.as_str() > a))
+        .take(limit.clamp(1, MAX_PAGE) as usize)
+        .map(|c| ClientInfo {
+            id: c.id.clone(),
+            audiences: c
+                .any_audience
+                .then(|| "*".to_owned())
+                .into_iter()
+                .chain(c.audiences.iter().cloned())
+                .collect(),
+            scopes: c.scopes.clone(),
+            ttl_secs: c.token_ttl.map(|t| t.as_secs()),
+            disabled: c.disabled,
+            old_secret_until: c.old_secret_until(now),
+            issued: c.counters.issued.load(Relaxed),
+            last_issued: Some(c.counters.last_issued.load(Relaxed)).filter(|&t| t > 0),
+        })
+        .collect();
+    Response::Clients {
+        clients: page,
+        total,
+    }
+}
+
+fn key_infos(state: &State) -> Vec<KeyInfo> {
+    state
+        .keys
+        .load()
+        .entries()
+        .iter()
+        .map(|e| KeyInfo {
+            kid: e.meta.kid.clone(),
+            alg: e.meta.alg.to_string(),
+            state: e.meta.state,
+            created: e.meta.created,
+            activated: e.meta.activated,
+            retire_at: e.meta.retire_at,
+        })
+        .collect()
+}
+
 fn status(state: &State) -> Status {
-    let keys = state.keys.load();
     Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         pid: std::process::id(),
@@ -249,17 +490,6 @@ fn status(state: &State) -> Status {
         clients_file: state.clients.path().display().to_string(),
         clients: state.clients.load().len() as u64,
         last_reload: state.clients.last_reload(),
-        keys: keys
-            .entries()
-            .iter()
-            .map(|e| KeyInfo {
-                kid: e.meta.kid.clone(),
-                alg: e.meta.alg.to_string(),
-                state: e.meta.state,
-                created: e.meta.created,
-                activated: e.meta.activated,
-                retire_at: e.meta.retire_at,
-            })
-            .collect(),
+        keys: key_infos(state),
     }
 }

@@ -65,10 +65,10 @@ pub fn remove_stale_temp_files(dir: &Path) {
         if is_temp_file(&name.to_string_lossy()) {
             match fs::remove_file(entry.path()) {
                 Ok(()) => {
-                    tracing::info!(file = %entry.path().display(), "removed a temporary file left by an interrupted write")
+                    tracing::info!(file = %entry.path().display(), "removed a temporary file left by an interrupted write");
                 }
                 Err(e) => {
-                    tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove a stale temporary file")
+                    tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove a stale temporary file");
                 }
             }
         }

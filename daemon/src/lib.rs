@@ -14,6 +14,7 @@ pub mod fsio;
 pub mod http;
 pub mod keys;
 pub mod local;
+pub mod stats;
 pub mod systemd;
 
 use std::{
@@ -134,6 +135,7 @@ pub struct State {
     pub admin_socket: PathBuf,
     pub clients: Arc<ClientsStore>,
     pub keys: ArcSwap<Keyring>,
+    pub stats: Arc<stats::Stats>,
     pub started: Instant,
     metadata: Bytes,
     jwks_cache_control: ::http::HeaderValue,
@@ -168,6 +170,7 @@ pub async fn run(
         listen,
         admin_socket: config.admin_socket.clone(),
         clients: Arc::new(clients),
+        stats: Arc::default(),
         keys: ArcSwap::from_pointee(keyring),
         started: Instant::now(),
         config,
@@ -178,6 +181,11 @@ pub async fn run(
     let stop = CancellationToken::new();
     let http_task = tokio::spawn(http::serve(listeners.http, state.clone(), stop.clone()));
     let admin_task = tokio::spawn(admin::serve(listeners.admin, state.clone(), stop.clone()));
+    let tick_task = tokio::spawn(stats::tick(
+        state.stats.clone(),
+        state.clients.clone(),
+        stop.clone(),
+    ));
     // Without the watch the daemon still serves, and SIGHUP still reloads.
     let _watch = clients::watch::start(state.clients.clone(), stop.clone())
         .inspect_err(|e| tracing::error!(error = %e, "cannot watch the clients file; edits apply on SIGHUP only"))
@@ -209,7 +217,7 @@ pub async fn run(
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     systemd::stopping();
     stop.cancel();
-    let _ = tokio::join!(http_task, admin_task);
+    let _ = tokio::join!(http_task, admin_task, tick_task);
     admin::unlink(&state.admin_socket);
     tracing::info!("stopped");
     Ok(())

@@ -8,10 +8,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aws_lc_rs::rand::SecureRandom;
 use tokendealer_shared::clients_file::format_hash;
 
-use crate::{clients::hash_secret, config::Config, fsio};
+use crate::{
+    clients::{self, hash_secret},
+    config::Config,
+    fsio,
+};
 
 /// The data directory, relative to the working directory.
 pub const DATA_DIR: &str = "tokendealer-data";
@@ -72,7 +75,7 @@ pub fn setup(base: &Path) -> Result<LocalSetup, LocalError> {
     let new_secret = if config.clients_file.exists() {
         None
     } else {
-        let secret = new_secret();
+        let secret = clients::new_secret();
         let text = format!(
             "# Who may get tokens. Only SHA-256 hashes of secrets are kept here, never a secret.\n\
              # SIGHUP makes the daemon re-read this file.\n\
@@ -91,15 +94,6 @@ pub fn setup(base: &Path) -> Result<LocalSetup, LocalError> {
         config,
         new_secret,
     })
-}
-
-/// A new client secret: 192 random bits as hex (URL- and shell-safe, no encoding needed).
-pub fn new_secret() -> String {
-    let mut bytes = [0u8; 24];
-    aws_lc_rs::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .expect("system randomness is available");
-    hex::encode(bytes)
 }
 
 /// Tells the newcomer what was made and how to use it, once the port is known.

@@ -40,20 +40,86 @@ pub enum ServerFrame {
     Response(Response),
     /// The daemon will not talk to this peer (permission, version); it closes next.
     Refused(AdminError),
+    /// Pushed to a subscribed connection, between responses.
+    Event(Event),
 }
 
+/// Pushed by the daemon after [`Request::Subscribe`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    Stats(StatsTick),
+}
+
+/// The most clients one [`Request::ListClients`] page holds.
+pub const MAX_PAGE: u32 = 1000;
+
 /// A request. Each variant says which [`Response`]s it can get; any request can also get
-/// [`Response::Error`].
+/// [`Response::Error`] with the [`AdminError`]s listed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// → [`Response::Status`].
     Status,
+    /// Clients in id order, starting after `after`, at most `limit` (≤ [`MAX_PAGE`]).
+    /// → [`Response::Clients`].
+    ListClients { after: Option<String>, limit: u32 },
+    /// Registers a client with a new secret. → [`Response::ClientAdded`];
+    /// errors: `ClientExists`, `InvalidInput`, `ClientsFileInvalid`, `WriteFailed`.
+    AddClient {
+        id: String,
+        audiences: Vec<String>,
+        scopes: Vec<String>,
+        ttl_secs: Option<u64>,
+    },
+    /// Gives a client a new secret; the old one stays valid for `keep_old_secs` (0: stops at
+    /// once). → [`Response::SecretRotated`]; errors: `NoSuchClient`, `ClientsFileInvalid`,
+    /// `WriteFailed`.
+    RotateSecret { id: String, keep_old_secs: u64 },
+    /// → [`Response::Done`]; errors: `NoSuchClient`, `ClientsFileInvalid`, `WriteFailed`.
+    DisableClient { id: String },
+    /// → [`Response::Done`]; errors as for `DisableClient`.
+    EnableClient { id: String },
+    /// → [`Response::Done`]; errors as for `DisableClient`.
+    RemoveClient { id: String },
+    /// Adds clients given by secret hash (the tool hashes; no secret crosses the socket).
+    /// All or none. → [`Response::Imported`]; errors: `ClientExists`, `InvalidInput`,
+    /// `ClientsFileInvalid`, `WriteFailed`.
+    ImportClients { clients: Vec<(String, [u8; 32])> },
+    /// → [`Response::Keys`].
+    ListKeys,
+    /// Re-reads the clients file and answers when done. → [`Response::Reloaded`] (whose
+    /// outcome may be a failure).
+    Reload,
+    /// → [`Response::Subscribed`], then an [`Event::Stats`] every second until the
+    /// connection closes. A subscriber that does not keep up misses ticks.
+    Subscribe,
 }
 
 /// A response to one [`Request`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     Status(Box<Status>),
+    Clients {
+        clients: Vec<ClientInfo>,
+        total: u64,
+    },
+    /// The secret is shown this once; only its hash is stored.
+    ClientAdded {
+        id: String,
+        secret: String,
+    },
+    SecretRotated {
+        id: String,
+        secret: String,
+        /// Unix seconds until which the old secret still works; `None` when it stopped.
+        old_valid_until: Option<i64>,
+    },
+    Done,
+    Imported {
+        count: u64,
+    },
+    Keys(Vec<KeyInfo>),
+    Reloaded(ReloadOutcome),
+    Subscribed,
     Error(AdminError),
 }
 
@@ -61,7 +127,7 @@ pub enum Response {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum AdminError {
     #[error(
-        "permission denied: uid {uid} may not use the admin socket (ask for membership of an admin group in the daemon's config)"
+        "permission denied: uid {uid} may not use the admin socket (ask for your uid or group in the daemon's admin_uids/admin_gids)"
     )]
     PermissionDenied { uid: u32 },
     #[error(
@@ -74,8 +140,67 @@ pub enum AdminError {
     },
     #[error("the request was not understood by the daemon")]
     BadRequest,
+    #[error("there is no client `{0}`")]
+    NoSuchClient(String),
+    #[error("client `{0}` already exists")]
+    ClientExists(String),
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error(
+        "the clients file {file} is not valid ({reason}); fix it before changing clients through the daemon"
+    )]
+    ClientsFileInvalid { file: String, reason: String },
+    #[error("{0}")]
+    WriteFailed(String),
     #[error("the daemon failed: {0}")]
     Internal(String),
+}
+
+/// One client as the admin sees it. Never a secret or a hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    pub id: String,
+    pub audiences: Vec<String>,
+    pub scopes: Vec<String>,
+    pub ttl_secs: Option<u64>,
+    pub disabled: bool,
+    /// Unix seconds until which a rotated-out secret still works.
+    pub old_secret_until: Option<i64>,
+    /// Tokens issued since the daemon started.
+    pub issued: u64,
+    /// Unix seconds of the last issuance since the daemon started.
+    pub last_issued: Option<i64>,
+}
+
+/// One second of activity, pushed to subscribers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsTick {
+    /// Unix milliseconds at the end of the interval.
+    pub at_ms: i64,
+    pub interval_ms: u64,
+    pub issued: u64,
+    pub failures: u64,
+    /// `(error code, count)` for the codes that occurred.
+    pub failures_by_code: Vec<(String, u64)>,
+    /// The busiest clients of the interval (at most [`MAX_TICK_CLIENTS`]).
+    pub clients: Vec<ClientTick>,
+    /// Latency of the interval's token requests, in microseconds.
+    pub p50_us: u64,
+    pub p99_us: u64,
+    /// Since the daemon started.
+    pub issued_total: u64,
+    pub failures_total: u64,
+}
+
+/// The most clients one [`StatsTick`] lists.
+pub const MAX_TICK_CLIENTS: usize = 200;
+
+/// One client's activity in a [`StatsTick`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientTick {
+    pub id: String,
+    pub issued: u64,
+    pub failures: u64,
 }
 
 /// A snapshot of the daemon's state.

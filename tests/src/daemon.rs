@@ -125,13 +125,17 @@ struct RunLog {
 }
 
 /// A `tokendealerd` process (or the files for one) in its own temporary directory. Killed with
-/// SIGKILL on drop if still running; on drop during a panic its output is printed first.
+/// SIGKILL on drop if still running; on drop during a panic its output is printed and the
+/// directory is kept.
 pub struct Daemon {
     dir: TempDir,
     args: Vec<OsString>,
     cwd: PathBuf,
     child: Option<Child>,
     ready: Option<Ready>,
+    /// Bound for the daemon's whole run, so its later datagrams (STATUS=, STOPPING=1) are
+    /// received rather than refused.
+    notify: Option<UnixDatagram>,
     runs: u32,
     log: RunLog,
     agent: ureq::Agent,
@@ -170,6 +174,7 @@ impl Daemon {
             args,
             child: None,
             ready: None,
+            notify: None,
             runs: 0,
             log: RunLog::default(),
             agent: http::agent(),
@@ -202,13 +207,20 @@ impl Daemon {
     }
 
     /// Writes `name` (relative to the temporary directory), creating parent directories.
+    ///
+    /// The file is replaced by a rename, as editors do, so a running daemon that watches it
+    /// never reads it half-written.
     pub fn write_file(&self, name: &str, contents: &str) -> PathBuf {
         let path = self.dir().join(name);
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).expect("creating a directory in the temporary directory");
-        }
-        fs::write(&path, contents)
-            .unwrap_or_else(|e| panic!("writing {} failed: {e}", path.display()));
+        let parent = path.parent().expect("a file in the temporary directory");
+        fs::create_dir_all(parent).expect("creating a directory in the temporary directory");
+        let mut staged =
+            tempfile::NamedTempFile::new_in(parent).expect("a temporary file beside the target");
+        std::io::Write::write_all(&mut staged, contents.as_bytes())
+            .unwrap_or_else(|e| panic!("writing beside {} failed: {e}", path.display()));
+        staged
+            .persist(&path)
+            .unwrap_or_else(|e| panic!("replacing {} failed: {e}", path.display()));
         path
     }
 
@@ -303,6 +315,30 @@ impl Daemon {
         }
     }
 
+    /// The datagrams the daemon sent on `NOTIFY_SOCKET` since `READY=1` that have not been
+    /// read yet. After the daemon has exited this is everything it sent.
+    pub fn notifications(&self) -> Vec<String> {
+        let Some(notify) = &self.notify else {
+            return Vec::new();
+        };
+        notify
+            .set_nonblocking(true)
+            .expect("making the notify socket non-blocking");
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut datagrams = Vec::new();
+        loop {
+            match notify.recv(&mut buf) {
+                Ok(n) => datagrams.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => panic!("receiving on the notify socket failed: {e}"),
+            }
+        }
+        notify
+            .set_nonblocking(false)
+            .expect("making the notify socket blocking again");
+        datagrams
+    }
+
     fn ready(&self) -> &Ready {
         self.ready
             .as_ref()
@@ -365,6 +401,7 @@ impl Daemon {
     fn launch(&mut self) -> Launch {
         assert!(self.child.is_none(), "the daemon is already running");
         self.runs += 1;
+        self.notify = None;
         let notify_path = self.dir().join("notify.sock");
         match fs::remove_file(&notify_path) {
             Ok(()) => {}
@@ -392,6 +429,8 @@ impl Daemon {
             .env_remove("LISTEN_PID")
             .env_remove("LISTEN_FDNAMES")
             .env_remove("TOKENDEALER_SOCKET")
+            // Plain log lines in failure output.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(File::create(&stdout).expect("creating the daemon's stdout file"))
             .stderr(File::create(&stderr).expect("creating the daemon's stderr file"));
@@ -412,6 +451,7 @@ impl Daemon {
                 Ok(n) => {
                     let datagram = String::from_utf8_lossy(&buf[..n]).into_owned();
                     if datagram.lines().any(|line| line == "READY=1") {
+                        self.notify = Some(notify);
                         return Launch::Ready(parse_ready(&datagram));
                     }
                     // STATUS=, EXTEND_TIMEOUT_USEC= and the like: not what we wait for.
@@ -569,8 +609,13 @@ impl Drop for Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
-        if std::thread::panicking() && !self.log.command.is_empty() {
-            eprintln!("{}", self.diagnostics());
+        if std::thread::panicking() {
+            if !self.log.command.is_empty() {
+                eprintln!("{}", self.diagnostics());
+            }
+            // Left for a post-mortem: config, clients, keys and every run's output.
+            self.dir.disable_cleanup(true);
+            eprintln!("kept {} for inspection", self.dir().display());
         }
     }
 }

@@ -116,10 +116,20 @@ impl Reply {
     #[track_caller]
     pub fn assert_oauth_error(&self, status: u16, error: &str) -> &Self {
         self.assert_status(status);
+        assert!(
+            self.header("content-type")
+                .is_some_and(|t| t.starts_with("application/json")),
+            "an error body is JSON:\n{self}"
+        );
+        let body = self.json();
         assert_eq!(
-            self.json()["error"].as_str(),
+            body["error"].as_str(),
             Some(error),
             "the `error` member:\n{self}"
+        );
+        assert!(
+            body.get("error_description").is_none_or(Value::is_string),
+            "`error_description` is a string when present:\n{self}"
         );
         self.assert_no_store()
     }

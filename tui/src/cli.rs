@@ -2,16 +2,22 @@
 //! document. Errors are one sentence on stderr and exit 1; clap exits 2 on bad usage.
 
 use std::{
+    collections::BTreeMap,
     io::{self, Write},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitCode,
+    time::Duration,
 };
 
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
-use tokendealer_shared::admin::{ReloadOutcome, Request, Response, Status};
+use sha2::{Digest, Sha256};
+use tokendealer_shared::admin::{ClientInfo, MAX_PAGE, ReloadOutcome, Request, Response};
 
-use crate::client::{self, ClientError, Connection};
+use crate::{
+    client::{self, ClientError, Connection},
+    render,
+};
 
 /// Administer a running tokendealerd over its admin socket.
 #[derive(Debug, Parser)]
@@ -21,6 +27,9 @@ pub struct Args {
     /// ./tokendealer-data/admin.sock].
     #[arg(long, global = true, env = "TOKENDEALER_SOCKET", value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -28,12 +37,75 @@ pub struct Args {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Show the daemon's version, addresses, clients file and keys.
-    Status {
-        /// Print JSON instead of text.
+    Status,
+    /// List and change the clients allowed to get tokens.
+    #[command(subcommand)]
+    Clients(ClientsCommand),
+    /// Show the signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Re-read the clients file now; exits 1 when it fails to load.
+    Reload,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientsCommand {
+    /// List every client.
+    List,
+    /// Register a client; its new secret is printed once.
+    Add {
+        id: String,
+        /// An audience it may ask for (repeatable; "*" allows any).
+        #[arg(long = "audience", value_name = "A")]
+        audiences: Vec<String>,
+        /// A scope it may ask for (repeatable).
+        #[arg(long = "scope", value_name = "S")]
+        scopes: Vec<String>,
+        /// Lifetime of its tokens, e.g. 1h [default: the daemon's token_ttl].
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// Give a client a new secret, printed once.
+    RotateSecret {
+        id: String,
+        /// How long the old secret keeps working; 0 stops it at once.
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_overlap)]
+        keep_old: Duration,
+    },
+    /// Refuse tokens to a client, keeping its registration.
+    Disable { id: String },
+    /// Let a disabled client get tokens again.
+    Enable { id: String },
+    /// Delete a client.
+    Remove { id: String },
+    /// Register clients from a JSON object of client ids to secrets; only hashes are kept.
+    Import {
+        file: PathBuf,
+        /// Accept secrets shorter than 32 characters (fewer than 128 bits of hex).
         #[arg(long)]
-        json: bool,
+        force: bool,
     },
 }
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// List the published keys and their states.
+    List,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    tokendealer_shared::duration::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_overlap(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(s)
+}
+
+/// The shortest secret `import` takes without `--force`: 32 hex characters are 128 bits.
+const MIN_SECRET_LEN: usize = 32;
 
 /// Prints one sentence to stderr and returns exit code 1.
 pub fn fail(message: impl std::fmt::Display) -> ExitCode {
@@ -41,153 +113,257 @@ pub fn fail(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{0}")]
+    Input(String),
+    /// Already reported (a reload that failed); exit 1 without another message.
+    #[error("the reload failed")]
+    Reported,
+}
+
 pub async fn run(args: Args) -> ExitCode {
     let socket = client::discover(args.socket);
     // Until the dashboard exists, the bare command shows the same overview as `status`.
-    let command = args.command.unwrap_or(Command::Status { json: false });
-    let result = match command {
-        Command::Status { json } => status(&socket, json).await,
-    };
-    match result {
+    let command = args.command.unwrap_or(Command::Status);
+    let out = Output { json: args.json };
+    match execute(&socket, command, &out).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Reported) => ExitCode::FAILURE,
         Err(e) => fail(e),
     }
 }
 
-async fn status(socket: &std::path::Path, as_json: bool) -> Result<(), ClientError> {
+/// Prints either the human text or the JSON document of a result.
+struct Output {
+    json: bool,
+}
+
+impl Output {
+    fn print(
+        &self,
+        json: impl FnOnce() -> Value,
+        text: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) {
+        let mut out = io::stdout().lock();
+        // A closed pipe (`| head`) is not worth an error message.
+        let _ = if self.json {
+            writeln!(out, "{:#}", json())
+        } else {
+            text(&mut out)
+        };
+    }
+}
+
+fn unexpected() -> CliError {
+    ClientError::Unexpected.into()
+}
+
+async fn execute(socket: &Path, command: Command, out: &Output) -> Result<(), CliError> {
+    // Input that can be checked here is checked before the daemon is involved.
+    let import = match &command {
+        Command::Clients(ClientsCommand::Import { file, force }) => Some(read_seed(file, *force)?),
+        _ => None,
+    };
     let mut conn = Connection::open(socket).await?;
-    let Response::Status(status) = conn.request(Request::Status).await? else {
-        return Err(ClientError::Unexpected);
-    };
-    let mut out = io::stdout().lock();
-    let written = if as_json {
-        writeln!(out, "{:#}", status_json(&status))
-    } else {
-        write_status(&mut out, &status)
-    };
-    // A closed pipe (`| head`) is not worth an error message.
-    let _ = written;
+    match command {
+        Command::Status => {
+            let Response::Status(status) = conn.request(Request::Status).await? else {
+                return Err(unexpected());
+            };
+            out.print(
+                || render::status_json(&status),
+                |w| render::write_status(w, &status),
+            );
+        }
+        Command::Reload => {
+            let Response::Reloaded(outcome) = conn.request(Request::Reload).await? else {
+                return Err(unexpected());
+            };
+            out.print(
+                || render::reload_json(&outcome),
+                |w| writeln!(w, "{}", render::reload_text(&outcome)),
+            );
+            if matches!(outcome, ReloadOutcome::Failed { .. }) {
+                let _ = writeln!(
+                    io::stderr(),
+                    "tokendealer: the clients file did not load; the daemon still serves the previous clients"
+                );
+                return Err(CliError::Reported);
+            }
+        }
+        Command::Keys(KeysCommand::List) => {
+            let Response::Keys(keys) = conn.request(Request::ListKeys).await? else {
+                return Err(unexpected());
+            };
+            out.print(
+                || Value::Array(keys.iter().map(render::key_json).collect()),
+                |w| render::write_keys(w, &keys),
+            );
+        }
+        Command::Clients(ClientsCommand::List) => {
+            let clients = list_all(&mut conn).await?;
+            out.print(
+                || Value::Array(clients.iter().map(render::client_json).collect()),
+                |w| render::write_clients(w, &clients),
+            );
+        }
+        Command::Clients(ClientsCommand::Add {
+            id,
+            audiences,
+            scopes,
+            ttl,
+        }) => {
+            let request = Request::AddClient {
+                id,
+                audiences,
+                scopes,
+                ttl_secs: ttl.map(|t| t.as_secs()),
+            };
+            let Response::ClientAdded { id, secret } = conn.request(request).await? else {
+                return Err(unexpected());
+            };
+            out.print(
+                || json!({ "id": id, "secret": secret }),
+                |w| {
+                    writeln!(
+                        w,
+                        "client `{id}` added; its secret is shown this once (only its hash is stored):"
+                    )?;
+                    writeln!(w, "{secret}")
+                },
+            );
+        }
+        Command::Clients(ClientsCommand::RotateSecret { id, keep_old }) => {
+            let request = Request::RotateSecret {
+                id,
+                keep_old_secs: keep_old.as_secs(),
+            };
+            let Response::SecretRotated {
+                id,
+                secret,
+                old_valid_until,
+            } = conn.request(request).await?
+            else {
+                return Err(unexpected());
+            };
+            out.print(
+                || json!({ "id": id, "secret": secret, "old_valid_until": old_valid_until.map(render::time) }),
+                |w| {
+                    writeln!(
+                        w,
+                        "client `{id}` has a new secret, shown this once (only its hash is stored):"
+                    )?;
+                    writeln!(w, "{secret}")?;
+                    match old_valid_until {
+                        Some(t) => writeln!(w, "the old secret keeps working until {}", render::time(t)),
+                        None => writeln!(w, "the old secret no longer works"),
+                    }
+                },
+            );
+        }
+        Command::Clients(ClientsCommand::Disable { id }) => {
+            let request = Request::DisableClient { id: id.clone() };
+            done(&mut conn, out, request, &id, "disabled").await?;
+        }
+        Command::Clients(ClientsCommand::Enable { id }) => {
+            let request = Request::EnableClient { id: id.clone() };
+            done(&mut conn, out, request, &id, "enabled").await?;
+        }
+        Command::Clients(ClientsCommand::Remove { id }) => {
+            let request = Request::RemoveClient { id: id.clone() };
+            done(&mut conn, out, request, &id, "removed").await?;
+        }
+        Command::Clients(ClientsCommand::Import { .. }) => {
+            let clients = import.unwrap_or_default();
+            let Response::Imported { count } =
+                conn.request(Request::ImportClients { clients }).await?
+            else {
+                return Err(unexpected());
+            };
+            out.print(
+                || json!({ "imported": count }),
+                |w| {
+                    writeln!(
+                        w,
+                        "imported {count} clients (only their secrets' hashes are stored)"
+                    )
+                },
+            );
+        }
+    }
     Ok(())
 }
 
-fn time(unix: i64) -> String {
-    jiff::Timestamp::from_second(unix).map_or_else(|_| unix.to_string(), |t| t.to_string())
+async fn done(
+    conn: &mut Connection,
+    out: &Output,
+    request: Request,
+    id: &str,
+    what: &str,
+) -> Result<(), CliError> {
+    let Response::Done = conn.request(request).await? else {
+        return Err(unexpected());
+    };
+    out.print(
+        || json!({ "id": id, "ok": true }),
+        |w| writeln!(w, "client `{id}` {what}"),
+    );
+    Ok(())
 }
 
-fn status_json(s: &Status) -> Value {
-    let last_reload = match &s.last_reload {
-        ReloadOutcome::Ok { at, clients } => {
-            json!({ "ok": true, "at": time(*at), "clients": clients })
+async fn list_all(conn: &mut Connection) -> Result<Vec<ClientInfo>, ClientError> {
+    let mut all: Vec<ClientInfo> = Vec::new();
+    loop {
+        let after = all.last().map(|c| c.id.clone());
+        let request = Request::ListClients {
+            after,
+            limit: MAX_PAGE,
+        };
+        let Response::Clients { clients, total } = conn.request(request).await? else {
+            return Err(ClientError::Unexpected);
+        };
+        let last_page = clients.is_empty() || (all.len() + clients.len()) as u64 >= total;
+        all.extend(clients);
+        if last_page {
+            return Ok(all);
         }
-        ReloadOutcome::Failed {
-            at,
-            file,
-            line,
-            reason,
-        } => json!({ "ok": false, "at": time(*at), "file": file, "line": line, "reason": reason }),
-    };
-    json!({
-        "version": s.version,
-        "pid": s.pid,
-        "uptime_secs": s.uptime_secs,
-        "config_path": s.config_path,
-        "listen": s.listen,
-        "issuer": s.issuer,
-        "algorithm": s.algorithm,
-        "clients_file": s.clients_file,
-        "clients": s.clients,
-        "last_reload": last_reload,
-        "keys": s.keys.iter().map(|k| json!({
-            "kid": k.kid,
-            "alg": k.alg,
-            "state": k.state.as_str(),
-            "created": time(k.created),
-            "activated": k.activated.map(time),
-            "retire_at": k.retire_at.map(time),
-        })).collect::<Vec<_>>(),
-    })
+    }
 }
 
-fn write_status(out: &mut impl Write, s: &Status) -> io::Result<()> {
-    let uptime =
-        tokendealer_shared::duration::format(std::time::Duration::from_secs(s.uptime_secs.max(1)));
-    let last_reload = match &s.last_reload {
-        ReloadOutcome::Ok { at, clients } => format!("ok at {} ({clients} clients)", time(*at)),
-        ReloadOutcome::Failed {
-            at,
-            file,
-            line,
-            reason,
-        } => format!(
-            "FAILED at {}: {file}{}: {reason}",
-            time(*at),
-            line.map(|l| format!(" line {l}")).unwrap_or_default()
-        ),
-    };
-    let rows = [
-        (
-            "daemon",
-            format!("tokendealerd {} (pid {}), up {uptime}", s.version, s.pid),
-        ),
-        ("listen", s.listen.clone()),
-        ("issuer", s.issuer.clone()),
-        (
-            "config",
-            s.config_path
-                .clone()
-                .unwrap_or_else(|| "(local mode defaults)".into()),
-        ),
-        ("clients", format!("{} from {}", s.clients, s.clients_file)),
-        ("last reload", last_reload),
-        ("algorithm", s.algorithm.clone()),
-    ];
-    for (name, value) in rows {
-        writeln!(out, "{name:<12} {value}")?;
+/// Reads the seed's `{"client_id": "secret"}` file and hashes the secrets here, so that no
+/// secret crosses the socket.
+fn read_seed(file: &Path, force: bool) -> Result<Vec<(String, [u8; 32])>, CliError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| CliError::Input(format!("cannot read {}: {e}", file.display())))?;
+    let seed: BTreeMap<String, String> = serde_json::from_str(&text).map_err(|e| {
+        CliError::Input(format!(
+            "{} is not a JSON object of client ids to secret strings: {e}",
+            file.display()
+        ))
+    })?;
+    if seed.is_empty() {
+        return Err(CliError::Input(format!(
+            "{} holds no clients",
+            file.display()
+        )));
     }
-    writeln!(out)?;
-    let header = ["KID", "ALG", "STATE", "CREATED", "ACTIVATED", "RETIRES"];
-    let table: Vec<[String; 6]> = s
-        .keys
+    let weak: Vec<&str> = seed
         .iter()
-        .map(|k| {
-            [
-                k.kid.clone(),
-                k.alg.clone(),
-                k.state.as_str().to_owned(),
-                time(k.created),
-                k.activated.map_or_else(|| "-".into(), time),
-                k.retire_at.map_or_else(|| "-".into(), time),
-            ]
-        })
+        .filter(|(_, secret)| secret.len() < MIN_SECRET_LEN)
+        .map(|(id, _)| id.as_str())
         .collect();
-    write_table(out, &header, &table)
-}
-
-/// Writes rows under a header, each column as wide as its widest cell.
-fn write_table<const N: usize>(
-    out: &mut impl Write,
-    header: &[&str; N],
-    rows: &[[String; N]],
-) -> io::Result<()> {
-    let mut widths = header.map(str::len);
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
+    if !weak.is_empty() && !force {
+        return Err(CliError::Input(format!(
+            "the secrets of {} are shorter than {MIN_SECRET_LEN} characters (under 128 bits); give longer ones, or pass --force and rotate them after importing",
+            weak.join(", ")
+        )));
     }
-    let line = |cells: Vec<&str>| {
-        cells
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_owned()
-    };
-    writeln!(out, "{}", line(header.to_vec()))?;
-    for row in rows {
-        writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
-    }
-    Ok(())
+    Ok(seed
+        .into_iter()
+        .map(|(id, secret)| (id, Sha256::digest(secret.as_bytes()).into()))
+        .collect())
 }

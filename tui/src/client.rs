@@ -88,18 +88,26 @@ impl Connection {
     /// the greeting (permission denied) arrives here.
     pub async fn request(&mut self, request: Request) -> Result<Response, ClientError> {
         let sent = frame::write(&mut self.stream, &ClientFrame::Request(request)).await;
-        // A daemon that refused us wrote its reason and closed, so the write may have failed;
-        // the reason is still waiting to be read, and says more than "broken pipe".
-        let received = frame::read::<ServerFrame, _>(&mut self.stream).await;
-        if let Ok(Some(ServerFrame::Refused(e))) = received {
-            return Err(ClientError::Refused(e));
-        }
-        sent?;
-        match received? {
-            Some(ServerFrame::Response(Response::Error(e))) => Err(ClientError::Refused(e)),
-            Some(ServerFrame::Response(response)) => Ok(response),
-            Some(ServerFrame::Hello(_) | ServerFrame::Refused(_)) => Err(ClientError::Unexpected),
-            None => Err(ClientError::Closed),
+        loop {
+            // A daemon that refused us wrote its reason and closed, so the write may have
+            // failed; the reason is still waiting to be read, and says more than "broken pipe".
+            let received = frame::read::<ServerFrame, _>(&mut self.stream).await;
+            if let Ok(Some(ServerFrame::Refused(e))) = received {
+                return Err(ClientError::Refused(e));
+            }
+            if let Err(e) = sent {
+                return Err(e.into());
+            }
+            return match received? {
+                Some(ServerFrame::Response(Response::Error(e))) => Err(ClientError::Refused(e)),
+                Some(ServerFrame::Response(response)) => Ok(response),
+                // Stats pushed to a subscribed connection may precede the answer.
+                Some(ServerFrame::Event(_)) => continue,
+                Some(ServerFrame::Hello(_) | ServerFrame::Refused(_)) => {
+                    Err(ClientError::Unexpected)
+                }
+                None => Err(ClientError::Closed),
+            };
         }
     }
 }

@@ -155,14 +155,14 @@ pub fn apply(text: &str, edit: &Edit, now: Timestamp) -> Result<String, EditErro
         }
     }
 
-    if let Some(comments) = moved_comments {
-        if let Some(first) = clients
+    if let (Some(comments), Some(first)) = (
+        moved_comments,
+        clients
             .iter_mut()
             .next()
-            .and_then(|(_, item)| item.as_table_mut())
-        {
-            first.decor_mut().set_prefix(comments);
-        }
+            .and_then(|(_, item)| item.as_table_mut()),
+    ) {
+        first.decor_mut().set_prefix(comments);
     }
     drop_expired(clients, now);
     let out = doc.to_string();

@@ -21,6 +21,7 @@ use std::{
 };
 
 use arc_swap::{ArcSwap, Guard};
+use aws_lc_rs::rand::SecureRandom;
 use tokendealer_shared::{admin::ReloadOutcome, clients_file::ClientsFileError};
 
 pub use edit::{Edit, EditError};
@@ -102,7 +103,7 @@ impl ClientsStore {
         if let Some(dir) = path.parent() {
             fsio::remove_stale_temp_files(dir);
         }
-        let (text, registry) = read(path)?;
+        let (text, registry) = read(path, None)?;
         let count = registry.len() as u64;
         Ok(Self {
             path: path.to_owned(),
@@ -138,7 +139,7 @@ impl ClientsStore {
     pub fn reload(&self) -> ReloadOutcome {
         // Serialised with writes, so a reload never swaps in an older file over a newer write.
         let _writing = self.write_lock.lock().expect("write lock");
-        let outcome = match read(&self.path) {
+        let outcome = match read(&self.path, Some(&self.current.load())) {
             Ok((text, registry)) => {
                 let digest = sha256(&text);
                 let count = registry.len() as u64;
@@ -204,7 +205,8 @@ impl ClientsStore {
                     source,
                 }
             })?;
-            let registry = Registry::parse(&after).expect("edit::apply only returns loadable text");
+            let registry = Registry::parse(&after, Some(&self.current.load()))
+                .expect("edit::apply only returns loadable text");
             let count = registry.len() as u64;
             *self.applied.lock().expect("applied lock") = sha256(&after);
             self.current.store(Arc::new(registry));
@@ -219,7 +221,16 @@ impl ClientsStore {
     }
 }
 
-fn read(path: &Path) -> Result<(String, Registry), LoadError> {
+/// A new client secret: 192 random bits (at least 128 are required) as hex (URL- and shell-safe, no encoding needed).
+pub fn new_secret() -> String {
+    let mut bytes = [0u8; 24];
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("system randomness is available");
+    hex::encode(bytes)
+}
+
+fn read(path: &Path, previous: Option<&Registry>) -> Result<(String, Registry), LoadError> {
     let text = fs::read_to_string(path).map_err(|source| LoadError::Read {
         path: path.to_owned(),
         source,
@@ -234,7 +245,7 @@ fn read(path: &Path) -> Result<(String, Registry), LoadError> {
             );
         }
     }
-    let registry = Registry::parse(&text).map_err(|source| LoadError::Invalid {
+    let registry = Registry::parse(&text, previous).map_err(|source| LoadError::Invalid {
         path: path.to_owned(),
         source,
     })?;

@@ -5,11 +5,13 @@
 //! decoys for an unknown one. Only then is the outcome branched on, and every failure looks
 //! the same to the caller.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use aws_lc_rs::{digest, rand::SecureRandom};
 use subtle::{Choice, ConstantTimeEq};
 use tokendealer_shared::clients_file::{self, ClientSpec, ClientsFileError, MAX_SECRETS};
+
+use crate::stats::ClientCounters;
 
 /// A registered client.
 #[derive(Debug, Clone)]
@@ -22,7 +24,20 @@ pub struct Client {
     pub scopes: Vec<String>,
     pub token_ttl: Option<Duration>,
     pub disabled: bool,
+    /// Kept across reloads for as long as the id exists.
+    pub counters: Arc<ClientCounters>,
     slots: [Slot; MAX_SECRETS],
+}
+
+impl Client {
+    /// When a rotated-out secret stops working, if one is still live at `now`.
+    pub fn old_secret_until(&self, now: i64) -> Option<i64> {
+        self.slots
+            .iter()
+            .map(|s| s.expires)
+            .filter(|&e| e != Slot::NEVER && e != Slot::EMPTY && e > now)
+            .max()
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -48,12 +63,13 @@ pub struct Registry {
 
 impl Registry {
     /// Validates clients-file text and builds its registry.
-    pub fn parse(text: &str) -> Result<Self, ClientsFileError> {
-        clients_file::parse(text).map(Self::from_specs)
+    /// Counters of clients that `previous` also has carry over.
+    pub fn parse(text: &str, previous: Option<&Self>) -> Result<Self, ClientsFileError> {
+        clients_file::parse(text).map(|specs| Self::from_specs(specs, previous))
     }
 
     /// Builds a registry from validated clients.
-    pub fn from_specs(specs: Vec<ClientSpec>) -> Self {
+    pub fn from_specs(specs: Vec<ClientSpec>, previous: Option<&Self>) -> Self {
         let clients = specs
             .into_iter()
             .map(|spec| {
@@ -75,6 +91,9 @@ impl Registry {
                     token_ttl: spec.token_ttl,
                     disabled: spec.disabled,
                     slots,
+                    counters: previous
+                        .and_then(|p| p.clients.get(&spec.id))
+                        .map_or_else(Arc::default, |c| c.counters.clone()),
                     id: spec.id,
                 };
                 (client.id.clone(), client)
@@ -92,6 +111,10 @@ impl Registry {
 
     pub fn is_empty(&self) -> bool {
         self.clients.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Client> {
+        self.clients.values()
     }
 
     pub fn get(&self, id: &str) -> Option<&Client> {
@@ -146,7 +169,7 @@ mod tests {
     use tokendealer_shared::clients_file::format_hash;
 
     fn registry(entries: &str) -> Registry {
-        Registry::from_specs(clients_file::parse(entries).unwrap())
+        Registry::from_specs(clients_file::parse(entries).unwrap(), None)
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod discovery;
 pub mod form;
+mod metrics;
 mod response;
 mod token;
 
@@ -89,10 +90,12 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resp 
         "/.well-known/oauth-authorization-server" if get_only(&req) => discovery::metadata(state),
         "/healthz" if get_only(&req) => discovery::healthz(),
         "/readyz" if get_only(&req) => discovery::readyz(state),
+        "/metrics" if get_only(&req) => metrics::metrics(state),
         "/.well-known/jwks.json"
         | "/.well-known/oauth-authorization-server"
         | "/healthz"
-        | "/readyz" => OAuthError::method_not_allowed("GET, HEAD").into_response(),
+        | "/readyz"
+        | "/metrics" => OAuthError::method_not_allowed("GET, HEAD").into_response(),
         _ => OAuthError::not_found().into_response(),
     }
 }

@@ -1,7 +1,11 @@
 //! `POST /oauth/token`: the client-credentials grant (RFC 6749 §4.4), read top to bottom:
 //! parse → authenticate → authorize → sign → respond.
 
-use std::{net::SocketAddr, time::SystemTime};
+use std::{
+    net::SocketAddr,
+    sync::atomic::Ordering::Relaxed,
+    time::{Instant, SystemTime},
+};
 
 use aws_lc_rs::rand::SecureRandom;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
@@ -20,13 +24,17 @@ const GRANT_TYPE: &str = "client_credentials";
 const FORM: &str = "application/x-www-form-urlencoded";
 
 pub async fn handle(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resp {
-    match issue(state, req, peer).await {
+    let started = Instant::now();
+    let resp = match issue(state, req, peer).await {
         Ok(resp) => resp,
         Err(e) => {
             tracing::debug!(%peer, error = e.code, status = e.status.as_u16(), "token request refused");
+            state.stats.failure(e.code);
             e.into_response()
         }
-    }
+    };
+    state.stats.latency.record(started.elapsed());
+    resp
 }
 
 async fn issue(
@@ -42,6 +50,9 @@ async fn issue(
     let keys = state.keys.load();
     let key = keys.active();
     let issued = sign(state, key, client, &grant);
+    state.stats.issued.fetch_add(1, Relaxed);
+    client.counters.issued.fetch_add(1, Relaxed);
+    client.counters.last_issued.store(unix_now(), Relaxed);
     tracing::info!(
         client = %client.id,
         aud = ?grant.audiences,
@@ -172,9 +183,12 @@ pub fn authenticate<'r>(
         Credentials::Post { id, secret } => (id, secret, false),
         Credentials::Missing { challenge } => return Err(OAuthError::invalid_client(*challenge)),
     };
-    registry
-        .authenticate(id, secret, now)
-        .ok_or(OAuthError::invalid_client(basic))
+    registry.authenticate(id, secret, now).ok_or_else(|| {
+        if let Some(known) = registry.get(id) {
+            known.counters.failures.fetch_add(1, Relaxed);
+        }
+        OAuthError::invalid_client(basic)
+    })
 }
 
 /// What the client is granted.
@@ -360,6 +374,7 @@ mod tests {
                 "[clients.c]\nsecret_hashes = [\"{h}\"]\n{extra}\n"
             ))
             .unwrap(),
+            None,
         )
     }
 

@@ -134,7 +134,7 @@ impl KeyStore {
                 Err(e @ KeyStoreError::Permissions { .. }) => return Err(e),
                 Err(e) if meta.state == KeyState::Active => return Err(e),
                 Err(e) => {
-                    tracing::warn!(kid = %meta.kid, state = meta.state.as_str(), error = %e, "leaving out a key that cannot be read")
+                    tracing::warn!(kid = %meta.kid, state = meta.state.as_str(), error = %e, "leaving out a key that cannot be read");
                 }
             }
         }

@@ -1,6 +1,9 @@
 //! The scriptable admin tool against a running daemon's admin socket.
 
-use std::{os::unix::net::UnixListener, process::Command};
+use std::{
+    os::unix::{fs::PermissionsExt as _, net::UnixListener},
+    process::Command,
+};
 
 use serde_json::Value;
 use tokendealer_tests::{Daemon, TestClient, bins, daemon::admin_command};
@@ -50,6 +53,18 @@ fn status_json_is_one_object_with_listen_clients_and_keys() {
         .unwrap_or_else(|| panic!("the signing key {kid} is not listed:\n{output}"));
     assert_eq!(key["alg"], "RS512", "{output}");
     assert_eq!(key["state"], "active", "{output}");
+}
+
+/// Only the owner and the group may connect (the SPEC's mode 0660); the peer check is
+/// the second gate.
+#[test]
+fn admin_socket_is_mode_0660() {
+    let daemon = Daemon::with_client(&service_client());
+    let mode = std::fs::metadata(daemon.admin_socket())
+        .expect("the admin socket's metadata")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o660, "mode {:o}", mode & 0o777);
 }
 
 #[test]

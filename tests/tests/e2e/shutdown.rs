@@ -21,6 +21,21 @@ fn sigterm_exits_zero_and_removes_the_admin_socket() {
     assert!(!socket.exists(), "{} is left behind", socket.display());
 }
 
+/// systemd learns that the stop is deliberate (sd_notify(3) `STOPPING=1`).
+#[test]
+fn sigterm_notifies_stopping() {
+    let mut daemon = Daemon::with_client(&service_client());
+    let status = daemon.stop();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    let datagrams = daemon.notifications();
+    assert!(
+        datagrams
+            .iter()
+            .any(|d| d.lines().any(|line| line == "STOPPING=1")),
+        "no STOPPING=1 among the datagrams after READY=1: {datagrams:?}"
+    );
+}
+
 /// Reads one response head (up to the blank line), byte by byte so nothing after it is
 /// consumed.
 #[track_caller]

@@ -354,6 +354,15 @@ fn wildcard_client_gets_the_issuer_as_default_audience() {
     assert_eq!(claims["aud"], ISSUER, "{claims}");
 }
 
+/// `"*"` is a permission, not an audience: with nothing requested it is left out of `aud`.
+#[test]
+fn wildcard_is_left_out_of_the_default_audience() {
+    let client = TestClient::new("wildcard-and-one").audiences(&["*", API]);
+    let daemon = Daemon::with_client(&client);
+    let claims = claims_of(&daemon.token_request(Auth::Basic(&client.id, &client.secret), &[]));
+    assert_eq!(claims["aud"], API, "{claims}");
+}
+
 #[test]
 fn configured_default_audience_is_used() {
     let wildcard = TestClient::new("wildcard").audiences(&["*"]);

@@ -1,0 +1,148 @@
+//! `GET /metrics`: the counters in Prometheus text format, read at scrape time.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use http::{HeaderValue, StatusCode, header};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+
+use super::response::{self, Resp};
+use crate::State;
+
+/// Everything a scrape shows, copied out of the live counters.
+#[derive(Debug)]
+struct Snapshot {
+    issued_by_client: Vec<(String, u64)>,
+    failures_by_code: Vec<(&'static str, u64)>,
+    latency: (f64, u64, Vec<(f64, u64)>),
+    clients: u64,
+    reloads: u64,
+    reload_failures: u64,
+    last_reload_success: i64,
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "tokendealer_tokens_issued",
+            "Access tokens issued, by client.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (client, n) in &self.issued_by_client {
+            let labels = [("client", client.as_str())];
+            ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "tokendealer_token_failures",
+            "Token requests refused, by OAuth error code.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (code, n) in &self.failures_by_code {
+            let labels = [("error", *code)];
+            ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+        }
+        let (sum, count, buckets) = &self.latency;
+        encoder
+            .encode_descriptor(
+                "tokendealer_token_request_duration_seconds",
+                "Time to answer a token request.",
+                None,
+                MetricType::Histogram,
+            )?
+            .encode_histogram::<NoLabelSet>(*sum, *count, buckets, None)?;
+        let gauge = |encoder: &mut DescriptorEncoder<'_>, name, help, value: i64| {
+            ConstGauge::new(value).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Gauge,
+            )?)
+        };
+        let counter = |encoder: &mut DescriptorEncoder<'_>, name, help, value: u64| {
+            ConstCounter::new(value).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)
+        };
+        gauge(
+            &mut encoder,
+            "tokendealer_clients",
+            "Clients registered.",
+            i64::try_from(self.clients).unwrap_or(i64::MAX),
+        )?;
+        counter(
+            &mut encoder,
+            "tokendealer_clients_reloads",
+            "Reloads of the clients file that changed the registry.",
+            self.reloads,
+        )?;
+        counter(
+            &mut encoder,
+            "tokendealer_clients_reload_failures",
+            "Reloads of the clients file that failed (the previous clients kept serving).",
+            self.reload_failures,
+        )?;
+        gauge(
+            &mut encoder,
+            "tokendealer_clients_last_reload_success_timestamp_seconds",
+            "When the clients file was last loaded successfully.",
+            self.last_reload_success,
+        )?;
+        let labels = [("version", env!("CARGO_PKG_VERSION"))];
+        ConstGauge::new(1).encode(
+            encoder
+                .encode_descriptor(
+                    "tokendealer_build_info",
+                    "Build information.",
+                    None,
+                    MetricType::Gauge,
+                )?
+                .encode_family(&labels)?,
+        )
+    }
+}
+
+pub(super) fn metrics(state: &State) -> Resp {
+    let registry = state.clients.load();
+    let mut issued_by_client: Vec<(String, u64)> = registry
+        .iter()
+        .filter_map(|c| {
+            let n = c.counters.issued.load(Relaxed);
+            (n > 0).then(|| (c.id.clone(), n))
+        })
+        .collect();
+    drop(registry);
+    issued_by_client.sort_unstable();
+    let snapshot = Snapshot {
+        issued_by_client,
+        failures_by_code: state.stats.failures_by_code().to_vec(),
+        latency: state.stats.latency.prometheus(),
+        clients: state.clients.load().len() as u64,
+        reloads: state.clients.reloads.load(Relaxed),
+        reload_failures: state.clients.reload_failures.load(Relaxed),
+        last_reload_success: state.clients.last_success.load(Relaxed),
+    };
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(snapshot));
+    let mut body = String::new();
+    if prometheus_client::encoding::prometheus_text::encode(&mut body, &registry).is_err() {
+        return response::json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &b"{\"error\":\"server_error\"}"[..],
+        );
+    }
+    let mut resp = response::json(StatusCode::OK, body);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}

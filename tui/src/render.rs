@@ -1,0 +1,225 @@
+//! How admin results look: aligned text for people, one JSON document for scripts.
+
+use std::{
+    io::{self, Write},
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+use tokendealer_shared::admin::{ClientInfo, KeyInfo, ReloadOutcome, Status};
+
+/// RFC 3339 in UTC, or the raw number if it is out of range.
+pub fn time(unix: i64) -> String {
+    jiff::Timestamp::from_second(unix).map_or_else(|_| unix.to_string(), |t| t.to_string())
+}
+
+fn ttl(secs: Option<u64>) -> Option<String> {
+    secs.map(|s| tokendealer_shared::duration::format(Duration::from_secs(s)))
+}
+
+pub fn reload_json(outcome: &ReloadOutcome) -> Value {
+    match outcome {
+        ReloadOutcome::Ok { at, clients } => {
+            json!({ "ok": true, "at": time(*at), "clients": clients })
+        }
+        ReloadOutcome::Failed {
+            at,
+            file,
+            line,
+            reason,
+        } => json!({ "ok": false, "at": time(*at), "file": file, "line": line, "reason": reason }),
+    }
+}
+
+pub fn reload_text(outcome: &ReloadOutcome) -> String {
+    match outcome {
+        ReloadOutcome::Ok { at, clients } => format!("ok at {} ({clients} clients)", time(*at)),
+        ReloadOutcome::Failed {
+            at,
+            file,
+            line,
+            reason,
+        } => format!(
+            "FAILED at {}: {file}{}: {reason}",
+            time(*at),
+            line.map(|l| format!(" line {l}")).unwrap_or_default()
+        ),
+    }
+}
+
+pub fn key_json(k: &KeyInfo) -> Value {
+    json!({
+        "kid": k.kid,
+        "alg": k.alg,
+        "state": k.state.as_str(),
+        "created": time(k.created),
+        "activated": k.activated.map(time),
+        "retire_at": k.retire_at.map(time),
+    })
+}
+
+pub fn client_json(c: &ClientInfo) -> Value {
+    json!({
+        "id": c.id,
+        "audiences": c.audiences,
+        "scopes": c.scopes,
+        "token_ttl": ttl(c.ttl_secs),
+        "disabled": c.disabled,
+        "old_secret_until": c.old_secret_until.map(time),
+        "issued": c.issued,
+        "last_issued": c.last_issued.map(time),
+    })
+}
+
+pub fn status_json(s: &Status) -> Value {
+    json!({
+        "version": s.version,
+        "pid": s.pid,
+        "uptime_secs": s.uptime_secs,
+        "config_path": s.config_path,
+        "listen": s.listen,
+        "issuer": s.issuer,
+        "algorithm": s.algorithm,
+        "clients_file": s.clients_file,
+        "clients": s.clients,
+        "last_reload": reload_json(&s.last_reload),
+        "keys": s.keys.iter().map(key_json).collect::<Vec<_>>(),
+    })
+}
+
+pub fn write_status(out: &mut dyn Write, s: &Status) -> io::Result<()> {
+    let uptime = tokendealer_shared::duration::format(Duration::from_secs(s.uptime_secs.max(1)));
+    let rows = [
+        (
+            "daemon",
+            format!("tokendealerd {} (pid {}), up {uptime}", s.version, s.pid),
+        ),
+        ("listen", s.listen.clone()),
+        ("issuer", s.issuer.clone()),
+        (
+            "config",
+            s.config_path
+                .clone()
+                .unwrap_or_else(|| "(local mode defaults)".into()),
+        ),
+        ("clients", format!("{} from {}", s.clients, s.clients_file)),
+        ("last reload", reload_text(&s.last_reload)),
+        ("algorithm", s.algorithm.clone()),
+    ];
+    for (name, value) in rows {
+        writeln!(out, "{name:<12} {value}")?;
+    }
+    writeln!(out)?;
+    write_keys(out, &s.keys)
+}
+
+pub fn write_keys(out: &mut dyn Write, keys: &[KeyInfo]) -> io::Result<()> {
+    let rows: Vec<[String; 6]> = keys
+        .iter()
+        .map(|k| {
+            [
+                k.kid.clone(),
+                k.alg.clone(),
+                k.state.as_str().to_owned(),
+                time(k.created),
+                k.activated.map_or_else(|| "-".into(), time),
+                k.retire_at.map_or_else(|| "-".into(), time),
+            ]
+        })
+        .collect();
+    write_table(
+        out,
+        &["KID", "ALG", "STATE", "CREATED", "ACTIVATED", "RETIRES"],
+        &rows,
+    )
+}
+
+pub fn write_clients(out: &mut dyn Write, clients: &[ClientInfo]) -> io::Result<()> {
+    let list = |items: &[String]| {
+        if items.is_empty() {
+            "-".to_owned()
+        } else {
+            items.join(",")
+        }
+    };
+    let rows: Vec<[String; 7]> = clients
+        .iter()
+        .map(|c| {
+            let state = match (c.disabled, c.old_secret_until) {
+                (true, _) => "disabled".to_owned(),
+                (false, Some(until)) => format!("rotating (old secret until {})", time(until)),
+                (false, None) => "enabled".to_owned(),
+            };
+            [
+                c.id.clone(),
+                state,
+                list(&c.audiences),
+                list(&c.scopes),
+                ttl(c.ttl_secs).unwrap_or_else(|| "default".into()),
+                c.issued.to_string(),
+                c.last_issued.map_or_else(|| "-".into(), time),
+            ]
+        })
+        .collect();
+    write_table(
+        out,
+        &[
+            "ID",
+            "STATE",
+            "AUDIENCES",
+            "SCOPES",
+            "TTL",
+            "ISSUED",
+            "LAST ISSUED",
+        ],
+        &rows,
+    )
+}
+
+/// Writes rows under a header, each column as wide as its widest cell.
+fn write_table<const N: usize>(
+    out: &mut dyn Write,
+    header: &[&str; N],
+    rows: &[[String; N]],
+) -> io::Result<()> {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        cells
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    writeln!(out, "{}", line(&mut header.iter().copied()))?;
+    for row in rows {
+        writeln!(out, "{}", line(&mut row.iter().map(String::as_str)))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align() {
+        let mut out = Vec::new();
+        write_table(
+            &mut out,
+            &["A", "BB"],
+            &[["long".into(), "x".into()], ["s".into(), "yy".into()]],
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "A     BB\nlong  x\ns     yy\n"
+        );
+    }
+}

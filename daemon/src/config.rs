@@ -47,6 +47,8 @@ struct RawConfig {
     admin_uids: Vec<u32>,
     #[serde(default)]
     admin_gids: Vec<u32>,
+    #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
 }
 
 /// The validated configuration.
@@ -70,6 +72,8 @@ pub struct Config {
     /// Besides root and the daemon's own uid, who may use the admin socket.
     pub admin_uids: Vec<u32>,
     pub admin_gids: Vec<u32>,
+    /// Peers whose `X-Forwarded-For` is believed when throttling.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// A config that cannot be used. Displayed as one sentence naming file and line.
@@ -186,6 +190,22 @@ impl Config {
             })
             .transpose()?;
 
+        let trusted_proxies = raw
+            .trusted_proxies
+            .iter()
+            .map(|v| {
+                let text = v.get_ref();
+                text.parse::<ipnet::IpNet>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        invalid(
+                            Some(v.span()),
+                            format!("`trusted_proxies` entry \"{text}\" is not an address or network like \"10.0.0.0/8\""),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
         Ok(Self {
             path: path.map(Path::to_owned),
             issuer,
@@ -201,6 +221,7 @@ impl Config {
             default_audience,
             admin_uids: raw.admin_uids,
             admin_gids: raw.admin_gids,
+            trusted_proxies,
         })
     }
 }
@@ -263,6 +284,7 @@ mod tests {
             ("rsa_bits = 1024\n", 1),
             ("issuer = \"ftp://x\"\n", 1),
             ("issuer = [\n", 1),
+            ("\ntrusted_proxies = [\"10.0.0.0/8\", \"nope\"]\n", 2),
         ] {
             let err = Config::parse(text, Some(path)).unwrap_err();
             let ConfigError::Invalid { line: Some(l), .. } = err else {

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod local;
 pub mod stats;
 pub mod systemd;
+pub mod throttle;
 
 use std::{
     future::Future,
@@ -136,6 +137,7 @@ pub struct State {
     pub clients: Arc<ClientsStore>,
     pub keys: ArcSwap<Keyring>,
     pub stats: Arc<stats::Stats>,
+    pub throttle: Arc<throttle::Throttle>,
     pub started: Instant,
     metadata: Bytes,
     jwks_cache_control: ::http::HeaderValue,
@@ -171,6 +173,7 @@ pub async fn run(
         admin_socket: config.admin_socket.clone(),
         clients: Arc::new(clients),
         stats: Arc::default(),
+        throttle: Arc::new(throttle::Throttle::new(config.trusted_proxies.clone())),
         keys: ArcSwap::from_pointee(keyring),
         started: Instant::now(),
         config,
@@ -186,6 +189,7 @@ pub async fn run(
         state.clients.clone(),
         stop.clone(),
     ));
+    let sweep_task = tokio::spawn(sweep(state.throttle.clone(), stop.clone()));
     // Without the watch the daemon still serves, and SIGHUP still reloads.
     let _watch = clients::watch::start(state.clients.clone(), stop.clone())
         .inspect_err(|e| tracing::error!(error = %e, "cannot watch the clients file; edits apply on SIGHUP only"))
@@ -217,10 +221,21 @@ pub async fn run(
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     systemd::stopping();
     stop.cancel();
-    let _ = tokio::join!(http_task, admin_task, tick_task);
+    let _ = tokio::join!(http_task, admin_task, tick_task, sweep_task);
     admin::unlink(&state.admin_socket);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Forgets throttling state that no longer matters, once a minute.
+async fn sweep(throttle: Arc<throttle::Throttle>, stop: CancellationToken) {
+    const EVERY: Duration = Duration::from_secs(60);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(EVERY) => throttle.sweep(),
+        }
+    }
 }
 
 /// Installs the SIGTERM and SIGINT handlers now, and returns a future that completes when

@@ -118,13 +118,17 @@ pub async fn verify_token(state: &State, req: Request<Incoming>) -> Resp {
 }
 
 /// RFC 7662. The caller authenticates as a client, like at the token endpoint.
-pub async fn introspect(state: &State, req: Request<Incoming>) -> Resp {
+pub async fn introspect(state: &State, req: Request<Incoming>, peer: std::net::SocketAddr) -> Resp {
+    let source = state.throttle.source(peer.ip(), req.headers());
+    if let Err(t) = state.throttle.check(source) {
+        return OAuthError::too_many_requests(t.retry_after).into_response();
+    }
     let (params, credentials) = match token::parse_request(req).await {
         Ok(parsed) => parsed,
         Err(e) => return e.into_response(),
     };
     let registry = state.clients.load();
-    if let Err(e) = token::authenticate(&registry, &credentials) {
+    if let Err(e) = token::authenticate(state, &registry, &credentials, source) {
         return e.into_response();
     }
     let Some(token) = params.get("token") else {

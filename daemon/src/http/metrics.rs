@@ -23,6 +23,7 @@ struct Snapshot {
     reloads: u64,
     reload_failures: u64,
     last_reload_success: i64,
+    throttled: [(&'static str, u64); 2],
 }
 
 impl Collector for Snapshot {
@@ -45,6 +46,16 @@ impl Collector for Snapshot {
         )?;
         for (code, n) in &self.failures_by_code {
             let labels = [("error", *code)];
+            ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "tokendealer_throttled",
+            "Requests answered 429: by source address (refused before any work) or by guarded client id.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (by, n) in &self.throttled {
+            let labels = [("by", *by)];
             ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
         }
         let (sum, count, buckets) = &self.latency;
@@ -129,6 +140,10 @@ pub(super) fn metrics(state: &State) -> Resp {
         reloads: state.clients.reloads.load(Relaxed),
         reload_failures: state.clients.reload_failures.load(Relaxed),
         last_reload_success: state.clients.last_success.load(Relaxed),
+        throttled: [
+            ("address", state.throttle.refused_address.load(Relaxed)),
+            ("client", state.throttle.refused_client.load(Relaxed)),
+        ],
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(snapshot));

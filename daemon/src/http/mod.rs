@@ -84,7 +84,7 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resp 
     let get_only = |req: &Request<Incoming>| matches!(*req.method(), Method::GET | Method::HEAD);
     match req.uri().path() {
         "/oauth/token" => token::handle(state, req, peer).await,
-        "/oauth/introspect" => discovery::introspect(state, req).await,
+        "/oauth/introspect" => discovery::introspect(state, req, peer).await,
         "/verify_token" => discovery::verify_token(state, req).await,
         "/.well-known/jwks.json" if get_only(&req) => discovery::jwks(state),
         "/.well-known/oauth-authorization-server" if get_only(&req) => discovery::metadata(state),

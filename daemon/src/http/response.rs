@@ -49,6 +49,8 @@ pub struct OAuthError {
     pub challenge: bool,
     /// Extra header, e.g. `Allow` for a 405.
     pub allow: Option<&'static str>,
+    /// `Retry-After` in seconds, for a 429.
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -70,6 +72,7 @@ impl OAuthError {
             description: Some(description.into()),
             challenge: false,
             allow: None,
+            retry_after: None,
         }
     }
 
@@ -132,6 +135,19 @@ impl OAuthError {
         )
     }
 
+    /// Too many failed authentications (see `throttle`): come back later.
+    pub fn too_many_requests(retry_after: std::time::Duration) -> Self {
+        Self {
+            // Whole seconds, rounded up, at least one.
+            retry_after: Some(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                "too many failed authentications; retry later",
+            )
+        }
+    }
+
     pub fn not_found() -> Self {
         Self {
             description: None,
@@ -148,6 +164,10 @@ impl OAuthError {
         if self.challenge {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, BASIC_CHALLENGE);
+        }
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         if let Some(allow) = self.allow {
             resp.headers_mut()

@@ -2,7 +2,7 @@
 //! parse → authenticate → authorize → sign → respond.
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::atomic::Ordering::Relaxed,
     time::{Instant, SystemTime},
 };
@@ -42,10 +42,16 @@ async fn issue(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Resp, OAuthError> {
+    let source = state.throttle.source(peer.ip(), req.headers());
+    // Refused before any work, hashing included.
+    state
+        .throttle
+        .check(source)
+        .map_err(|t| OAuthError::too_many_requests(t.retry_after))?;
     let (params, credentials) = parse_request(req).await?;
     check_grant_type(&params)?;
     let registry = state.clients.load();
-    let client = authenticate(&registry, &credentials)?;
+    let client = authenticate(state, &registry, &credentials, source)?;
     let grant = authorize(client, &params, &state.default_audience)?;
     let keys = state.keys.load();
     let key = keys.active();
@@ -60,6 +66,7 @@ async fn issue(
         jti = %issued.jti,
         kid = key.kid(),
         %peer,
+        %source,
         "issued access token"
     );
     Ok(response::json_no_store(
@@ -172,10 +179,13 @@ fn check_grant_type(params: &Params) -> Result<(), OAuthError> {
     }
 }
 
-/// Authenticates the client. Every failure is the same `invalid_client`.
+/// Authenticates the client. Every failure is the same `invalid_client`, or, once its
+/// address or client id has failed too often, the same `429`.
 pub fn authenticate<'r>(
+    state: &State,
     registry: &'r Registry,
     credentials: &Credentials,
+    source: IpAddr,
 ) -> Result<&'r Client, OAuthError> {
     let now = unix_now();
     let (id, secret, basic) = match credentials {
@@ -187,7 +197,10 @@ pub fn authenticate<'r>(
         if let Some(known) = registry.get(id) {
             known.counters.failures.fetch_add(1, Relaxed);
         }
-        OAuthError::invalid_client(basic)
+        match state.throttle.failure(source, Some(id)) {
+            Ok(()) => OAuthError::invalid_client(basic),
+            Err(t) => OAuthError::too_many_requests(t.retry_after),
+        }
     })
 }
 

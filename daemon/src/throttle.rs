@@ -1,0 +1,231 @@
+//! Brute-force protection for client authentication (RFC 6749 §2.3.1).
+//!
+//! The policy, in full:
+//!
+//! * Only **failed** authentications count. A caller with the right secret is never slowed.
+//! * **Per source address**: [`ADDRESS_BURST`] failures, then one more every
+//!   [`ADDRESS_REFILL`]. An address past its limit gets `429` with `Retry-After` on every
+//!   authenticated request, refused before any secret is hashed, until a failure is allowed
+//!   again.
+//! * **Per client id** (known or not, so that throttling reveals nothing about which ids
+//!   exist): [`CLIENT_BURST`] failures from all addresses together, then one every
+//!   [`CLIENT_REFILL`]. Past that limit a failed attempt for the id is answered `429` and
+//!   costs its address [`GUARDED_COST`] failures instead of one, so a distributed guess at
+//!   one id runs each address out quickly. The id itself is never locked: its real caller,
+//!   from an address without failures, keeps getting tokens.
+//! * The source address is the TCP peer, or — when the peer is one of `trusted_proxies` — the
+//!   nearest `X-Forwarded-For` entry that is not itself a trusted proxy.
+
+use std::{
+    net::IpAddr,
+    num::NonZeroU32,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    time::{Duration, Instant},
+};
+
+use dashmap::DashMap;
+use governor::{
+    Quota, RateLimiter,
+    clock::{Clock, DefaultClock},
+    state::keyed::DefaultKeyedStateStore,
+};
+use http::HeaderMap;
+use ipnet::IpNet;
+
+/// Failures an address may make before it is throttled.
+pub const ADDRESS_BURST: u32 = 20;
+/// After the burst, one failure per this much time.
+pub const ADDRESS_REFILL: Duration = Duration::from_secs(3);
+/// Failures one client id may see, from all addresses, before it is guarded.
+pub const CLIENT_BURST: u32 = 50;
+pub const CLIENT_REFILL: Duration = Duration::from_secs(1);
+/// What a failure against a guarded id costs its address.
+pub const GUARDED_COST: u32 = 5;
+
+type Keyed<K> = RateLimiter<K, DefaultKeyedStateStore<K>, DefaultClock>;
+
+/// Why a request is refused with 429: wait this long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttled {
+    pub retry_after: Duration,
+}
+
+/// The failure counters.
+#[derive(Debug)]
+pub struct Throttle {
+    by_address: Keyed<IpAddr>,
+    by_client: Keyed<String>,
+    /// Addresses past their limit, until when: checked before any work is done.
+    blocked: DashMap<IpAddr, Instant>,
+    trusted_proxies: Vec<IpNet>,
+    /// Requests refused because their address was throttled.
+    pub refused_address: AtomicU64,
+    /// Failures answered 429 because their client id was guarded.
+    pub refused_client: AtomicU64,
+}
+
+fn quota(burst: u32, refill: Duration) -> Quota {
+    Quota::with_period(refill)
+        .expect("non-zero period")
+        .allow_burst(NonZeroU32::new(burst).expect("non-zero burst"))
+}
+
+impl Throttle {
+    pub fn new(trusted_proxies: Vec<IpNet>) -> Self {
+        Self {
+            by_address: RateLimiter::keyed(quota(ADDRESS_BURST, ADDRESS_REFILL)),
+            by_client: RateLimiter::keyed(quota(CLIENT_BURST, CLIENT_REFILL)),
+            blocked: DashMap::new(),
+            trusted_proxies,
+            refused_address: AtomicU64::new(0),
+            refused_client: AtomicU64::new(0),
+        }
+    }
+
+    /// The address a request comes from, seen through trusted proxies only.
+    pub fn source(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let trusted = |ip: &IpAddr| self.trusted_proxies.iter().any(|net| net.contains(ip));
+        if !trusted(&peer) {
+            return peer;
+        }
+        // Each proxy appends the address it received from; walk back from the nearest.
+        let mut source = peer;
+        for value in headers.get_all("x-forwarded-for").iter().rev() {
+            let Ok(value) = value.to_str() else {
+                return source;
+            };
+            for hop in value.rsplit(',') {
+                match hop.trim().parse::<IpAddr>() {
+                    Ok(ip) if trusted(&ip) => source = ip,
+                    Ok(ip) => return ip,
+                    Err(_) => return source,
+                }
+            }
+        }
+        source
+    }
+
+    /// Before any work: is this address currently refused?
+    pub fn check(&self, address: IpAddr) -> Result<(), Throttled> {
+        let Some(until) = self.blocked.get(&address).map(|u| *u) else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if until > now {
+            self.refused_address.fetch_add(1, Relaxed);
+            return Err(Throttled {
+                retry_after: until - now,
+            });
+        }
+        self.blocked.remove_if(&address, |_, u| *u <= now);
+        Ok(())
+    }
+
+    /// Counts a failed authentication of `client_id` from `address`. `Err` means the failure
+    /// is to be answered 429 rather than 401.
+    pub fn failure(&self, address: IpAddr, client_id: Option<&str>) -> Result<(), Throttled> {
+        let clock = self.by_address.clock();
+        let guarded = match client_id {
+            Some(id) => self.by_client.check_key(&id.to_owned()).err(),
+            None => None,
+        };
+        let cost = if guarded.is_some() { GUARDED_COST } else { 1 };
+        let by_address = match self
+            .by_address
+            .check_key_n(&address, NonZeroU32::new(cost).expect("non-zero"))
+        {
+            Ok(Ok(())) => None,
+            Ok(Err(not_until)) => Some(not_until.wait_time_from(clock.now())),
+            // More than the burst at once: wait for a whole refill.
+            Err(_) => Some(ADDRESS_REFILL),
+        };
+        if let Some(wait) = by_address {
+            let wait = wait.max(Duration::from_secs(1));
+            self.blocked.insert(address, Instant::now() + wait);
+            return Err(Throttled { retry_after: wait });
+        }
+        if let Some(not_until) = guarded {
+            self.refused_client.fetch_add(1, Relaxed);
+            let wait = not_until
+                .wait_time_from(clock.now())
+                .max(Duration::from_secs(1));
+            return Err(Throttled { retry_after: wait });
+        }
+        Ok(())
+    }
+
+    /// Forgets counters that have fully refilled; run now and then so that memory follows
+    /// the attackers of the last minutes, not of all time.
+    pub fn sweep(&self) {
+        self.by_address.retain_recent();
+        self.by_client.retain_recent();
+        self.by_address.shrink_to_fit();
+        self.by_client.shrink_to_fit();
+        let now = Instant::now();
+        self.blocked.retain(|_, until| *until > now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn an_address_is_throttled_after_its_burst_and_refused_early() {
+        let t = Throttle::new(vec![]);
+        let a = ip("192.0.2.1");
+        for _ in 0..ADDRESS_BURST {
+            assert!(t.check(a).is_ok());
+            assert!(t.failure(a, Some("x")).is_ok());
+        }
+        let refused = t.failure(a, Some("x")).unwrap_err();
+        assert!(refused.retry_after >= Duration::from_secs(1));
+        assert!(t.check(a).is_err(), "refused before any work");
+        assert!(
+            t.check(ip("192.0.2.2")).is_ok(),
+            "other addresses are not affected"
+        );
+    }
+
+    #[test]
+    fn a_guarded_client_is_not_locked_out_for_its_real_caller() {
+        let t = Throttle::new(vec![]);
+        // An attack spread over many addresses, each under its own limit.
+        for i in 0..CLIENT_BURST {
+            let attacker = IpAddr::from([198, 51, 100, u8::try_from(i).unwrap()]);
+            assert!(t.failure(attacker, Some("victim")).is_ok());
+        }
+        let attacker = ip("203.0.113.9");
+        assert!(
+            t.failure(attacker, Some("victim")).is_err(),
+            "guarded id answers 429"
+        );
+        // The guarded failure cost the attacker more than one.
+        let mut allowed = 0;
+        while t.failure(attacker, Some("other")).is_ok() {
+            allowed += 1;
+        }
+        assert!(allowed <= ADDRESS_BURST - GUARDED_COST, "{allowed}");
+        // The real caller's address has no failures: nothing stops it.
+        assert!(t.check(ip("192.0.2.50")).is_ok());
+    }
+
+    #[test]
+    fn forwarded_for_is_trusted_only_from_trusted_proxies() {
+        let t = Throttle::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "203.0.113.7, 10.1.1.1".parse().unwrap());
+        assert_eq!(t.source(ip("10.0.0.1"), &headers), ip("203.0.113.7"));
+        assert_eq!(
+            t.source(ip("192.0.2.1"), &headers),
+            ip("192.0.2.1"),
+            "untrusted peer"
+        );
+        headers.insert("x-forwarded-for", "garbage".parse().unwrap());
+        assert_eq!(t.source(ip("10.0.0.1"), &headers), ip("10.0.0.1"));
+    }
+}

@@ -1,6 +1,6 @@
 //! The daemon's configuration: a TOML file in which every key is optional.
 //!
-//! Read in two stages: [`RawConfig`] is the file as written (serde, unknown keys refused,
+//! Read in two stages: `RawConfig` is the file as written (serde, unknown keys refused,
 //! every value spanned so a bad one can be pointed at), [`Config`] the validated result.
 
 use std::{

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokendealer_shared::admin::{ClientInfo, MAX_PAGE, ReloadOutcome, Request, Response};
@@ -21,7 +21,7 @@ use crate::{
 
 /// Administer a running tokendealerd over its admin socket.
 #[derive(Debug, Parser)]
-#[command(name = "tokendealer", version, about)]
+#[command(name = "tokendealer", version)]
 pub struct Args {
     /// The daemon's admin socket [default: /run/tokendealer/admin.sock if it exists, else
     /// ./tokendealer-data/admin.sock].
@@ -46,6 +46,10 @@ enum Command {
     Keys(KeysCommand),
     /// Re-read the clients file now; exits 1 when it fails to load.
     Reload,
+    /// Print a shell completion script, e.g. `tokendealer completions bash > /etc/bash_completion.d/tokendealer`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), e.g. `tokendealer man | man -l -`.
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,6 +167,23 @@ fn unexpected() -> CliError {
 }
 
 async fn execute(socket: &Path, command: Command, out: &Output) -> Result<(), CliError> {
+    // Generated from the same definitions as the parser, so they never drift from it.
+    match &command {
+        Command::Completions { shell } => {
+            let mut cmd = Args::command();
+            clap_complete::generate(*shell, &mut cmd, "tokendealer", &mut io::stdout());
+            return Ok(());
+        }
+        Command::Man => {
+            return match clap_mangen::Man::new(Args::command()).render(&mut io::stdout()) {
+                Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+                    Err(CliError::Input(format!("cannot write the manual page: {e}")))
+                }
+                _ => Ok(()),
+            };
+        }
+        _ => {}
+    }
     // Input that can be checked here is checked before the daemon is involved.
     let import = match &command {
         Command::Clients(ClientsCommand::Import { file, force }) => Some(read_seed(file, *force)?),
@@ -277,6 +298,7 @@ async fn execute(socket: &Path, command: Command, out: &Output) -> Result<(), Cl
             let request = Request::RemoveClient { id: id.clone() };
             done(&mut conn, out, request, &id, "removed").await?;
         }
+        Command::Completions { .. } | Command::Man => unreachable!("handled above"),
         Command::Clients(ClientsCommand::Import { .. }) => {
             let clients = import.unwrap_or_default();
             let Response::Imported { count } =

@@ -15,8 +15,8 @@ use std::{
 
 use tokendealer_shared::{
     admin::{
-        AdminError, ClientFrame, ClientInfo, Event, Hello, KeyInfo, MAX_PAGE, PROTOCOL_VERSION,
-        Request, Response, ServerFrame, Status,
+        AdminError, ClientFrame, ClientInfo, Event, Hello, KeyInfo, KeyState, MAX_PAGE,
+        PROTOCOL_VERSION, Request, Response, ServerFrame, Status,
     },
     frame::{self, FrameError},
 };
@@ -30,6 +30,7 @@ use crate::{
     State,
     clients::{self, Client, Edit, EditError, WriteError},
     config::MAX_TOKEN_TTL,
+    keys::{KeyChangeError, RotationRefused},
 };
 
 /// How many admin connections are served at once; more wait in the kernel's backlog.
@@ -137,7 +138,7 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, stop: Cancellation
     tracker.wait().await;
 }
 
-async fn connection(stream: UnixStream, state: &State) {
+async fn connection(stream: UnixStream, state: &Arc<State>) {
     let cred = match stream.peer_cred() {
         Ok(cred) => cred,
         Err(e) => {
@@ -157,7 +158,7 @@ async fn connection(stream: UnixStream, state: &State) {
 
 async fn converse(
     stream: UnixStream,
-    state: &State,
+    state: &Arc<State>,
     uid: u32,
     allowed: bool,
 ) -> Result<(), FrameError> {
@@ -276,11 +277,47 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn handle(state: &State, request: Request, uid: u32) -> Response {
+async fn handle(state: &Arc<State>, request: Request, uid: u32) -> Response {
     match request {
         Request::Status => Response::Status(Box::new(status(state))),
         Request::ListClients { after, limit } => list_clients(state, after.as_deref(), limit),
         Request::ListKeys => Response::Keys(key_infos(state)),
+        Request::RotateKey { now } => {
+            let keys = state.clone();
+            let result =
+                tokio::task::spawn_blocking(move || keys.keys.rotate(now, keys.longest_ttl()))
+                    .await;
+            match result {
+                Ok(Ok(r)) => {
+                    tracing::info!(uid, active = %r.active, forced = now, "admin: keys rotated");
+                    Response::KeyRotated {
+                        active: r.active,
+                        retiring: r.retiring,
+                        next: r.next,
+                        next_may_sign_at: r.next_may_sign_at,
+                    }
+                }
+                Ok(Err(e)) => Response::Error(key_error(e)),
+                Err(e) => Response::Error(AdminError::Internal(e.to_string())),
+            }
+        }
+        Request::RevokeKey { kid } => {
+            let keys = state.clone();
+            let revoked = kid.clone();
+            let result = tokio::task::spawn_blocking(move || keys.keys.revoke(&revoked)).await;
+            match result {
+                Ok(Ok(former_state)) => {
+                    tracing::warn!(uid, %kid, "admin: key revoked");
+                    Response::KeyRevoked {
+                        kid,
+                        former_state,
+                        active: state.keys.load().active().kid().to_owned(),
+                    }
+                }
+                Ok(Err(e)) => Response::Error(key_error(e)),
+                Err(e) => Response::Error(AdminError::Internal(e.to_string())),
+            }
+        }
         Request::Subscribe => {
             tracing::info!(uid, "admin: subscribed to stats");
             Response::Subscribed
@@ -288,8 +325,8 @@ async fn handle(state: &State, request: Request, uid: u32) -> Response {
         Request::Reload => {
             tracing::info!(uid, "admin: reload");
             crate::systemd::reloading();
-            let clients = state.clients.clone();
-            let outcome = tokio::task::spawn_blocking(move || clients.reload()).await;
+            let reloading = state.clone();
+            let outcome = tokio::task::spawn_blocking(move || reloading.reload()).await;
             crate::systemd::ready(state);
             match outcome {
                 Ok(outcome) => Response::Reloaded(outcome),
@@ -429,6 +466,26 @@ async fn apply(state: &State, edit: Edit) -> Result<(), AdminError> {
     })
 }
 
+fn key_error(e: KeyChangeError) -> AdminError {
+    match e {
+        KeyChangeError::Refused(refused) => {
+            let possible_at = match &refused {
+                RotationRefused::TooEarly { possible_at, .. } => *possible_at,
+                RotationRefused::NoNext => 0,
+            };
+            AdminError::RotationTooEarly {
+                message: refused.to_string(),
+                possible_at,
+            }
+        }
+        KeyChangeError::NoSuchKey(kid) => AdminError::NoSuchKey(kid),
+        KeyChangeError::Store(e) => {
+            tracing::error!(error = %e, "key directory write failed");
+            AdminError::KeyStoreFailed(e.to_string())
+        }
+    }
+}
+
 fn list_clients(state: &State, after: Option<&str>, limit: u32) -> Response {
     let registry = state.clients.load();
     let mut clients: Vec<&Client> = registry.iter().collect();
@@ -462,6 +519,7 @@ fn list_clients(state: &State, after: Option<&str>, limit: u32) -> Response {
 }
 
 fn key_infos(state: &State) -> Vec<KeyInfo> {
+    let max_age = state.keys.settings().jwks_max_age;
     state
         .keys
         .load()
@@ -474,6 +532,11 @@ fn key_infos(state: &State) -> Vec<KeyInfo> {
             created: e.meta.created,
             activated: e.meta.activated,
             retire_at: e.meta.retire_at,
+            may_sign_at: (e.meta.state == KeyState::Next).then(|| {
+                e.meta
+                    .created
+                    .saturating_add(i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX))
+            }),
         })
         .collect()
 }

@@ -17,6 +17,7 @@ pub mod local;
 pub mod stats;
 pub mod systemd;
 pub mod throttle;
+pub mod watch;
 
 use std::{
     future::Future,
@@ -27,15 +28,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
+use tokendealer_shared::admin::ReloadOutcome;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     clients::ClientsStore,
     config::Config,
-    keys::{KeyEntry, KeyStore, Keyring},
+    keys::{KeyManager, KeySettings, KeyStore},
 };
 
 /// Why the daemon could not start. [`StartError::is_config`] errors exit with `EX_CONFIG`.
@@ -70,28 +71,27 @@ impl StartError {
 #[derive(Debug)]
 pub struct Loaded {
     config: Config,
-    keys: Vec<KeyEntry>,
+    keys: KeyManager,
     clients: ClientsStore,
+}
+
+fn key_settings(config: &Config) -> KeySettings {
+    KeySettings {
+        alg: config.algorithm,
+        bits: config.rsa_bits,
+        jwks_max_age: config.jwks_max_age,
+        rotate_every: config.rotate_every,
+    }
 }
 
 /// Reads (on first use: creates) the signing keys, and reads the clients file.
 pub async fn load(config: Config) -> Result<Loaded, StartError> {
-    let (dir, alg, bits) = (config.key_dir.clone(), config.algorithm, config.rsa_bits);
+    let (dir, settings) = (config.key_dir.clone(), key_settings(&config));
     // Key generation takes a while (RSA 4096: seconds); keep it off the reactor.
-    let keys = tokio::task::spawn_blocking(move || KeyStore::open(&dir)?.load_or_init(alg, bits))
-        .await
-        .map_err(|_| StartError::Interrupted)??;
-    if let Some(active) = keys
-        .iter()
-        .find(|k| k.meta.state == tokendealer_shared::admin::KeyState::Active)
-        && active.meta.alg != config.algorithm
-    {
-        tracing::warn!(
-            active = %active.meta.alg,
-            configured = %config.algorithm,
-            "the active key's algorithm differs from `algorithm`; the change applies at the next key rotation"
-        );
-    }
+    let keys =
+        tokio::task::spawn_blocking(move || KeyManager::open(KeyStore::open(&dir)?, settings))
+            .await
+            .map_err(|_| StartError::Interrupted)??;
     let clients_file = config.clients_file.clone();
     let clients = tokio::task::spawn_blocking(move || ClientsStore::open(&clients_file))
         .await
@@ -135,12 +135,55 @@ pub struct State {
     pub listen: SocketAddr,
     pub admin_socket: PathBuf,
     pub clients: Arc<ClientsStore>,
-    pub keys: ArcSwap<Keyring>,
+    pub keys: Arc<KeyManager>,
     pub stats: Arc<stats::Stats>,
     pub throttle: Arc<throttle::Throttle>,
     pub started: Instant,
     metadata: Bytes,
     jwks_cache_control: ::http::HeaderValue,
+}
+
+impl State {
+    /// The longest lifetime a token can be issued with now: how long a retiring key must
+    /// stay published.
+    pub fn longest_ttl(&self) -> Duration {
+        self.clients
+            .load()
+            .iter()
+            .filter_map(|c| c.token_ttl)
+            .fold(self.token_ttl, Duration::max)
+    }
+
+    /// SIGHUP and `tokendealer reload`: the config's key settings (a new `algorithm` gets
+    /// its next key now and signs after the next rotation), then the clients file. Other
+    /// config changes need a restart. Blocking.
+    pub fn reload(&self) -> ReloadOutcome {
+        if let Some(path) = &self.config.path {
+            match Config::load(path) {
+                Ok(config) => {
+                    if let Err(e) = self.keys.reconfigure(key_settings(&config)) {
+                        tracing::error!(error = %e, "the new key settings could not be applied");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "config not reloaded");
+                    let line = match &e {
+                        config::ConfigError::Invalid { line, .. } => {
+                            line.and_then(|l| u32::try_from(l).ok())
+                        }
+                        config::ConfigError::Read { .. } => None,
+                    };
+                    return ReloadOutcome::Failed {
+                        at: jiff::Timestamp::now().as_second(),
+                        file: path.display().to_string(),
+                        line,
+                        reason: e.to_string(),
+                    };
+                }
+            }
+        }
+        self.clients.reload()
+    }
 }
 
 /// Serves until `shutdown` completes; SIGHUP reloads the clients file meanwhile.
@@ -159,7 +202,6 @@ pub async fn run(
         .issuer
         .clone()
         .unwrap_or_else(|| format!("http://{listen}"));
-    let keyring = Keyring::new(keys).expect("load() guarantees an active key");
     let state = Arc::new(State {
         default_audience: config
             .default_audience
@@ -174,7 +216,7 @@ pub async fn run(
         clients: Arc::new(clients),
         stats: Arc::default(),
         throttle: Arc::new(throttle::Throttle::new(config.trusted_proxies.clone())),
-        keys: ArcSwap::from_pointee(keyring),
+        keys: Arc::new(keys),
         started: Instant::now(),
         config,
     });
@@ -190,10 +232,25 @@ pub async fn run(
         stop.clone(),
     ));
     let sweep_task = tokio::spawn(sweep(state.throttle.clone(), stop.clone()));
-    // Without the watch the daemon still serves, and SIGHUP still reloads.
-    let _watch = clients::watch::start(state.clients.clone(), stop.clone())
+    // Without the watches the daemon still serves, and SIGHUP still reloads.
+    let clients = state.clients.clone();
+    let _clients_watch = watch::start(state.clients.path(), move || drop(clients.reload()), stop.clone())
         .inspect_err(|e| tracing::error!(error = %e, "cannot watch the clients file; edits apply on SIGHUP only"))
         .ok();
+    let keys = state.keys.clone();
+    let manifest = state.config.key_dir.join("manifest.json");
+    let _keys_watch = watch::start(
+        &manifest,
+        move || {
+            if let Err(e) = keys.refresh() {
+                tracing::error!(error = %e, "a key change in the key directory was not adopted; the keys in force stay");
+            }
+        },
+        stop.clone(),
+    )
+    .inspect_err(|e| tracing::error!(error = %e, "cannot watch the key directory; key changes by other daemons apply at restart"))
+    .ok();
+    let upkeep_task = tokio::spawn(key_upkeep(state.clone(), stop.clone()));
     tracing::info!(
         listen = %state.listen,
         issuer = %state.issuer,
@@ -211,8 +268,8 @@ pub async fn run(
             _ = hangup.recv() => {
                 tracing::info!("SIGHUP: reloading the clients file");
                 systemd::reloading();
-                let clients = state.clients.clone();
-                let _ = tokio::task::spawn_blocking(move || clients.reload()).await;
+                let reloading = state.clone();
+                let _ = tokio::task::spawn_blocking(move || reloading.reload()).await;
                 systemd::ready(&state);
             }
         }
@@ -221,10 +278,36 @@ pub async fn run(
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     systemd::stopping();
     stop.cancel();
-    let _ = tokio::join!(http_task, admin_task, tick_task, sweep_task);
+    let _ = tokio::join!(http_task, admin_task, tick_task, sweep_task, upkeep_task);
     admin::unlink(&state.admin_socket);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often key upkeep looks at the clock when nothing else is due sooner.
+const KEY_UPKEEP: Duration = Duration::from_secs(30);
+
+/// Retiring keys leave the JWKS at their time, and automatic rotations happen, with no
+/// restart and no request path involved.
+async fn key_upkeep(state: Arc<State>, stop: CancellationToken) {
+    loop {
+        let now = jiff::Timestamp::now().as_second();
+        let wait = state
+            .keys
+            .next_expiry()
+            .map(|at| Duration::from_secs(u64::try_from(at - now).unwrap_or(0)))
+            .map_or(KEY_UPKEEP, |until| until.min(KEY_UPKEEP));
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        let upkeep = state.clone();
+        let result =
+            tokio::task::spawn_blocking(move || upkeep.keys.maintain(upkeep.longest_ttl())).await;
+        if let Ok(Err(e)) = result {
+            tracing::error!(error = %e, "key upkeep failed; will retry");
+        }
+    }
 }
 
 /// Forgets throttling state that no longer matters, once a minute.

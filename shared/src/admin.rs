@@ -86,6 +86,12 @@ pub enum Request {
     ImportClients { clients: Vec<(String, [u8; 32])> },
     /// → [`Response::Keys`].
     ListKeys,
+    /// next → active, active → retiring, a new next. → [`Response::KeyRotated`]; errors:
+    /// `RotationTooEarly` (unless `now`), `KeyStoreFailed`.
+    RotateKey { now: bool },
+    /// Drops a compromised key from the JWKS at once. → [`Response::KeyRevoked`]; errors:
+    /// `NoSuchKey`, `KeyStoreFailed`.
+    RevokeKey { kid: String },
     /// Re-reads the clients file and answers when done. → [`Response::Reloaded`] (whose
     /// outcome may be a failure).
     Reload,
@@ -118,6 +124,19 @@ pub enum Response {
         count: u64,
     },
     Keys(Vec<KeyInfo>),
+    KeyRotated {
+        active: String,
+        /// The previous active key and when (Unix seconds) it leaves the JWKS.
+        retiring: Option<(String, i64)>,
+        next: String,
+        next_may_sign_at: i64,
+    },
+    KeyRevoked {
+        kid: String,
+        former_state: KeyState,
+        /// The key that signs now.
+        active: String,
+    },
     Reloaded(ReloadOutcome),
     Subscribed,
     Error(AdminError),
@@ -152,6 +171,12 @@ pub enum AdminError {
     ClientsFileInvalid { file: String, reason: String },
     #[error("{0}")]
     WriteFailed(String),
+    #[error("{message}")]
+    RotationTooEarly { message: String, possible_at: i64 },
+    #[error("there is no key `{0}`")]
+    NoSuchKey(String),
+    #[error("{0}")]
+    KeyStoreFailed(String),
     #[error("the daemon failed: {0}")]
     Internal(String),
 }
@@ -247,6 +272,8 @@ pub struct KeyInfo {
     pub activated: Option<i64>,
     /// When a retiring key leaves the JWKS.
     pub retire_at: Option<i64>,
+    /// For the next key: when it may sign (published for `jwks_max_age`).
+    pub may_sign_at: Option<i64>,
 }
 
 /// Where a key is in its life (see SPEC.md: next → active → retiring → removed).

@@ -95,6 +95,15 @@ enum ClientsCommand {
 enum KeysCommand {
     /// List the published keys and their states.
     List,
+    /// Promote the next key to active; the active one retires once its tokens expire.
+    Rotate {
+        /// Rotate even though the next key is younger than jwks_max_age: verifiers whose
+        /// cached JWKS predates it will reject new tokens until they refetch.
+        #[arg(long)]
+        now: bool,
+    },
+    /// Drop a compromised key from the JWKS at once; tokens it signed stop verifying.
+    Revoke { kid: String },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -176,9 +185,9 @@ async fn execute(socket: &Path, command: Command, out: &Output) -> Result<(), Cl
         }
         Command::Man => {
             return match clap_mangen::Man::new(Args::command()).render(&mut io::stdout()) {
-                Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
-                    Err(CliError::Input(format!("cannot write the manual page: {e}")))
-                }
+                Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(CliError::Input(format!(
+                    "cannot write the manual page: {e}"
+                ))),
                 _ => Ok(()),
             };
         }
@@ -223,6 +232,63 @@ async fn execute(socket: &Path, command: Command, out: &Output) -> Result<(), Cl
             out.print(
                 || Value::Array(keys.iter().map(render::key_json).collect()),
                 |w| render::write_keys(w, &keys),
+            );
+        }
+        Command::Keys(KeysCommand::Rotate { now }) => {
+            let Response::KeyRotated {
+                active,
+                retiring,
+                next,
+                next_may_sign_at,
+            } = conn.request(Request::RotateKey { now }).await?
+            else {
+                return Err(unexpected());
+            };
+            out.print(
+                || {
+                    json!({
+                        "active": active,
+                        "retiring": retiring.as_ref().map(|(kid, at)| json!({ "kid": kid, "retire_at": render::time(*at) })),
+                        "next": next,
+                        "next_may_sign_at": render::time(next_may_sign_at),
+                    })
+                },
+                |w| {
+                    writeln!(w, "key {active} now signs")?;
+                    if let Some((kid, at)) = &retiring {
+                        writeln!(
+                            w,
+                            "key {kid} is retiring: it stays in the JWKS until {}, when every token it signed has expired",
+                            render::time(*at)
+                        )?;
+                    }
+                    writeln!(
+                        w,
+                        "key {next} is published as next and may sign from {}",
+                        render::time(next_may_sign_at)
+                    )
+                },
+            );
+        }
+        Command::Keys(KeysCommand::Revoke { kid }) => {
+            let Response::KeyRevoked {
+                kid,
+                former_state,
+                active,
+            } = conn.request(Request::RevokeKey { kid }).await?
+            else {
+                return Err(unexpected());
+            };
+            out.print(
+                || json!({ "revoked": kid, "former_state": former_state.as_str(), "active": active }),
+                |w| {
+                    writeln!(
+                        w,
+                        "key {kid} ({}) is revoked and gone from the JWKS: tokens it signed no longer verify",
+                        former_state.as_str()
+                    )?;
+                    writeln!(w, "key {active} signs")
+                },
             );
         }
         Command::Clients(ClientsCommand::List) => {

@@ -55,6 +55,7 @@ pub fn key_json(k: &KeyInfo) -> Value {
         "created": time(k.created),
         "activated": k.activated.map(time),
         "retire_at": k.retire_at.map(time),
+        "may_sign_at": k.may_sign_at.map(time),
     })
 }
 
@@ -117,19 +118,25 @@ pub fn write_keys(out: &mut dyn Write, keys: &[KeyInfo]) -> io::Result<()> {
     let rows: Vec<[String; 6]> = keys
         .iter()
         .map(|k| {
+            // One column for the time that matters in each state.
+            let when = match (k.may_sign_at, k.retire_at) {
+                (Some(at), _) => format!("may sign from {}", time(at)),
+                (_, Some(at)) => format!("leaves JWKS at {}", time(at)),
+                _ => "-".to_owned(),
+            };
             [
                 k.kid.clone(),
                 k.alg.clone(),
                 k.state.as_str().to_owned(),
                 time(k.created),
                 k.activated.map_or_else(|| "-".into(), time),
-                k.retire_at.map_or_else(|| "-".into(), time),
+                when,
             ]
         })
         .collect();
     write_table(
         out,
-        &["KID", "ALG", "STATE", "CREATED", "ACTIVATED", "RETIRES"],
+        &["KID", "ALG", "STATE", "CREATED", "ACTIVATED", "NEXT EVENT"],
         &rows,
     )
 }

@@ -7,7 +7,6 @@
 
 pub mod edit;
 mod registry;
-pub mod watch;
 
 use std::{
     fs,

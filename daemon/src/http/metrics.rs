@@ -24,6 +24,7 @@ struct Snapshot {
     reload_failures: u64,
     last_reload_success: i64,
     throttled: [(&'static str, u64); 2],
+    key_rotations: u64,
 }
 
 impl Collector for Snapshot {
@@ -107,6 +108,12 @@ impl Collector for Snapshot {
             "When the clients file was last loaded successfully.",
             self.last_reload_success,
         )?;
+        counter(
+            &mut encoder,
+            "tokendealer_key_rotations",
+            "Signing key rotations made by this daemon.",
+            self.key_rotations,
+        )?;
         let labels = [("version", env!("CARGO_PKG_VERSION"))];
         ConstGauge::new(1).encode(
             encoder
@@ -144,6 +151,7 @@ pub(super) fn metrics(state: &State) -> Resp {
             ("address", state.throttle.refused_address.load(Relaxed)),
             ("client", state.throttle.refused_client.load(Relaxed)),
         ],
+        key_rotations: state.keys.rotations.load(Relaxed),
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(snapshot));

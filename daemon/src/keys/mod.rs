@@ -5,7 +5,8 @@
 //! `jsonwebtoken::encode` re-parses the private key on every call, which costs more than
 //! the signature itself. jsonwebtoken is still what verifies (`/verify_token`, introspection).
 
-mod store;
+mod manager;
+pub mod store;
 
 use std::{collections::HashMap, fmt, str::FromStr, sync::Arc};
 
@@ -20,7 +21,8 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 use bytes::Bytes;
 use serde::Serialize;
 
-pub use store::{KeyStore, KeyStoreError, StoredKey};
+pub use manager::{KeyChangeError, KeyManager, KeySettings, RETIRE_LEEWAY, Rotated};
+pub use store::{KeyStore, KeyStoreError, RotationRefused, StoredKey};
 use tokendealer_shared::admin::KeyState;
 
 /// The JWS algorithms tokens can be signed with.

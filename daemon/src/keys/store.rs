@@ -1,22 +1,30 @@
-//! Keys on disk: `key_dir` holds one PKCS#8 PEM file per key (`KID.pem`, mode 0600) and
-//! `manifest.json`, which records each key's state. A key file is always written before the
-//! manifest that names it, so a crash in between leaves at worst an unreferenced file.
+//! Keys on disk: `key_dir` holds one PKCS#8 PEM file per key (`KID.pem`, mode 0600),
+//! `manifest.json` with each key's state, and `.lock`, which serialises writers.
+//!
+//! A key file is always written before the manifest that names it, and removed only after
+//! a manifest that no longer names it, so a crash at any point leaves a manifest whose keys
+//! all exist (at worst beside an unreferenced file, removed by the next writer).
+//!
+//! The lock is `flock(2)` on `.lock`: several daemons sharing the directory take turns, and
+//! a holder that dies releases it with its last descriptor, so no stale lock can outlive a
+//! crash. (flock is not reliable on some network file systems; share a key directory over
+//! a local or a Kubernetes volume, or give each daemon its own.)
 
 use std::{
-    fs,
+    fs::{self, File, OpenOptions},
     io::ErrorKind,
-    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
-    sync::Arc,
 };
 
 use serde::{Deserialize, Serialize};
 use tokendealer_shared::admin::KeyState;
 
-use super::{KeyEntry, KeyError, RsaBits, SigningAlg, SigningKey};
+use super::{KeyError, SigningAlg, SigningKey};
 use crate::fsio;
 
 const MANIFEST: &str = "manifest.json";
+const LOCK: &str = ".lock";
 const MANIFEST_VERSION: u32 = 1;
 const PEM_TAG: &str = "PRIVATE KEY";
 
@@ -27,17 +35,152 @@ pub struct StoredKey {
     pub kid: String,
     pub alg: SigningAlg,
     pub state: KeyState,
-    /// Unix seconds.
+    /// Unix seconds; for a next key, when it was published.
     pub created: i64,
     pub activated: Option<i64>,
+    /// For a retiring key: when it leaves the JWKS.
     pub retire_at: Option<i64>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+impl StoredKey {
+    /// A freshly generated key, published as next.
+    pub fn next(key: &SigningKey, now: i64) -> Self {
+        Self {
+            kid: key.kid().to_owned(),
+            alg: key.alg(),
+            state: KeyState::Next,
+            created: now,
+            activated: None,
+            retire_at: None,
+        }
+    }
+
+    /// Whether the key is still published at `now`.
+    pub fn published_at(&self, now: i64) -> bool {
+        self.state != KeyState::Retiring || self.retire_at.is_some_and(|t| t > now)
+    }
+}
+
+/// The manifest: every key and its state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Manifest {
+pub struct Manifest {
     version: u32,
-    keys: Vec<StoredKey>,
+    pub keys: Vec<StoredKey>,
+}
+
+/// Why a rotation was not made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RotationRefused {
+    #[error(
+        "the next key {kid} was published at {published}; it may sign from {possible} ({jwks_max_age} later, so every verifier's cached JWKS holds it); rotate then, or pass --now"
+    )]
+    TooEarly {
+        kid: String,
+        published: String,
+        possible: String,
+        possible_at: i64,
+        jwks_max_age: String,
+    },
+    #[error("there is no next key to promote")]
+    NoNext,
+}
+
+fn time(unix: i64) -> String {
+    jiff::Timestamp::from_second(unix).map_or_else(|_| unix.to_string(), |t| t.to_string())
+}
+
+impl Manifest {
+    pub fn new(keys: Vec<StoredKey>) -> Self {
+        Self {
+            version: MANIFEST_VERSION,
+            keys,
+        }
+    }
+
+    pub fn active(&self) -> Option<&StoredKey> {
+        self.keys.iter().find(|k| k.state == KeyState::Active)
+    }
+
+    pub fn next(&self) -> Option<&StoredKey> {
+        self.keys.iter().find(|k| k.state == KeyState::Next)
+    }
+
+    /// When the next key may sign: `jwks_max_age` after it was published.
+    pub fn next_may_sign_at(&self, jwks_max_age: i64) -> Option<i64> {
+        self.next().map(|k| k.created.saturating_add(jwks_max_age))
+    }
+
+    /// Checks that a rotation may happen at `now`.
+    pub fn check_rotation(
+        &self,
+        now: i64,
+        jwks_max_age: i64,
+        force: bool,
+    ) -> Result<(), RotationRefused> {
+        let next = self.next().ok_or(RotationRefused::NoNext)?;
+        let possible_at = next.created.saturating_add(jwks_max_age);
+        if !force && now < possible_at {
+            return Err(RotationRefused::TooEarly {
+                kid: next.kid.clone(),
+                published: time(next.created),
+                possible: time(possible_at),
+                possible_at,
+                jwks_max_age: tokendealer_shared::duration::format(std::time::Duration::from_secs(
+                    u64::try_from(jwks_max_age).unwrap_or(0),
+                )),
+            });
+        }
+        Ok(())
+    }
+
+    /// next → active, active → retiring until `retire_at`, `new_next` → next.
+    pub fn rotate(&mut self, now: i64, retire_at: i64, new_next: StoredKey) {
+        for key in &mut self.keys {
+            match key.state {
+                KeyState::Active => {
+                    key.state = KeyState::Retiring;
+                    key.retire_at = Some(retire_at);
+                }
+                KeyState::Next => {
+                    key.state = KeyState::Active;
+                    key.activated = Some(now);
+                }
+                KeyState::Retiring => {}
+            }
+        }
+        self.keys.push(new_next);
+    }
+
+    /// Drops `kid` at once. An active key is replaced by the next one (already published),
+    /// and a revoked next key by `new_next`. Returns the removed record.
+    pub fn revoke(
+        &mut self,
+        kid: &str,
+        now: i64,
+        new_next: impl FnOnce() -> Option<StoredKey>,
+    ) -> Option<StoredKey> {
+        let index = self.keys.iter().position(|k| k.kid == kid)?;
+        let removed = self.keys.remove(index);
+        if let (KeyState::Active, Some(next)) = (
+            removed.state,
+            self.keys.iter_mut().find(|k| k.state == KeyState::Next),
+        ) {
+            next.state = KeyState::Active;
+            next.activated = Some(now);
+        }
+        if removed.state != KeyState::Retiring && self.next().is_none() {
+            self.keys.extend(new_next());
+        }
+        Some(removed)
+    }
+
+    /// Removes retiring keys whose time has passed; returns whether any were.
+    pub fn prune(&mut self, now: i64) -> bool {
+        let before = self.keys.len();
+        self.keys.retain(|k| k.published_at(now));
+        self.keys.len() != before
+    }
 }
 
 /// Why the key directory could not be used.
@@ -67,6 +210,12 @@ pub struct KeyStore {
     dir: PathBuf,
 }
 
+/// Held while writing; dropping it releases the lock.
+#[derive(Debug)]
+pub struct WriteLock {
+    _file: File,
+}
+
 impl KeyStore {
     /// Opens `dir`, creating it (mode 0700) when missing.
     pub fn open(dir: &Path) -> Result<Self, KeyStoreError> {
@@ -83,6 +232,15 @@ impl KeyStore {
         })
     }
 
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn io(&self, path: &Path) -> impl FnOnce(std::io::Error) -> KeyStoreError + use<> {
+        let path = path.to_owned();
+        move |source| KeyStoreError::Io { path, source }
+    }
+
     fn manifest_path(&self) -> PathBuf {
         self.dir.join(MANIFEST)
     }
@@ -91,92 +249,54 @@ impl KeyStore {
         self.dir.join(format!("{kid}.pem"))
     }
 
-    /// Loads every key in the manifest; on first use generates an active key of `alg`.
-    ///
-    /// A key other than the active one that cannot be read is left out with a warning, so the
-    /// daemon keeps serving: it cannot publish that key, and it never signs with it.
-    pub fn load_or_init(
-        &self,
-        alg: SigningAlg,
-        bits: RsaBits,
-    ) -> Result<Vec<KeyEntry>, KeyStoreError> {
-        fsio::remove_stale_temp_files(&self.dir);
-        let manifest_path = self.manifest_path();
-        let manifest = match fs::read(&manifest_path) {
-            Ok(bytes) => serde_json::from_slice::<Manifest>(&bytes).map_err(|e| {
-                KeyStoreError::CorruptManifest {
-                    path: manifest_path.clone(),
-                    reason: e.to_string(),
-                }
-            })?,
-            Err(e) if e.kind() == ErrorKind::NotFound => return self.init(alg, bits),
-            Err(source) => {
-                return Err(KeyStoreError::Io {
-                    path: manifest_path,
-                    source,
-                });
-            }
+    /// Takes the writers' lock, waiting for another daemon that holds it.
+    pub fn lock(&self) -> Result<WriteLock, KeyStoreError> {
+        let path = self.dir.join(LOCK);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(self.io(&path))?;
+        file.lock().map_err(self.io(&path))?;
+        Ok(WriteLock { _file: file })
+    }
+
+    /// The manifest, or `None` when there is none yet.
+    pub fn read_manifest(&self) -> Result<Option<Manifest>, KeyStoreError> {
+        let path = self.manifest_path();
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io(&path)(e)),
         };
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| KeyStoreError::CorruptManifest {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
         if manifest.version != MANIFEST_VERSION {
             return Err(KeyStoreError::CorruptManifest {
-                path: manifest_path,
+                path,
                 reason: format!("version {} is not {MANIFEST_VERSION}", manifest.version),
             });
         }
-        let mut entries = Vec::with_capacity(manifest.keys.len());
-        for meta in manifest.keys {
-            match self.read_key(&meta) {
-                Ok(key) => entries.push(KeyEntry {
-                    key: Arc::new(key),
-                    meta,
-                }),
-                // Permissions are a refusal to start whatever the key's state.
-                Err(e @ KeyStoreError::Permissions { .. }) => return Err(e),
-                Err(e) if meta.state == KeyState::Active => return Err(e),
-                Err(e) => {
-                    tracing::warn!(kid = %meta.kid, state = meta.state.as_str(), error = %e, "leaving out a key that cannot be read");
-                }
-            }
-        }
-        if !entries.iter().any(|e| e.meta.state == KeyState::Active) {
-            return Err(KeyStoreError::NoActiveKey {
-                path: manifest_path,
-            });
-        }
-        Ok(entries)
+        Ok(Some(manifest))
     }
 
-    fn init(&self, alg: SigningAlg, bits: RsaBits) -> Result<Vec<KeyEntry>, KeyStoreError> {
-        let (key, der) = SigningKey::generate(alg, bits)?;
-        let now = jiff::Timestamp::now().as_second();
-        let meta = StoredKey {
-            kid: key.kid().to_owned(),
-            alg,
-            state: KeyState::Active,
-            created: now,
-            activated: Some(now),
-            retire_at: None,
-        };
-        self.write_key(key.kid(), &der)?;
-        self.write_manifest(std::slice::from_ref(&meta))?;
-        tracing::info!(kid = %meta.kid, alg = %alg, dir = %self.dir.display(), "generated a new signing key");
-        Ok(vec![KeyEntry {
-            key: Arc::new(key),
-            meta,
-        }])
-    }
-
-    fn read_key(&self, meta: &StoredKey) -> Result<SigningKey, KeyStoreError> {
+    /// Reads one key's private key file, checking its mode and that it holds that key.
+    pub fn read_key(&self, meta: &StoredKey) -> Result<SigningKey, KeyStoreError> {
         let path = self.key_path(&meta.kid);
-        let io = |source| KeyStoreError::Io {
-            path: path.clone(),
-            source,
-        };
-        let mode = fs::metadata(&path).map_err(io)?.permissions().mode() & 0o777;
+        let mode = fs::metadata(&path)
+            .map_err(self.io(&path))?
+            .permissions()
+            .mode()
+            & 0o777;
         if mode & 0o077 != 0 {
             return Err(KeyStoreError::Permissions { path, mode });
         }
-        let text = fs::read_to_string(&path).map_err(io)?;
+        let text = fs::read_to_string(&path).map_err(self.io(&path))?;
         let bad = |reason: String| KeyStoreError::BadKeyFile {
             path: path.clone(),
             reason,
@@ -200,23 +320,43 @@ impl KeyStore {
         Ok(key)
     }
 
-    fn write_key(&self, kid: &str, der: &[u8]) -> Result<(), KeyStoreError> {
+    /// Writes a private key file (0600). Call before writing a manifest that names it.
+    pub fn write_key(&self, kid: &str, der: &[u8]) -> Result<(), KeyStoreError> {
         let path = self.key_path(kid);
         let text = pem::encode(&pem::Pem::new(PEM_TAG, der.to_vec()));
-        fsio::write_atomic(&path, text.as_bytes(), 0o600)
-            .map_err(|source| KeyStoreError::Io { path, source })
+        fsio::write_atomic(&path, text.as_bytes(), 0o600).map_err(self.io(&path))
     }
 
-    fn write_manifest(&self, keys: &[StoredKey]) -> Result<(), KeyStoreError> {
+    pub fn write_manifest(&self, manifest: &Manifest) -> Result<(), KeyStoreError> {
         let path = self.manifest_path();
-        let manifest = Manifest {
-            version: MANIFEST_VERSION,
-            keys: keys.to_vec(),
-        };
-        let mut bytes = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+        let mut bytes = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
         bytes.push(b'\n');
-        fsio::write_atomic(&path, &bytes, 0o600)
-            .map_err(|source| KeyStoreError::Io { path, source })
+        fsio::write_atomic(&path, &bytes, 0o600).map_err(self.io(&path))
+    }
+
+    /// Removes key files the manifest no longer names, and temp files of interrupted writes.
+    /// Call after writing that manifest, with the lock held.
+    pub fn remove_unreferenced(&self, manifest: &Manifest) {
+        fsio::remove_stale_temp_files(&self.dir);
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(kid) = name.strip_suffix(".pem") else {
+                continue;
+            };
+            if !manifest.keys.iter().any(|k| k.kid == kid) {
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => {
+                        tracing::info!(kid, "removed the key file of a key that left the manifest");
+                    }
+                    Err(e) => {
+                        tracing::warn!(kid, error = %e, "cannot remove an unreferenced key file");
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -224,39 +364,85 @@ impl KeyStore {
 mod tests {
     use super::*;
 
+    fn key(kid: &str, state: KeyState, created: i64) -> StoredKey {
+        StoredKey {
+            kid: kid.into(),
+            alg: SigningAlg::ES256,
+            state,
+            created,
+            activated: (state == KeyState::Active).then_some(created),
+            retire_at: None,
+        }
+    }
+
     #[test]
-    fn first_use_generates_and_second_reuses() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = KeyStore::open(&dir.path().join("keys")).unwrap();
-        let first = store
-            .load_or_init(SigningAlg::ES256, RsaBits::B2048)
-            .unwrap();
-        assert_eq!(first.len(), 1);
-        let kid = first[0].key.kid().to_owned();
-        let path = store.key_path(&kid);
-        assert_eq!(
-            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
+    fn rotation_waits_for_the_next_key_to_age() {
+        let m = Manifest::new(vec![
+            key("a", KeyState::Active, 0),
+            key("n", KeyState::Next, 1000),
+        ]);
+        let err = m.check_rotation(1000 + 899, 900, false).unwrap_err();
+        let RotationRefused::TooEarly { possible_at, .. } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(*possible_at, 1900);
+        assert!(err.to_string().contains("--now"), "{err}");
+        assert!(m.check_rotation(1900, 900, false).is_ok());
+        assert!(
+            m.check_rotation(1000, 900, true).is_ok(),
+            "--now skips the wait"
         );
-        let again = store
-            .load_or_init(SigningAlg::ES256, RsaBits::B2048)
+    }
+
+    #[test]
+    fn rotation_moves_every_state_and_retiring_keys_leave_at_their_time() {
+        let mut m = Manifest::new(vec![
+            key("a", KeyState::Active, 0),
+            key("n", KeyState::Next, 10),
+        ]);
+        m.rotate(2000, 5000, key("n2", KeyState::Next, 2000));
+        let state = |m: &Manifest, kid: &str| m.keys.iter().find(|k| k.kid == kid).map(|k| k.state);
+        assert_eq!(state(&m, "a"), Some(KeyState::Retiring));
+        assert_eq!(state(&m, "n"), Some(KeyState::Active));
+        assert_eq!(state(&m, "n2"), Some(KeyState::Next));
+        assert_eq!(m.active().unwrap().activated, Some(2000));
+        assert!(!m.prune(4999), "still published before its time");
+        assert!(m.prune(5000));
+        assert_eq!(state(&m, "a"), None);
+    }
+
+    #[test]
+    fn revoking_the_active_key_promotes_next_and_makes_a_new_next() {
+        let mut m = Manifest::new(vec![
+            key("a", KeyState::Active, 0),
+            key("n", KeyState::Next, 10),
+            key("r", KeyState::Retiring, 0),
+        ]);
+        let removed = m
+            .revoke("a", 50, || Some(key("n2", KeyState::Next, 50)))
             .unwrap();
-        assert_eq!(again[0].key.kid(), kid);
-        assert_eq!(again[0].meta, first[0].meta);
+        assert_eq!(removed.kid, "a");
+        assert_eq!(m.active().unwrap().kid, "n");
+        assert_eq!(m.next().unwrap().kid, "n2");
+        assert!(
+            m.revoke("r", 60, || panic!("no new key for a retiring one"))
+                .is_some()
+        );
+        assert!(m.revoke("zz", 60, || None).is_none());
     }
 
     #[test]
     fn a_readable_key_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let store = KeyStore::open(dir.path()).unwrap();
-        let keys = store
-            .load_or_init(SigningAlg::EdDSA, RsaBits::B2048)
-            .unwrap();
-        let path = store.key_path(keys[0].key.kid());
+        let (k, der) =
+            SigningKey::generate(SigningAlg::EdDSA, super::super::RsaBits::B2048).unwrap();
+        store.write_key(k.kid(), &der).unwrap();
+        let meta = StoredKey::next(&k, 0);
+        assert!(store.read_key(&meta).is_ok());
+        let path = store.key_path(k.kid());
         fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
-        let err = store
-            .load_or_init(SigningAlg::EdDSA, RsaBits::B2048)
-            .unwrap_err();
+        let err = store.read_key(&meta).unwrap_err();
         assert!(
             matches!(err, KeyStoreError::Permissions { mode: 0o640, .. }),
             "{err}"
@@ -265,22 +451,29 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_active_key_is_reported() {
+    fn a_corrupt_key_file_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         let store = KeyStore::open(dir.path()).unwrap();
-        let keys = store
-            .load_or_init(SigningAlg::EdDSA, RsaBits::B2048)
-            .unwrap();
-        let path = store.key_path(keys[0].key.kid());
+        let (k, _) = SigningKey::generate(SigningAlg::EdDSA, super::super::RsaBits::B2048).unwrap();
+        let path = store.key_path(k.kid());
         fsio::write_atomic(
             &path,
             b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
             0o600,
         )
         .unwrap();
-        let err = store
-            .load_or_init(SigningAlg::EdDSA, RsaBits::B2048)
-            .unwrap_err();
+        let err = store.read_key(&StoredKey::next(&k, 0)).unwrap_err();
         assert!(matches!(err, KeyStoreError::BadKeyFile { .. }), "{err}");
+    }
+
+    #[test]
+    fn unreferenced_key_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(dir.path()).unwrap();
+        fs::write(dir.path().join("orphan.pem"), "x").unwrap();
+        fs::write(dir.path().join("kept.pem"), "x").unwrap();
+        store.remove_unreferenced(&Manifest::new(vec![key("kept", KeyState::Active, 0)]));
+        assert!(!dir.path().join("orphan.pem").exists());
+        assert!(dir.path().join("kept.pem").exists());
     }
 }

@@ -1,4 +1,5 @@
-//! Follows edits of the clients file as they happen.
+//! Follows edits of a file as they happen: the clients file, and the key manifest that
+//! several daemons share.
 //!
 //! The parent directory is watched, not the file: editors and `mv` replace the file (a new
 //! inode the old watch would never see), vim writes a backup and renames, and a Kubernetes
@@ -22,7 +23,6 @@ use notify_debouncer_full::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::ClientsStore;
 use crate::fsio;
 
 /// Quiet time after the last event of a burst before reloading. Short enough that an edit
@@ -40,9 +40,13 @@ impl std::fmt::Debug for Watch {
     }
 }
 
-/// Starts watching `store`'s file; reloads run on the blocking pool until `stop` fires.
-pub fn start(store: Arc<ClientsStore>, stop: CancellationToken) -> notify::Result<Watch> {
-    let path = store.path().to_owned();
+/// Starts watching `path`; `reload` runs on the blocking pool after each burst of events
+/// that may have changed it, until `stop` fires.
+pub fn start(
+    path: &Path,
+    reload: impl Fn() + Send + Sync + 'static,
+    stop: CancellationToken,
+) -> notify::Result<Watch> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
@@ -62,7 +66,7 @@ pub fn start(store: Arc<ClientsStore>, stop: CancellationToken) -> notify::Resul
                 }
                 Err(errors) => {
                     for e in errors {
-                        tracing::warn!(error = %e, "clients file watch error");
+                        tracing::warn!(error = %e, "file watch error");
                     }
                     // After an error (e.g. an inotify queue overflow) events may have been lost.
                     let _ = tx.try_send(());
@@ -70,16 +74,17 @@ pub fn start(store: Arc<ClientsStore>, stop: CancellationToken) -> notify::Resul
             },
         )?;
     debouncer.watch(&dir, RecursiveMode::NonRecursive)?;
-    tracing::info!(dir = %dir.display(), file = %path.display(), "watching the clients file");
+    tracing::debug!(dir = %dir.display(), file = %path.display(), "watching");
 
+    let reload = Arc::new(reload);
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
                 event = rx.recv() => {
                     if event.is_none() { break }
-                    let store = store.clone();
-                    let _ = tokio::task::spawn_blocking(move || store.reload()).await;
+                    let reload = reload.clone();
+                    let _ = tokio::task::spawn_blocking(move || reload()).await;
                 }
             }
         }

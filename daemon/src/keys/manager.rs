@@ -1,0 +1,515 @@
+//! The key lifecycle: next → active → retiring → removed, shared by every daemon that uses
+//! the same key directory.
+//!
+//! The manifest on disk is the truth. Every change takes the directory's write lock, re-reads
+//! the manifest (another daemon may have changed it), writes key files and then the manifest,
+//! and only then swaps the new keyring in. Daemons that did not make a change adopt it when
+//! they see the manifest change. A keyring is always built from one manifest, and the key
+//! that signs is always one of the keys it publishes.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use arc_swap::{ArcSwap, Guard};
+use tokendealer_shared::admin::KeyState;
+
+use super::{
+    KeyEntry, Keyring, RsaBits, SigningAlg, SigningKey,
+    store::{KeyStore, KeyStoreError, Manifest, RotationRefused, StoredKey},
+};
+
+/// Kept past the expiry of the last token a retiring key can have signed, for clocks of
+/// verifiers that run a little behind ours.
+pub const RETIRE_LEEWAY: Duration = Duration::from_secs(5 * 60);
+
+/// What the key lifecycle is configured with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeySettings {
+    pub alg: SigningAlg,
+    pub bits: RsaBits,
+    pub jwks_max_age: Duration,
+    pub rotate_every: Option<Duration>,
+}
+
+/// Why a rotation or revocation was not made. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyChangeError {
+    #[error(transparent)]
+    Refused(#[from] RotationRefused),
+    #[error("there is no key {0}")]
+    NoSuchKey(String),
+    #[error(transparent)]
+    Store(#[from] KeyStoreError),
+}
+
+/// The outcome of a rotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotated {
+    pub active: String,
+    /// The previous active key and when it leaves the JWKS.
+    pub retiring: Option<(String, i64)>,
+    pub next: String,
+    pub next_may_sign_at: i64,
+}
+
+fn now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// The signing keys of a running daemon.
+#[derive(Debug)]
+pub struct KeyManager {
+    store: KeyStore,
+    current: ArcSwap<Keyring>,
+    /// The manifest `current` was built from.
+    manifest: Mutex<Manifest>,
+    settings: Mutex<KeySettings>,
+    /// Rotations made by this daemon.
+    pub rotations: AtomicU64,
+}
+
+impl KeyManager {
+    /// Loads the key directory, creating the first active and next keys on first use, and
+    /// making sure a next key of the configured algorithm is published. Blocking.
+    pub fn open(store: KeyStore, settings: KeySettings) -> Result<Self, KeyStoreError> {
+        let lock = store.lock()?;
+        let now = now();
+        let mut manifest = match store.read_manifest()? {
+            Some(manifest) => manifest,
+            None => {
+                let (active, der) = SigningKey::generate(settings.alg, settings.bits)?;
+                store.write_key(active.kid(), &der)?;
+                let mut meta = StoredKey::next(&active, now);
+                meta.state = KeyState::Active;
+                meta.activated = Some(now);
+                tracing::info!(kid = active.kid(), alg = %settings.alg, dir = %store.dir().display(), "generated the first signing key");
+                Manifest::new(vec![meta])
+            }
+        };
+        let changed = ensure_next(&store, &mut manifest, settings, now)? | manifest.prune(now);
+        if changed {
+            store.write_manifest(&manifest)?;
+        }
+        store.remove_unreferenced(&manifest);
+        drop(lock);
+        let keyring = build(&store, &manifest, None, now)?;
+        if let Some(active) = manifest.active().filter(|a| a.alg != settings.alg) {
+            tracing::warn!(active = %active.alg, configured = %settings.alg, "the active key's algorithm differs from `algorithm`; the change applies at the next key rotation");
+        }
+        Ok(Self {
+            store,
+            current: ArcSwap::from_pointee(keyring),
+            manifest: Mutex::new(manifest),
+            settings: Mutex::new(settings),
+            rotations: AtomicU64::new(0),
+        })
+    }
+
+    /// The keys in force. Cheap and lock-free: the token endpoint calls it per request.
+    pub fn load(&self) -> Guard<Arc<Keyring>> {
+        self.current.load()
+    }
+
+    pub fn settings(&self) -> KeySettings {
+        *self.settings.lock().expect("settings lock")
+    }
+
+    /// When the next key may sign.
+    pub fn next_may_sign_at(&self) -> Option<i64> {
+        let max_age = secs(self.settings().jwks_max_age);
+        self.manifest
+            .lock()
+            .expect("manifest lock")
+            .next_may_sign_at(max_age)
+    }
+
+    /// Swaps in the keyring of `manifest`, which is already on disk.
+    fn adopt(&self, manifest: Manifest, now: i64) -> Result<(), KeyStoreError> {
+        let keyring = build(&self.store, &manifest, Some(&self.current.load()), now)?;
+        self.current.store(Arc::new(keyring));
+        *self.manifest.lock().expect("manifest lock") = manifest;
+        Ok(())
+    }
+
+    /// Makes a change under the directory's write lock, from the manifest as it is on disk.
+    fn change<T>(
+        &self,
+        apply: impl FnOnce(&mut Manifest, i64) -> Result<T, KeyChangeError>,
+    ) -> Result<T, KeyChangeError> {
+        let _lock = self.store.lock()?;
+        let now = now();
+        let mut manifest = self
+            .store
+            .read_manifest()?
+            .unwrap_or_else(|| self.manifest.lock().expect("manifest lock").clone());
+        let result = apply(&mut manifest, now)?;
+        manifest.prune(now);
+        self.store.write_manifest(&manifest)?;
+        self.store.remove_unreferenced(&manifest);
+        self.adopt(manifest, now)?;
+        Ok(result)
+    }
+
+    /// `keys rotate`: next → active, active → retiring until the last token it can have
+    /// signed (lifetime at most `longest_ttl`) has expired, and a new next key. Refused while
+    /// the next key is younger than `jwks_max_age`, unless `force`. Blocking.
+    pub fn rotate(&self, force: bool, longest_ttl: Duration) -> Result<Rotated, KeyChangeError> {
+        let settings = self.settings();
+        let max_age = secs(settings.jwks_max_age);
+        let rotated = self.change(|manifest, now| {
+            manifest.check_rotation(now, max_age, force)?;
+            let retiring = manifest.active().map(|k| k.kid.clone());
+            let retire_at = now
+                .saturating_add(secs(longest_ttl))
+                .saturating_add(secs(RETIRE_LEEWAY));
+            // Generated under the lock but only after the check: a refused rotation costs nothing.
+            let (next, der) =
+                SigningKey::generate(settings.alg, settings.bits).map_err(KeyStoreError::from)?;
+            self.store.write_key(next.kid(), &der)?;
+            manifest.rotate(now, retire_at, StoredKey::next(&next, now));
+            Ok(Rotated {
+                active: manifest.active().map(|k| k.kid.clone()).unwrap_or_default(),
+                retiring: retiring.map(|kid| (kid, retire_at)),
+                next: next.kid().to_owned(),
+                next_may_sign_at: now.saturating_add(max_age),
+            })
+        })?;
+        self.rotations.fetch_add(1, Relaxed);
+        tracing::info!(active = %rotated.active, retiring = ?rotated.retiring, next = %rotated.next, forced = force, "signing keys rotated");
+        Ok(rotated)
+    }
+
+    /// `keys revoke KID`: the key leaves the JWKS at once; tokens it signed stop verifying.
+    /// Returns the revoked key's former state. Blocking.
+    pub fn revoke(&self, kid: &str) -> Result<KeyState, KeyChangeError> {
+        let settings = self.settings();
+        let state = self.change(|manifest, now| {
+            let mut generated = Ok(());
+            let removed = manifest.revoke(kid, now, || {
+                match SigningKey::generate(settings.alg, settings.bits) {
+                    Ok((next, der)) => match self.store.write_key(next.kid(), &der) {
+                        Ok(()) => Some(StoredKey::next(&next, now)),
+                        Err(e) => {
+                            generated = Err(e);
+                            None
+                        }
+                    },
+                    Err(e) => {
+                        generated = Err(e.into());
+                        None
+                    }
+                }
+            });
+            generated?;
+            removed
+                .map(|k| k.state)
+                .ok_or_else(|| KeyChangeError::NoSuchKey(kid.to_owned()))
+        })?;
+        tracing::warn!(
+            kid,
+            former_state = state.as_str(),
+            "signing key revoked; tokens it signed no longer verify"
+        );
+        Ok(state)
+    }
+
+    /// Adopts a manifest another daemon wrote. A manifest that cannot be used (corrupt, or
+    /// naming an active key whose file is unreadable) is refused and the keys in force stay.
+    pub fn refresh(&self) -> Result<bool, KeyStoreError> {
+        let Some(manifest) = self.store.read_manifest()? else {
+            return Ok(false);
+        };
+        if manifest == *self.manifest.lock().expect("manifest lock") {
+            return Ok(false);
+        }
+        self.adopt(manifest, now())?;
+        tracing::info!(
+            active = self.load().active().kid(),
+            "adopted a key change from the key directory"
+        );
+        Ok(true)
+    }
+
+    /// Periodic upkeep: retiring keys whose time has passed leave the JWKS (and the
+    /// directory), and an automatic rotation is made when due. Blocking.
+    pub fn maintain(&self, longest_ttl: Duration) -> Result<(), KeyChangeError> {
+        let now = now();
+        let settings = self.settings();
+        let (expired, rotation_due) = {
+            let manifest = self.manifest.lock().expect("manifest lock");
+            let expired = manifest.keys.iter().any(|k| !k.published_at(now));
+            let rotation_due = settings.rotate_every.is_some_and(|every| {
+                manifest.active().is_some_and(|a| {
+                    a.activated.unwrap_or(a.created).saturating_add(secs(every)) <= now
+                }) && manifest
+                    .check_rotation(now, secs(settings.jwks_max_age), false)
+                    .is_ok()
+            });
+            (expired, rotation_due)
+        };
+        if rotation_due {
+            // Another daemon may have rotated first; the rotation re-checks on disk.
+            match self.rotate(false, longest_ttl) {
+                Ok(_) | Err(KeyChangeError::Refused(_)) => {}
+                Err(e) => return Err(e),
+            }
+        } else if expired {
+            self.change(|_, _| Ok(()))?;
+        }
+        Ok(())
+    }
+
+    /// Applies a changed `algorithm` or `rsa_bits` (config reload): the next key is replaced
+    /// by one of the new kind, which signs from the rotation after next's wait. Blocking.
+    pub fn reconfigure(&self, settings: KeySettings) -> Result<(), KeyChangeError> {
+        *self.settings.lock().expect("settings lock") = settings;
+        let next_alg = self
+            .manifest
+            .lock()
+            .expect("manifest lock")
+            .next()
+            .map(|k| k.alg);
+        if next_alg == Some(settings.alg) {
+            return Ok(());
+        }
+        self.change(|manifest, now| {
+            ensure_next(&self.store, manifest, settings, now)?;
+            Ok(())
+        })?;
+        tracing::info!(alg = %settings.alg, "published a next key of the newly configured algorithm");
+        Ok(())
+    }
+
+    /// The earliest time a retiring key leaves the JWKS, to wake up for it.
+    pub fn next_expiry(&self) -> Option<i64> {
+        let manifest = self.manifest.lock().expect("manifest lock");
+        manifest
+            .keys
+            .iter()
+            .filter(|k| k.state == KeyState::Retiring)
+            .filter_map(|k| k.retire_at)
+            .min()
+    }
+}
+
+/// Makes sure `manifest` has a next key of the configured algorithm; returns whether it
+/// changed (the new key file is written already).
+fn ensure_next(
+    store: &KeyStore,
+    manifest: &mut Manifest,
+    settings: KeySettings,
+    now: i64,
+) -> Result<bool, KeyStoreError> {
+    if manifest.next().is_some_and(|k| k.alg == settings.alg) {
+        return Ok(false);
+    }
+    // A next key of another algorithm has never signed: replacing it affects no token.
+    manifest.keys.retain(|k| k.state != KeyState::Next);
+    let (next, der) = SigningKey::generate(settings.alg, settings.bits)?;
+    store.write_key(next.kid(), &der)?;
+    manifest.keys.push(StoredKey::next(&next, now));
+    tracing::info!(kid = next.kid(), alg = %settings.alg, "published a new next key");
+    Ok(true)
+}
+
+/// The keyring of `manifest` at `now`: its published keys, reusing keys already loaded.
+fn build(
+    store: &KeyStore,
+    manifest: &Manifest,
+    loaded: Option<&Keyring>,
+    now: i64,
+) -> Result<Keyring, KeyStoreError> {
+    let cache: HashMap<&str, &KeyEntry> = loaded
+        .map(|k| {
+            k.entries()
+                .iter()
+                .map(|e| (e.meta.kid.as_str(), e))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut entries = Vec::new();
+    for meta in manifest.keys.iter().filter(|k| k.published_at(now)) {
+        let key = match cache.get(meta.kid.as_str()) {
+            Some(entry) if entry.meta.alg == meta.alg => Ok(entry.key.clone()),
+            _ => store.read_key(meta).map(Arc::new),
+        };
+        match key {
+            Ok(key) => entries.push(KeyEntry {
+                key,
+                meta: meta.clone(),
+            }),
+            Err(e @ KeyStoreError::Permissions { .. }) => return Err(e),
+            Err(e) if meta.state == KeyState::Active => return Err(e),
+            // Left out of the keyring: neither published nor ever used to sign.
+            Err(e) => {
+                tracing::warn!(kid = %meta.kid, state = meta.state.as_str(), error = %e, "leaving out a key that cannot be read");
+            }
+        }
+    }
+    Keyring::new(entries).ok_or_else(|| KeyStoreError::NoActiveKey {
+        path: store.dir().join("manifest.json"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(alg: SigningAlg) -> KeySettings {
+        KeySettings {
+            alg,
+            bits: RsaBits::B2048,
+            jwks_max_age: Duration::from_secs(900),
+            rotate_every: None,
+        }
+    }
+
+    fn kids(m: &KeyManager) -> Vec<(String, KeyState)> {
+        m.load()
+            .entries()
+            .iter()
+            .map(|e| (e.meta.kid.clone(), e.meta.state))
+            .collect()
+    }
+
+    #[test]
+    fn first_open_publishes_active_and_next_and_reopening_keeps_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = KeyManager::open(
+            KeyStore::open(dir.path()).unwrap(),
+            settings(SigningAlg::EdDSA),
+        )
+        .unwrap();
+        let first = kids(&m);
+        assert_eq!(
+            first.iter().map(|(_, s)| *s).collect::<Vec<_>>(),
+            [KeyState::Active, KeyState::Next]
+        );
+        let again = KeyManager::open(
+            KeyStore::open(dir.path()).unwrap(),
+            settings(SigningAlg::EdDSA),
+        )
+        .unwrap();
+        assert_eq!(kids(&again), first);
+    }
+
+    #[test]
+    fn rotation_is_refused_early_and_forced_with_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = KeyManager::open(
+            KeyStore::open(dir.path()).unwrap(),
+            settings(SigningAlg::EdDSA),
+        )
+        .unwrap();
+        let before = kids(&m);
+        let err = m.rotate(false, Duration::from_secs(3600)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                KeyChangeError::Refused(RotationRefused::TooEarly { .. })
+            ),
+            "{err}"
+        );
+        assert_eq!(kids(&m), before, "a refused rotation changes nothing");
+        let rotated = m.rotate(true, Duration::from_secs(3600)).unwrap();
+        assert_eq!(rotated.active, before[1].0, "next became active");
+        assert_eq!(rotated.retiring.as_ref().unwrap().0, before[0].0);
+        let after = kids(&m);
+        assert_eq!(
+            after.len(),
+            3,
+            "retiring, active and next are all published"
+        );
+        assert_eq!(m.load().active().kid(), rotated.active);
+    }
+
+    #[test]
+    fn another_daemon_adopts_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = KeyManager::open(
+            KeyStore::open(dir.path()).unwrap(),
+            settings(SigningAlg::ES256),
+        )
+        .unwrap();
+        let b = KeyManager::open(
+            KeyStore::open(dir.path()).unwrap(),
+            settings(SigningAlg::ES256),
+        )
+        .unwrap();
+        let rotated = a.rotate(true, Duration::from_secs(60)).unwrap();
+        assert!(b.refresh().unwrap());
+        assert_eq!(b.load().active().kid(), rotated.active);
+        assert_eq!(kids(&a), kids(&b));
+        assert!(!b.refresh().unwrap(), "nothing new");
+    }
+
+    #[test]
+    fn revoking_the_active_key_hands_signing_to_the_published_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = KeyManager::open(
+            KeyStore::open(dir.path()).unwrap(),
+            settings(SigningAlg::EdDSA),
+        )
+        .unwrap();
+        let before = kids(&m);
+        assert_eq!(m.revoke(&before[0].0).unwrap(), KeyState::Active);
+        assert_eq!(m.load().active().kid(), before[1].0);
+        assert!(
+            m.load().get(&before[0].0).is_none(),
+            "gone from the JWKS at once"
+        );
+        assert!(!dir.path().join(format!("{}.pem", before[0].0)).exists());
+        assert!(matches!(
+            m.revoke("nope"),
+            Err(KeyChangeError::NoSuchKey(_))
+        ));
+    }
+
+    #[test]
+    fn a_new_algorithm_replaces_the_next_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = KeyManager::open(
+            KeyStore::open(dir.path()).unwrap(),
+            settings(SigningAlg::EdDSA),
+        )
+        .unwrap();
+        let active = m.load().active().kid().to_owned();
+        m.reconfigure(settings(SigningAlg::ES256)).unwrap();
+        let keyring = m.load();
+        assert_eq!(
+            keyring.active().kid(),
+            active,
+            "the active key keeps signing"
+        );
+        let next = keyring
+            .entries()
+            .iter()
+            .find(|e| e.meta.state == KeyState::Next)
+            .unwrap();
+        assert_eq!(next.meta.alg, SigningAlg::ES256);
+    }
+
+    #[test]
+    fn a_corrupt_manifest_from_elsewhere_is_not_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = KeyManager::open(
+            KeyStore::open(dir.path()).unwrap(),
+            settings(SigningAlg::EdDSA),
+        )
+        .unwrap();
+        let before = kids(&m);
+        std::fs::write(dir.path().join("manifest.json"), "{ not json").unwrap();
+        assert!(m.refresh().is_err());
+        assert_eq!(kids(&m), before);
+    }
+}

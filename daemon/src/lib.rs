@@ -4,7 +4,8 @@
 //! in a temp dir, and never sleep):
 //!
 //! 1. [`load`]: keys and clients from disk, every problem reported before anything listens;
-//! 2. [`Listeners::bind`]: the HTTP port and the admin socket;
+//! 2. [`Listeners::from_env_or_bind`]: the HTTP port and the admin socket, passed by
+//!    systemd or bound here;
 //! 3. [`run`]: serve until the `shutdown` future completes, then drain and clean up.
 
 pub mod admin;
@@ -56,6 +57,11 @@ pub enum StartError {
     },
     #[error(transparent)]
     Admin(#[from] admin::BindError),
+    #[error("cannot use a socket passed by the service manager: {source}")]
+    Inherit {
+        #[source]
+        source: io::Error,
+    },
     #[error("key loading was interrupted")]
     Interrupted,
 }
@@ -108,19 +114,74 @@ pub async fn load(config: Config) -> Result<Loaded, StartError> {
 pub struct Listeners {
     pub http: TcpListener,
     pub admin: UnixListener,
+    /// The admin socket came from the service manager, which also removes it.
+    pub admin_inherited: bool,
 }
 
 impl Listeners {
     /// Binds the HTTP address and the admin socket named by `config`.
-    pub async fn bind(config: &Config) -> Result<Self, StartError> {
-        let http = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: config.listen,
-                source,
-            })?;
-        let admin = admin::bind(&config.admin_socket)?;
-        Ok(Self { http, admin })
+    pub fn bind(config: &Config) -> Result<Self, StartError> {
+        Self::inherit_or_bind(config, listenfd::ListenFd::empty(), Vec::new())
+    }
+
+    /// Takes the sockets systemd passed (`LISTEN_FDS`, named `http` and `admin` by
+    /// `FileDescriptorName=`, or told apart by type when unnamed) and binds whichever is
+    /// missing itself.
+    pub fn from_env_or_bind(config: &Config) -> Result<Self, StartError> {
+        let names = std::env::var("LISTEN_FDNAMES")
+            .map(|n| n.split(':').map(str::to_owned).collect())
+            .unwrap_or_default();
+        Self::inherit_or_bind(config, listenfd::ListenFd::from_env(), names)
+    }
+
+    fn inherit_or_bind(config: &Config, mut fds: listenfd::ListenFd, names: Vec<String>) -> Result<Self, StartError> {
+        let inherit_err = |source| StartError::Inherit { source };
+        let (mut http, mut admin) = (None, None);
+        for i in 0..fds.len() {
+            match names.get(i).map(String::as_str) {
+                Some("http") => http = fds.take_tcp_listener(i).map_err(inherit_err)?,
+                Some("admin") => admin = fds.take_unix_listener(i).map_err(inherit_err)?,
+                // Unnamed (or named otherwise): a TCP socket is HTTP, a Unix one admin.
+                name => {
+                    if let Ok(Some(l)) = fds.take_tcp_listener(i) {
+                        http = Some(l);
+                    } else if let Ok(Some(l)) = fds.take_unix_listener(i) {
+                        admin = Some(l);
+                    } else {
+                        tracing::warn!(fd = i + 3, ?name, "ignoring a passed file descriptor that is neither a TCP nor a Unix stream listener");
+                    }
+                }
+            }
+        }
+        let http = match http {
+            Some(l) => {
+                tracing::info!(addr = ?l.local_addr().ok(), "using the HTTP socket passed by the service manager; `listen` is ignored");
+                l.set_nonblocking(true).map_err(inherit_err)?;
+                TcpListener::from_std(l).map_err(inherit_err)?
+            }
+            None => {
+                let std = std::net::TcpListener::bind(config.listen).map_err(|source| StartError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+                std.set_nonblocking(true).map_err(inherit_err)?;
+                TcpListener::from_std(std).map_err(inherit_err)?
+            }
+        };
+        let admin_inherited = admin.is_some();
+        let admin = match admin {
+            Some(l) => {
+                tracing::info!("using the admin socket passed by the service manager");
+                l.set_nonblocking(true).map_err(inherit_err)?;
+                UnixListener::from_std(l).map_err(inherit_err)?
+            }
+            None => admin::bind(&config.admin_socket)?,
+        };
+        Ok(Self {
+            http,
+            admin,
+            admin_inherited,
+        })
     }
 }
 
@@ -198,6 +259,7 @@ pub async fn run(
         clients,
     } = loaded;
     let listen = listeners.http.local_addr()?;
+    let admin_inherited = listeners.admin_inherited;
     let issuer = config
         .issuer
         .clone()
@@ -260,6 +322,7 @@ pub async fn run(
         "tokendealerd ready"
     );
     systemd::ready(&state);
+    let notify_task = tokio::spawn(systemd::keepalive(state.clone()));
 
     tokio::pin!(shutdown);
     loop {
@@ -276,10 +339,13 @@ pub async fn run(
     }
 
     tracing::info!("shutting down: no new connections; finishing requests in flight");
+    notify_task.abort();
     systemd::stopping();
     stop.cancel();
     let _ = tokio::join!(http_task, admin_task, tick_task, sweep_task, upkeep_task);
-    admin::unlink(&state.admin_socket);
+    if !admin_inherited {
+        admin::unlink(&state.admin_socket);
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -26,7 +26,7 @@ struct Cli {
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
     /// Log line format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
@@ -34,12 +34,22 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Validate a config file and exit: 0 when usable, 78 with the problem otherwise.
-    CheckConfig { file: PathBuf },
+    /// Validate a config file (and the clients file it names, when that exists) and exit:
+    /// 0 when usable, 78 with the problem otherwise.
+    CheckConfig {
+        /// The config file; not needed with --clients.
+        #[arg(required_unless_present = "clients")]
+        file: Option<PathBuf>,
+        /// Also (or only) validate this clients file.
+        #[arg(long, value_name = "FILE")]
+        clients: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
+    /// journald's native fields under systemd (JOURNAL_STREAM set), else text.
+    Auto,
     Text,
     Json,
 }
@@ -48,14 +58,23 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Some(Command::CheckConfig { file }) => check_config(&file),
+        Some(Command::CheckConfig { file, clients }) => check_config(file.as_deref(), clients.as_deref()),
         None => serve(cli.config, cli.listen),
     }
 }
 
 fn init_logging(format: LogFormat) {
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOKENDEALER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Under systemd, stderr is connected to the journal and JOURNAL_STREAM says so; native
+    // fields then beat text lines. Without the journal socket, fall back to text.
+    if matches!(format, LogFormat::Auto) && std::env::var_os("JOURNAL_STREAM").is_some() {
+        if let Ok(journald) = tracing_journald::layer() {
+            tracing_subscriber::registry().with(filter).with(journald).init();
+            return;
+        }
+    }
     // Colour only for a person at a terminal, and never when NO_COLOR is set.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
@@ -63,7 +82,7 @@ fn init_logging(format: LogFormat) {
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
+        LogFormat::Auto | LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
 }
@@ -74,14 +93,34 @@ fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(code)
 }
 
-fn check_config(file: &std::path::Path) -> ExitCode {
-    match Config::load(file) {
-        Ok(_) => {
-            let _ = writeln!(std::io::stdout(), "{}: ok", file.display());
-            ExitCode::SUCCESS
+fn check_config(file: Option<&std::path::Path>, clients: Option<&std::path::Path>) -> ExitCode {
+    let mut clients = clients.map(std::path::Path::to_owned);
+    if let Some(file) = file {
+        match Config::load(file) {
+            Ok(config) => {
+                let _ = writeln!(std::io::stdout(), "{}: ok", file.display());
+                if clients.is_none() && config.clients_file.exists() {
+                    clients = Some(config.clients_file);
+                }
+            }
+            Err(e) => return fail(EX_CONFIG, e),
         }
-        Err(e) => fail(EX_CONFIG, e),
     }
+    if let Some(path) = clients {
+        let checked = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read clients file {}: {e}", path.display()))
+            .and_then(|text| {
+                tokendealer_shared::clients_file::parse(&text)
+                    .map_err(|e| format!("clients file {} {e}", path.display()))
+            });
+        match checked {
+            Ok(specs) => {
+                let _ = writeln!(std::io::stdout(), "{}: ok ({} clients)", path.display(), specs.len());
+            }
+            Err(e) => return fail(EX_CONFIG, e),
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn serve(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> ExitCode {
@@ -115,7 +154,7 @@ fn serve(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> ExitCode {
             Err(e) if e.is_config() => return fail(EX_CONFIG, e),
             Err(e) => return fail(1, e),
         };
-        let listeners = match Listeners::bind(&config).await {
+        let listeners = match Listeners::from_env_or_bind(&config) {
             Ok(listeners) => listeners,
             Err(e) => return fail(1, e),
         };

@@ -1,9 +1,14 @@
-//! sd_notify(3): readiness, reload and stop notifications to the service manager. Every call
-//! is a no-op when `NOTIFY_SOCKET` is unset.
+//! sd_notify(3): readiness, status, watchdog, reload and stop notifications to the service
+//! manager. Every call is a no-op when `NOTIFY_SOCKET` is unset.
+
+use std::{sync::Arc, sync::atomic::Ordering::Relaxed, time::Duration};
 
 use sd_notify::NotifyState;
 
 use crate::State;
+
+/// How often the STATUS= line is refreshed.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
 
 fn send(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
@@ -15,12 +20,7 @@ fn send(states: &[NotifyState<'_>]) {
 /// line it carries the bound addresses as `X_` variables (sd_notify(3) reserves that prefix
 /// for such extensions), so a supervisor or a test that asked for port 0 learns the port.
 pub fn ready(state: &State) {
-    let status = format!(
-        "STATUS=serving {} clients on {}, signing with {}",
-        state.clients.load().len(),
-        state.listen,
-        state.keys.load().active().kid()
-    );
+    let status = format!("STATUS={}", status_line(state));
     let listen = format!("X_TOKENDEALER_LISTEN={}", state.listen);
     let admin = format!("X_TOKENDEALER_ADMIN={}", state.admin_socket.display());
     send(&[
@@ -42,4 +42,43 @@ pub fn reloading() {
 /// STOPPING=1.
 pub fn stopping() {
     send(&[NotifyState::Stopping]);
+}
+
+/// The one-line summary `systemctl status` shows.
+fn status_line(state: &State) -> String {
+    format!(
+        "{} clients, signing with {}, {} tokens/s",
+        state.clients.load().len(),
+        state.keys.load().active().kid(),
+        state.stats.rate.load(Relaxed)
+    )
+}
+
+/// Keeps the service manager informed while serving: WATCHDOG=1 at half the interval it
+/// asked for, and a fresh STATUS= line. It runs as a task on the serving runtime on purpose:
+/// if that runtime wedges, the pings stop and systemd restarts the daemon.
+pub async fn keepalive(state: Arc<State>) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let watchdog = sd_notify::watchdog_enabled().map(|interval| interval / 2);
+    let period = watchdog.map_or(STATUS_EVERY, |w| w.min(STATUS_EVERY));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    if let Some(w) = watchdog {
+        tracing::info!(every_ms = w.as_millis(), "sending watchdog keep-alives");
+    }
+    let mut since_status = Duration::ZERO;
+    loop {
+        ticker.tick().await;
+        since_status += period;
+        if watchdog.is_some() {
+            send(&[NotifyState::Watchdog]);
+        }
+        if since_status >= STATUS_EVERY {
+            since_status = Duration::ZERO;
+            let status = status_line(&state);
+            send(&[NotifyState::Status(&status)]);
+        }
+    }
 }

@@ -121,20 +121,24 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the HTTP address and the admin socket named by `config`.
     pub fn bind(config: &Config) -> Result<Self, StartError> {
-        Self::inherit_or_bind(config, listenfd::ListenFd::empty(), Vec::new())
+        Self::inherit_or_bind(config, listenfd::ListenFd::empty(), &[])
     }
 
     /// Takes the sockets systemd passed (`LISTEN_FDS`, named `http` and `admin` by
     /// `FileDescriptorName=`, or told apart by type when unnamed) and binds whichever is
     /// missing itself.
     pub fn from_env_or_bind(config: &Config) -> Result<Self, StartError> {
-        let names = std::env::var("LISTEN_FDNAMES")
+        let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
             .map(|n| n.split(':').map(str::to_owned).collect())
             .unwrap_or_default();
-        Self::inherit_or_bind(config, listenfd::ListenFd::from_env(), names)
+        Self::inherit_or_bind(config, listenfd::ListenFd::from_env(), &names)
     }
 
-    fn inherit_or_bind(config: &Config, mut fds: listenfd::ListenFd, names: Vec<String>) -> Result<Self, StartError> {
+    fn inherit_or_bind(
+        config: &Config,
+        mut fds: listenfd::ListenFd,
+        names: &[String],
+    ) -> Result<Self, StartError> {
         let inherit_err = |source| StartError::Inherit { source };
         let (mut http, mut admin) = (None, None);
         for i in 0..fds.len() {
@@ -148,7 +152,11 @@ impl Listeners {
                     } else if let Ok(Some(l)) = fds.take_unix_listener(i) {
                         admin = Some(l);
                     } else {
-                        tracing::warn!(fd = i + 3, ?name, "ignoring a passed file descriptor that is neither a TCP nor a Unix stream listener");
+                        tracing::warn!(
+                            fd = i + 3,
+                            ?name,
+                            "ignoring a passed file descriptor that is neither a TCP nor a Unix stream listener"
+                        );
                     }
                 }
             }
@@ -160,9 +168,11 @@ impl Listeners {
                 TcpListener::from_std(l).map_err(inherit_err)?
             }
             None => {
-                let std = std::net::TcpListener::bind(config.listen).map_err(|source| StartError::Listen {
-                    addr: config.listen,
-                    source,
+                let std = std::net::TcpListener::bind(config.listen).map_err(|source| {
+                    StartError::Listen {
+                        addr: config.listen,
+                        source,
+                    }
                 })?;
                 std.set_nonblocking(true).map_err(inherit_err)?;
                 TcpListener::from_std(std).map_err(inherit_err)?

@@ -58,7 +58,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Some(Command::CheckConfig { file, clients }) => check_config(file.as_deref(), clients.as_deref()),
+        Some(Command::CheckConfig { file, clients }) => {
+            check_config(file.as_deref(), clients.as_deref())
+        }
         None => serve(cli.config, cli.listen),
     }
 }
@@ -69,11 +71,15 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Under systemd, stderr is connected to the journal and JOURNAL_STREAM says so; native
     // fields then beat text lines. Without the journal socket, fall back to text.
-    if matches!(format, LogFormat::Auto) && std::env::var_os("JOURNAL_STREAM").is_some() {
-        if let Ok(journald) = tracing_journald::layer() {
-            tracing_subscriber::registry().with(filter).with(journald).init();
-            return;
-        }
+    if matches!(format, LogFormat::Auto)
+        && std::env::var_os("JOURNAL_STREAM").is_some()
+        && let Ok(journald) = tracing_journald::layer()
+    {
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(journald)
+            .init();
+        return;
     }
     // Colour only for a person at a terminal, and never when NO_COLOR is set.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
@@ -115,7 +121,12 @@ fn check_config(file: Option<&std::path::Path>, clients: Option<&std::path::Path
             });
         match checked {
             Ok(specs) => {
-                let _ = writeln!(std::io::stdout(), "{}: ok ({} clients)", path.display(), specs.len());
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "{}: ok ({} clients)",
+                    path.display(),
+                    specs.len()
+                );
             }
             Err(e) => return fail(EX_CONFIG, e),
         }

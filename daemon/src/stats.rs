@@ -92,12 +92,14 @@ impl Latency {
         std::array::from_fn(|i| self.buckets[i].load(Relaxed))
     }
 
-    /// Cumulative counts at each power-of-two edge from 64 µs to 16 s, with the sum, for
-    /// a Prometheus histogram in seconds.
+    /// Counts per bucket (not cumulative: the encoder accumulates them) at each
+    /// power-of-two edge from 64 µs to 16 s, with the sum, for a Prometheus histogram in
+    /// seconds.
     pub fn prometheus(&self) -> (f64, u64, Vec<(f64, u64)>) {
         let counts = self.snapshot();
         let total: u64 = counts.iter().sum();
         let mut buckets = Vec::new();
+        let mut below_previous = 0;
         for power in 6..=24 {
             let edge = 1u64 << power;
             let below: u64 = counts
@@ -106,9 +108,10 @@ impl Latency {
                 .take_while(|(i, _)| bucket_upper(*i) <= edge)
                 .map(|(_, c)| c)
                 .sum();
-            buckets.push((edge as f64 / 1e6, below));
+            buckets.push((edge as f64 / 1e6, below - below_previous));
+            below_previous = below;
         }
-        buckets.push((f64::INFINITY, total));
+        buckets.push((f64::INFINITY, total - below_previous));
         (self.sum_us.load(Relaxed) as f64 / 1e6, total, buckets)
     }
 }
@@ -217,7 +220,8 @@ pub async fn tick(stats: Arc<Stats>, clients: Arc<ClientsStore>, stop: Cancellat
                 client.counters.issued.load(Relaxed),
                 client.counters.failures.load(Relaxed),
             );
-            let before = last_clients.get(&client.id).copied().unwrap_or(counts);
+            // A client not seen active before had nothing counted.
+            let before = last_clients.get(&client.id).copied().unwrap_or((0, 0));
             if counts != before {
                 active.push(ClientTick {
                     id: client.id.clone(),
@@ -328,22 +332,25 @@ mod tests {
     }
 
     #[test]
-    fn prometheus_buckets_are_cumulative() {
+    fn prometheus_buckets_add_up_to_the_count() {
         let latency = Latency::default();
         latency.record(Duration::from_micros(100));
         latency.record(Duration::from_millis(3));
+        latency.record(Duration::from_secs(60));
         let (sum, count, buckets) = latency.prometheus();
-        assert_eq!(count, 2);
-        assert!((sum - 0.0031).abs() < 1e-9);
+        assert_eq!(count, 3);
+        assert!((sum - 60.0031).abs() < 1e-9);
         let at = |edge: f64| {
             buckets
                 .iter()
-                .find(|(e, _)| (*e - edge).abs() < 1e-9)
+                .find(|(e, _)| *e == edge || (*e - edge).abs() < 1e-9)
                 .unwrap()
                 .1
         };
         assert_eq!(at(0.000_128), 1);
-        assert_eq!(at(0.004_096), 2);
-        assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1));
+        assert_eq!(at(0.004_096), 1);
+        assert_eq!(at(f64::INFINITY), 1);
+        // The encoder accumulates, so the buckets themselves must add up to the count.
+        assert_eq!(buckets.iter().map(|(_, n)| n).sum::<u64>(), count);
     }
 }

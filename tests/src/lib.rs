@@ -16,11 +16,14 @@
 //! tokendealer-tests`: run `cargo build --workspace --bins` first. [`bins`] finds them beside
 //! the test executable, as ripgrep's harness does.
 
+pub mod admin_wire;
 pub mod bins;
 pub mod clients;
 pub mod daemon;
+pub mod files;
 pub mod http;
 pub mod jwt;
+pub mod keys;
 pub mod process;
 
 pub use clients::{TestClient, random_secret, secret_hash};

@@ -140,8 +140,12 @@ enum CliError {
 
 pub async fn run(args: Args) -> ExitCode {
     let socket = client::discover(args.socket);
-    // Until the dashboard exists, the bare command shows the same overview as `status`.
-    let command = args.command.unwrap_or(Command::Status);
+    let Some(command) = args.command else {
+        return match crate::dashboard::run(socket).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(format!("the dashboard failed: {e}")),
+        };
+    };
     let out = Output { json: args.json };
     match execute(&socket, command, &out).await {
         Ok(()) => ExitCode::SUCCESS,

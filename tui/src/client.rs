@@ -84,6 +84,11 @@ impl Connection {
         }
     }
 
+    /// The greeted stream, for a caller that reads and writes frames itself.
+    pub fn into_stream(self) -> UnixStream {
+        self.stream
+    }
+
     /// Sends one request and waits for its response. A refusal the daemon sends right after
     /// the greeting (permission denied) arrives here.
     pub async fn request(&mut self, request: Request) -> Result<Response, ClientError> {

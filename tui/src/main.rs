@@ -2,6 +2,7 @@
 
 mod cli;
 mod client;
+mod dashboard;
 mod render;
 
 use std::process::ExitCode;

@@ -46,6 +46,8 @@ pub enum LoadError {
         #[source]
         source: ClientsFileError,
     },
+    #[error("clients file {} is empty (caught mid-save?); the previous clients stay — to really have no clients, leave a comment line in it", path.display())]
+    Empty { path: PathBuf },
 }
 
 /// Why a change to the clients was not made. In every case the file and the registry are
@@ -60,7 +62,7 @@ pub enum WriteError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot write clients file {}: {source}; it is unchanged", path.display())]
+    #[error("cannot write clients file {}: {source}; it is unchanged{}", path.display(), write_hint(source))]
     Write {
         path: PathBuf,
         #[source]
@@ -68,6 +70,16 @@ pub enum WriteError {
     },
     #[error("the clients file kept changing while it was being written; try again")]
     Contended,
+}
+
+/// What to do about a failed write, for the errors an admin can fix.
+fn write_hint(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(28) => " (free space on its file system, then try again)",
+        Some(30) => " (its file system is read-only; make it writable or edit the file elsewhere)",
+        Some(13 | 1) => " (the daemon's user needs write access to the file's directory)",
+        _ => "",
+    }
 }
 
 /// The clients file and the registry built from it.
@@ -138,7 +150,19 @@ impl ClientsStore {
     pub fn reload(&self) -> ReloadOutcome {
         // Serialised with writes, so a reload never swaps in an older file over a newer write.
         let _writing = self.write_lock.lock().expect("write lock");
-        let outcome = match read(&self.path, Some(&self.current.load())) {
+        let outcome = match read(&self.path, Some(&self.current.load())).and_then(
+            |(text, registry)| {
+                // An in-place save (`>`, `cp`) truncates before it writes; caught in between, the
+                // file is empty and would drop every client. A file meant to hold no clients
+                // says so with at least a comment.
+                if text.is_empty() && !self.current.load().is_empty() {
+                    return Err(LoadError::Empty {
+                        path: self.path.clone(),
+                    });
+                }
+                Ok((text, registry))
+            },
+        ) {
             Ok((text, registry)) => {
                 let digest = sha256(&text);
                 let count = registry.len() as u64;
@@ -166,6 +190,7 @@ impl ClientsStore {
                         (None, "the file is missing".to_owned())
                     }
                     LoadError::Read { source, .. } => (None, source.to_string()),
+                    LoadError::Empty { .. } => (None, e.to_string()),
                 };
                 ReloadOutcome::Failed {
                     at: now(),

@@ -2,10 +2,13 @@
 //! capability. Each test starts its own daemon in its own temporary directory on an ephemeral
 //! port, so they run in parallel. Build the binaries first: `cargo build --workspace --bins`.
 
+mod admin;
 mod admin_cli;
 mod algorithms;
+mod clients_file;
 mod config;
 mod discovery;
+mod keys;
 mod local_mode;
 mod shutdown;
 mod token;

@@ -1,0 +1,674 @@
+//! Staged signing-key rotation (SPEC "Signing keys"): next → active → retiring → removed,
+//! `keys rotate [--now]` and its wait, `keys revoke`, keys kept across restarts and shared by
+//! daemons on one `key_dir`, a crash in the middle of a rotation, a new `algorithm` at
+//! reload, and a private key that others can read.
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+use tokendealer_tests::{
+    Daemon, ISSUER, Reply, TestClient, files, jwt,
+    keys::{self, FrozenJwks, ListedKey},
+    process::{self, COMMAND_TIMEOUT},
+};
+
+use crate::{API, now, service_client};
+
+const JWKS_PATH: &str = "/.well-known/jwks.json";
+
+/// `jwks_max_age` when the config does not set it (15m).
+const DEFAULT_JWKS_MAX_AGE_SECS: i64 = 15 * 60;
+
+/// How long a retiring key stays published past the last expiry of a token it signed.
+const RETIRE_LEEWAY_SECS: i64 = 5 * 60;
+
+/// Slack for a time the daemon reads from its clock between two readings of ours: the
+/// daemon and the manifest count whole seconds.
+const CLOCK_SLACK_SECS: i64 = 2;
+
+/// How soon a daemon adopts a key change another daemon made in the shared directory.
+const ADOPTION_DEADLINE: Duration = Duration::from_secs(1);
+
+/// How long `keys rotate` may go on being refused with `jwks_max_age = "1s"`.
+const ROTATE_WHEN_DUE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How long a reload by SIGHUP may take to publish the new next key.
+const SIGHUP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Rounds of "rotate, SIGKILL at a random moment, restart".
+const KILL_ROUNDS: u32 = 30;
+
+/// A daemon signing with `algorithm`, and its one client.
+fn daemon_with(algorithm: &str) -> (Daemon, TestClient) {
+    let client = service_client();
+    let daemon = Daemon::builder()
+        .algorithm(algorithm)
+        .client(&client)
+        .start();
+    (daemon, client)
+}
+
+fn token(daemon: &Daemon, client: &TestClient) -> String {
+    daemon.access_token(client, &[("audience", API)])
+}
+
+/// The `kid` in a token's header.
+#[track_caller]
+fn kid_of(token: &str) -> String {
+    let jws = jwt::decode(token);
+    jws.header["kid"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a token without a kid: {}", jws.header))
+        .to_owned()
+}
+
+/// The `alg` in a token's header.
+#[track_caller]
+fn alg_of(token: &str) -> String {
+    let jws = jwt::decode(token);
+    jws.header["alg"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a token without an alg: {}", jws.header))
+        .to_owned()
+}
+
+/// PyJWT's verdict on `token` against the JWKS this daemon serves now.
+#[track_caller]
+fn pyjwt_verifies(daemon: &Daemon, token: &str) -> Value {
+    jwt::pyjwt_verify(&daemon.url(JWKS_PATH), token, ISSUER, API)
+}
+
+fn verify_token(daemon: &Daemon, token: &str) -> Reply {
+    daemon.post_json(
+        "/verify_token",
+        &json!({"access_token": token, "audience": API}),
+    )
+}
+
+fn kid_set<'a>(kids: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
+    kids.into_iter().map(str::to_owned).collect()
+}
+
+fn listed_kids(keys: &[ListedKey]) -> BTreeSet<String> {
+    kid_set(keys.iter().map(|k| k.kid.as_str()))
+}
+
+fn jwks_kids(daemon: &Daemon) -> BTreeSet<String> {
+    kid_set(daemon.kids().iter().map(String::as_str))
+}
+
+#[track_caller]
+fn json_str<'a>(value: &'a Value, pointer: &str) -> &'a str {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("no string at `{pointer}` in {value}"))
+}
+
+#[test]
+fn first_start_publishes_an_active_and_a_next_key() {
+    let client = service_client();
+    // The default algorithm, so the default key set is what is checked.
+    let daemon = Daemon::with_client(&client);
+    let jwks = daemon.jwks();
+    assert_eq!(daemon.kids().len(), 2, "the JWKS has two keys: {jwks}");
+
+    let listed = keys::list(&daemon);
+    assert_eq!(listed.len(), 2, "{listed:#?}");
+    let active = keys::only(&listed, "active");
+    let next = keys::only(&listed, "next");
+    assert_eq!(listed_kids(&listed), jwks_kids(&daemon), "{jwks}");
+    assert_eq!(
+        next.may_sign_at,
+        Some(next.created + DEFAULT_JWKS_MAX_AGE_SECS),
+        "the next key may sign jwks_max_age after it was published: {next:#?}"
+    );
+    assert_eq!(active.may_sign_at, None, "{active:#?}");
+    assert!(active.activated.is_some(), "{active:#?}");
+
+    let token = token(&daemon, &client);
+    assert_eq!(kid_of(&token), active.kid, "tokens carry the active kid");
+    pyjwt_verifies(&daemon, &token);
+
+    let dir = keys::key_dir(&daemon);
+    let on_disk: BTreeSet<(String, String)> =
+        keys::assert_key_dir_consistent(&dir).into_iter().collect();
+    let expected: BTreeSet<(String, String)> = [
+        (active.kid.clone(), "active".to_owned()),
+        (next.kid.clone(), "next".to_owned()),
+    ]
+    .into();
+    assert_eq!(on_disk, expected, "manifest.json");
+    assert!(
+        dir.join(".lock").is_file(),
+        "no .lock in {:?}",
+        keys::listing(&dir)
+    );
+}
+
+#[test]
+fn a_token_from_before_a_rotation_verifies_against_the_jwks_after_it() {
+    let (daemon, client) = daemon_with("ES256");
+    let before = keys::list(&daemon);
+    let old_active = keys::only(&before, "active").kid.clone();
+    let old_next = keys::only(&before, "next").kid.clone();
+    let old_token = token(&daemon, &client);
+    assert_eq!(kid_of(&old_token), old_active);
+
+    let rotated = keys::rotate_now(&daemon);
+    assert_eq!(json_str(&rotated, "/active"), old_next, "{rotated}");
+    assert_eq!(json_str(&rotated, "/retiring/kid"), old_active, "{rotated}");
+    let new_next = json_str(&rotated, "/next").to_owned();
+
+    let after = keys::list(&daemon);
+    assert_eq!(keys::only(&after, "retiring").kid, old_active, "{after:#?}");
+    assert_eq!(keys::only(&after, "active").kid, old_next, "{after:#?}");
+    assert_eq!(keys::only(&after, "next").kid, new_next, "{after:#?}");
+    assert_eq!(
+        jwks_kids(&daemon),
+        kid_set([old_active.as_str(), old_next.as_str(), new_next.as_str()]),
+        "the JWKS holds the retiring, active and next keys: {}",
+        daemon.jwks()
+    );
+
+    let claims = pyjwt_verifies(&daemon, &old_token);
+    assert_eq!(claims["sub"], client.id.as_str(), "{claims}");
+    verify_token(&daemon, &old_token).assert_status(200);
+}
+
+/// A verifier that cached the JWKS before the rotation never meets an unknown kid.
+#[test]
+fn after_a_rotation_tokens_carry_a_kid_the_cached_jwks_already_had() {
+    let (daemon, client) = daemon_with("ES256");
+    let cached = daemon.jwks();
+    let frozen = FrozenJwks::serve(&cached);
+
+    let rotated = keys::rotate_now(&daemon);
+    let new_active = json_str(&rotated, "/active");
+    jwt::find_key(&cached, new_active);
+
+    let token = token(&daemon, &client);
+    assert_eq!(
+        kid_of(&token),
+        new_active,
+        "tokens carry the new active kid"
+    );
+    let claims = jwt::pyjwt_verify(&frozen.url(), &token, ISSUER, API);
+    assert_eq!(claims["sub"], client.id.as_str(), "{claims}");
+}
+
+/// `retire_at` of the key a rotation retires, checked against our clock readings around the
+/// rotation.
+#[track_caller]
+fn assert_retires_after(daemon: &Daemon, published_for_secs: i64) {
+    let started = now();
+    let rotated = keys::rotate_now(daemon);
+    let finished = now();
+    let listed = keys::list(daemon);
+    let retiring = keys::only(&listed, "retiring");
+    assert_eq!(retiring.kid, json_str(&rotated, "/retiring/kid"));
+    assert_eq!(
+        retiring.raw["retire_at"], rotated["retiring"]["retire_at"],
+        "`keys rotate` and `keys list` agree on retire_at"
+    );
+    let retire_at = retiring
+        .retire_at
+        .unwrap_or_else(|| panic!("a retiring key without retire_at: {retiring:#?}"));
+    let earliest = started + published_for_secs - CLOCK_SLACK_SECS;
+    let latest = finished + published_for_secs + CLOCK_SLACK_SECS;
+    assert!(
+        (earliest..=latest).contains(&retire_at),
+        "retire_at {} should be the rotation time plus {published_for_secs}s, between {earliest} \
+         and {latest}: {retiring:#?}",
+        retire_at
+    );
+}
+
+#[test]
+fn a_retiring_key_stays_published_for_the_token_ttl_plus_five_minutes() {
+    let client = service_client();
+    let daemon = Daemon::builder()
+        .algorithm("ES256")
+        .config(r#"token_ttl = "10m""#)
+        .client(&client)
+        .start();
+    assert_retires_after(&daemon, 10 * 60 + RETIRE_LEEWAY_SECS);
+}
+
+/// A client whose tokens live longer than `token_ttl` sets how long the old key must stay.
+#[test]
+fn a_retiring_key_stays_published_for_the_longest_client_ttl() {
+    let short = service_client();
+    let long = TestClient::new("long-lived")
+        .audiences(&[API])
+        .token_ttl("20m");
+    let daemon = Daemon::builder()
+        .algorithm("ES256")
+        .config(r#"token_ttl = "10m""#)
+        .client(&short)
+        .client(&long)
+        .start();
+    assert_retires_after(&daemon, 20 * 60 + RETIRE_LEEWAY_SECS);
+}
+
+#[test]
+fn rotate_without_now_is_refused_while_the_next_key_is_young() {
+    let (daemon, _) = daemon_with("ES256");
+    let jwks = daemon.jwks();
+    let listed = keys::list(&daemon);
+    let next = keys::only(&listed, "next");
+
+    let output = daemon.admin(&["keys", "rotate"]);
+    output.assert_code(1);
+    let lines = output.stderr_lines();
+    assert_eq!(lines.len(), 1, "one sentence on stderr:\n{output}");
+    assert!(
+        lines[0].contains("--now"),
+        "the refusal mentions --now:\n{output}"
+    );
+    let may_sign_at = next.raw["may_sign_at"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the next key has no may_sign_at: {next:#?}"));
+    assert!(
+        lines[0].contains(may_sign_at),
+        "the refusal says when rotating becomes possible ({may_sign_at}):\n{output}"
+    );
+
+    assert_eq!(
+        daemon.jwks(),
+        jwks,
+        "a refused rotation leaves the JWKS as it was"
+    );
+    assert_eq!(
+        keys::list(&daemon),
+        listed,
+        "a refused rotation leaves the keys as they were"
+    );
+}
+
+#[test]
+fn rotate_succeeds_once_the_next_key_is_older_than_jwks_max_age() {
+    let client = service_client();
+    let daemon = Daemon::builder()
+        .algorithm("ES256")
+        .config(r#"jwks_max_age = "1s""#)
+        .client(&client)
+        .start();
+    let listed = keys::list(&daemon);
+    let next = keys::only(&listed, "next").clone();
+    assert_eq!(next.may_sign_at, Some(next.created + 1), "{next:#?}");
+
+    let deadline = Instant::now() + ROTATE_WHEN_DUE_DEADLINE;
+    let rotated = loop {
+        let output = daemon.admin(&["keys", "rotate", "--json"]);
+        if output.status.success() {
+            break output;
+        }
+        output.assert_code(1);
+        assert!(
+            output.stderr.contains("--now"),
+            "a refusal that does not mention --now:\n{output}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "`keys rotate` still refused {ROTATE_WHEN_DUE_DEADLINE:?} after a 1s jwks_max_age \
+             began:\n{output}"
+        );
+    };
+    let rotated: Value = serde_json::from_str(&rotated.stdout)
+        .unwrap_or_else(|e| panic!("`keys rotate --json` printed no JSON ({e}):\n{rotated}"));
+    assert_eq!(json_str(&rotated, "/active"), next.kid, "{rotated}");
+
+    let after = keys::list(&daemon);
+    let active = keys::only(&after, "active");
+    assert_eq!(active.kid, next.kid);
+    assert!(
+        active.activated >= next.may_sign_at,
+        "the key signs no earlier than it may: {active:#?}, {next:#?}"
+    );
+    assert_eq!(kid_of(&token(&daemon, &client)), next.kid);
+}
+
+#[test]
+fn revoking_the_active_key_drops_it_from_the_jwks_and_promotes_next() {
+    let (daemon, client) = daemon_with("EdDSA");
+    let before = keys::list(&daemon);
+    let active = keys::only(&before, "active").kid.clone();
+    let next = keys::only(&before, "next").kid.clone();
+
+    daemon
+        .admin(&["keys", "revoke", active.as_str()])
+        .assert_success();
+
+    let kids = jwks_kids(&daemon);
+    assert!(
+        !kids.contains(&active),
+        "the revoked key is still published: {kids:?}"
+    );
+    let after = keys::list(&daemon);
+    assert_eq!(keys::only(&after, "active").kid, next, "{after:#?}");
+    let new_next = &keys::only(&after, "next").kid;
+    assert!(
+        new_next != &active && new_next != &next,
+        "a new next key: {after:#?}"
+    );
+    assert_eq!(
+        kids,
+        listed_kids(&after),
+        "the JWKS is the active and the new next"
+    );
+
+    let token = token(&daemon, &client);
+    assert_eq!(kid_of(&token), next, "the former next key signs");
+    pyjwt_verifies(&daemon, &token);
+    let pem = keys::key_dir(&daemon).join(format!("{active}.pem"));
+    assert!(
+        !pem.exists(),
+        "the revoked key's file {} remains",
+        pem.display()
+    );
+}
+
+#[test]
+fn tokens_signed_by_a_revoked_key_no_longer_verify() {
+    let (daemon, client) = daemon_with("EdDSA");
+    let revoked_token = token(&daemon, &client);
+    pyjwt_verifies(&daemon, &revoked_token);
+    verify_token(&daemon, &revoked_token).assert_status(200);
+
+    daemon
+        .admin(&["keys", "revoke", kid_of(&revoked_token).as_str()])
+        .assert_success();
+
+    let output = jwt::pyjwt_verify_output(&daemon.url(JWKS_PATH), &revoked_token, ISSUER, API);
+    assert_eq!(
+        output.code(),
+        Some(1),
+        "PyJWT still accepts a token of a revoked key:\n{output}"
+    );
+    let reply = verify_token(&daemon, &revoked_token);
+    reply.assert_status(400);
+    assert_eq!(reply.json()["error"], "invalid_token", "{reply}");
+}
+
+#[test]
+fn revoking_an_unknown_kid_exits_1_and_changes_nothing() {
+    let (daemon, _) = daemon_with("EdDSA");
+    let jwks = daemon.jwks();
+    let output = daemon.admin(&["keys", "revoke", "no-such-kid"]);
+    output.assert_code(1);
+    assert!(
+        output.stderr.contains("no-such-kid"),
+        "the message names the kid:\n{output}"
+    );
+    assert_eq!(daemon.jwks(), jwks);
+}
+
+#[test]
+fn restart_keeps_every_key_and_its_state() {
+    let (mut daemon, client) = daemon_with("ES256");
+    keys::rotate_now(&daemon);
+    let before = keys::list(&daemon);
+    let states: BTreeSet<&str> = before.iter().map(|k| k.state.as_str()).collect();
+    assert_eq!(states, ["active", "next", "retiring"].into(), "{before:#?}");
+    let jwks = daemon.jwks();
+
+    daemon.restart();
+
+    assert_eq!(keys::list(&daemon), before, "the keys and their states");
+    assert_eq!(daemon.jwks(), jwks);
+    assert_eq!(
+        kid_of(&token(&daemon, &client)),
+        keys::only(&before, "active").kid
+    );
+}
+
+/// Waits until `follower` serves `expected` as its JWKS.
+#[track_caller]
+fn await_jwks(follower: &Daemon, expected: &Value, leader: &Daemon) {
+    let deadline = Instant::now() + ADOPTION_DEADLINE;
+    loop {
+        let seen = follower.jwks();
+        if seen == *expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{ADOPTION_DEADLINE:?} after the rotation the other daemon still serves\n{seen}\n\
+             rather than\n{expected}\n--- the daemon that rotated ---\n{}\n--- the other \
+             daemon ---\n{}",
+            leader.diagnostics(),
+            follower.diagnostics()
+        );
+    }
+}
+
+/// Two ES256 daemons on one key directory, each with its own config, port, admin socket and
+/// clients file; the second starts once the first has made the keys.
+fn two_daemons_sharing_keys(client: &TestClient) -> (Daemon, Daemon) {
+    let a = Daemon::builder().algorithm("ES256").client(client).start();
+    let mut b = Daemon::builder().algorithm("ES256").client(client).write();
+    keys::share_key_dir(&b, &keys::key_dir(&a));
+    b.start();
+    assert_eq!(
+        b.jwks(),
+        a.jwks(),
+        "the second daemon loads the first one's keys"
+    );
+    (a, b)
+}
+
+#[test]
+fn daemons_sharing_a_key_dir_follow_each_others_rotations() {
+    let client = service_client();
+    let (a, b) = two_daemons_sharing_keys(&client);
+
+    for (leader, follower) in [(&a, &b), (&b, &a)] {
+        let rotated = keys::rotate_now(leader);
+        let new_active = json_str(&rotated, "/active");
+        let expected = leader.jwks();
+        await_jwks(follower, &expected, leader);
+
+        let from_leader = token(leader, &client);
+        let from_follower = token(follower, &client);
+        assert_eq!(kid_of(&from_leader), new_active);
+        assert_eq!(
+            kid_of(&from_follower),
+            new_active,
+            "the other daemon signs with the new active key"
+        );
+        jwt::pyjwt_verify(&follower.url(JWKS_PATH), &from_leader, ISSUER, API);
+        jwt::pyjwt_verify(&leader.url(JWKS_PATH), &from_follower, ISSUER, API);
+    }
+}
+
+/// A compromised key leaves the JWKS of every daemon on the directory, not only the one asked.
+#[test]
+fn a_revocation_through_one_daemon_reaches_the_other() {
+    let client = service_client();
+    let (a, b) = two_daemons_sharing_keys(&client);
+    let revoked_token = token(&b, &client);
+    let revoked = kid_of(&revoked_token);
+
+    a.admin(&["keys", "revoke", revoked.as_str()])
+        .assert_success();
+    await_jwks(&b, &a.jwks(), &a);
+
+    let reply = verify_token(&b, &revoked_token);
+    reply.assert_status(400);
+    assert_eq!(reply.json()["error"], "invalid_token", "{reply}");
+    let active = keys::only(&keys::list(&a), "active").kid.clone();
+    assert_ne!(active, revoked);
+    assert_eq!(
+        kid_of(&token(&b, &client)),
+        active,
+        "the other daemon signs with the promoted key"
+    );
+}
+
+/// A key directory stays usable whatever moment of a rotation the daemon dies at: the key
+/// files are written before the manifest that names them, each by an atomic rename.
+#[test]
+fn sigkill_during_rotation_leaves_a_key_dir_that_loads() {
+    let (mut daemon, client) = daemon_with("EdDSA");
+    let dir = keys::key_dir(&daemon);
+
+    // One uninterrupted `keys rotate --now`, timed from spawning the tool: kill moments are
+    // drawn up to twice that, so they fall before, inside and after the daemon's work.
+    let started = Instant::now();
+    let status = process::wait_timeout(
+        keys::spawn_admin(&daemon, &["keys", "rotate", "--now"]),
+        COMMAND_TIMEOUT,
+    )
+    .unwrap_or_else(|killed| panic!("`keys rotate --now` did not finish ({killed})"));
+    assert!(status.success(), "`keys rotate --now` failed: {status}");
+    let window = started.elapsed() * 2;
+    let window_nanos = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+
+    for round in 1..=KILL_ROUNDS {
+        let before = keys::manifest_keys(&keys::read_manifest(&dir));
+        // A quarter of the rounds kill at once, while the tool is still starting.
+        let delay = if keys::random_below(4) == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(keys::random_below(window_nanos.max(1)))
+        };
+        let tool = keys::spawn_admin(&daemon, &["keys", "rotate", "--now"]);
+        let kill_at = Instant::now() + delay;
+        while Instant::now() < kill_at {
+            std::hint::spin_loop();
+        }
+        daemon.signal(Signal::SIGKILL);
+        daemon.wait_exit();
+        let tool_status = process::wait_timeout(tool, COMMAND_TIMEOUT)
+            .unwrap_or_else(|killed| panic!("round {round}: the admin tool hung ({killed})"));
+        let context = format!("round {round}, killed {delay:?} after spawning `keys rotate --now`");
+
+        let left = keys::assert_key_dir_consistent(&dir);
+        if tool_status.success() {
+            let promoted = before.iter().find(|(_, state)| state == "next");
+            let active = left.iter().find(|(_, state)| state == "active");
+            assert_eq!(
+                promoted.map(|(kid, _)| kid),
+                active.map(|(kid, _)| kid),
+                "{context}: an acknowledged rotation was lost: before {before:?}, after {left:?}"
+            );
+        }
+
+        daemon.start();
+        let temp = keys::temp_files(&dir);
+        assert!(
+            temp.is_empty(),
+            "{context}: temporary files remain after the restart: {temp:?}"
+        );
+        keys::assert_key_dir_consistent(&dir);
+        let token = token(&daemon, &client);
+        let kid = kid_of(&token);
+        assert!(
+            jwks_kids(&daemon).contains(&kid),
+            "{context}: the token's kid {kid} is not in the JWKS {}",
+            daemon.jwks()
+        );
+        pyjwt_verifies(&daemon, &token);
+    }
+}
+
+/// Reload with a new `algorithm`: the next key is replaced by one of the new algorithm; the
+/// active key keeps signing until the next rotation.
+#[test]
+fn reload_with_a_new_algorithm_replaces_the_next_key_only() {
+    let (daemon, client) = daemon_with("ES256");
+    let before = keys::list(&daemon);
+    let active = keys::only(&before, "active").clone();
+    let old_next = keys::only(&before, "next").kid.clone();
+    let es256_token = token(&daemon, &client);
+
+    keys::set_config(&daemon, "algorithm", r#""EdDSA""#);
+    daemon.admin(&["reload"]).assert_success();
+
+    let after = keys::list(&daemon);
+    assert_eq!(
+        keys::only(&after, "active"),
+        &active,
+        "the active key is unchanged"
+    );
+    let next = keys::only(&after, "next").clone();
+    assert_eq!(next.alg, "EdDSA", "{after:#?}");
+    assert_ne!(next.kid, old_next, "{after:#?}");
+    let jwks = daemon.jwks();
+    assert_eq!(
+        jwks_kids(&daemon),
+        kid_set([active.kid.as_str(), next.kid.as_str()]),
+        "the old next key, which never signed, left the JWKS: {jwks}"
+    );
+    let jwk = jwt::find_key(&jwks, &next.kid);
+    assert_eq!(jwk["alg"], "EdDSA", "{jwk}");
+    assert_eq!(jwk["kty"], "OKP", "{jwk}");
+    assert_eq!(jwk["crv"], "Ed25519", "{jwk}");
+
+    let still_es256 = token(&daemon, &client);
+    assert_eq!(alg_of(&still_es256), "ES256");
+    assert_eq!(kid_of(&still_es256), active.kid);
+
+    keys::rotate_now(&daemon);
+    let eddsa_token = token(&daemon, &client);
+    assert_eq!(alg_of(&eddsa_token), "EdDSA");
+    assert_eq!(kid_of(&eddsa_token), next.kid);
+    pyjwt_verifies(&daemon, &eddsa_token);
+    pyjwt_verifies(&daemon, &es256_token);
+}
+
+#[test]
+fn sighup_publishes_a_next_key_of_a_new_algorithm() {
+    let (daemon, client) = daemon_with("ES256");
+    let active = keys::only(&keys::list(&daemon), "active").kid.clone();
+    keys::set_config(&daemon, "algorithm", r#""EdDSA""#);
+    daemon.signal(Signal::SIGHUP);
+
+    let deadline = Instant::now() + SIGHUP_DEADLINE;
+    loop {
+        let listed = keys::list(&daemon);
+        if listed.iter().any(|k| k.state == "next" && k.alg == "EdDSA") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{SIGHUP_DEADLINE:?} after SIGHUP there is no EdDSA next key: {listed:#?}\n{}",
+            daemon.diagnostics()
+        );
+    }
+    let token = token(&daemon, &client);
+    assert_eq!(alg_of(&token), "ES256");
+    assert_eq!(kid_of(&token), active);
+}
+
+#[test]
+fn a_group_readable_private_key_stops_a_restart_with_exit_78() {
+    let (mut daemon, _) = daemon_with("EdDSA");
+    let active = keys::only(&keys::list(&daemon), "active").kid.clone();
+    let status = daemon.stop();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    let pem = keys::key_dir(&daemon).join(format!("{active}.pem"));
+    files::set_mode(&pem, 0o640);
+
+    let output = daemon.start_expecting_exit();
+    output.assert_code(78);
+    let sentences: Vec<&str> = output
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.starts_with("tokendealerd:"))
+        .collect();
+    assert_eq!(sentences.len(), 1, "one sentence on stderr:\n{output}");
+    assert!(
+        sentences[0].contains("chmod 600"),
+        "the sentence says what to run:\n{output}"
+    );
+    assert!(
+        sentences[0].contains(pem.to_str().expect("UTF-8 path")),
+        "the sentence names the key file:\n{output}"
+    );
+}

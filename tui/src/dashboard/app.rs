@@ -1,0 +1,855 @@
+//! Dashboard state and its update function. No I/O here: keys and daemon news come in as
+//! [`Msg`]s, requests for the daemon go out as the return value of [`App::update`].
+
+use std::collections::{HashMap, VecDeque};
+
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use tokendealer_shared::{
+    admin::{ClientInfo, KeyInfo, Request, StatsTick, Status},
+    clients_file::{check_audience, check_client_id, check_scope_token},
+    duration,
+};
+
+/// Ticks kept for the long chart: an hour of one-second ticks.
+pub const HISTORY: usize = 3600;
+/// The short chart's window.
+pub const SHORT_WINDOW: usize = 300;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Screen {
+    Overview,
+    Clients,
+    Keys,
+}
+
+impl Screen {
+    pub const ALL: [Self; 3] = [Self::Overview, Self::Clients, Self::Keys];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::Overview => "Overview",
+            Self::Clients => "Clients",
+            Self::Keys => "Keys",
+        }
+    }
+}
+
+/// The link to the daemon as the user sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Connection {
+    Connecting,
+    Connected,
+    /// Why the last attempt failed; the link retries by itself.
+    Disconnected(String),
+}
+
+/// What the clients table is sorted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortKey {
+    Id,
+    Rate,
+    Total,
+    LastIssued,
+}
+
+impl SortKey {
+    fn next(self) -> Self {
+        match self {
+            Self::Id => Self::Rate,
+            Self::Rate => Self::Total,
+            Self::Total => Self::LastIssued,
+            Self::LastIssued => Self::Id,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Id => "id",
+            Self::Rate => "tokens/s",
+            Self::Total => "total",
+            Self::LastIssued => "last issuance",
+        }
+    }
+}
+
+/// The registration form's fields, in order.
+pub const FORM_FIELDS: [&str; 4] = ["id", "audiences", "scopes", "token ttl"];
+
+/// A modal dialog; while one is open it takes every key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dialog {
+    AddClient {
+        fields: [String; 4],
+        focus: usize,
+        error: Option<String>,
+    },
+    RotateSecret {
+        id: String,
+        overlap: String,
+        error: Option<String>,
+    },
+    ToggleClient {
+        id: String,
+        disable: bool,
+    },
+    RemoveClient {
+        id: String,
+    },
+    RotateKey {
+        /// The next key and when it may sign; `None` when unknown.
+        next: Option<(String, i64)>,
+    },
+    /// A secret shown once.
+    Secret {
+        id: String,
+        secret: String,
+        note: String,
+    },
+    /// Waiting for the daemon to answer an action.
+    Working(String),
+    /// The daemon refused an action.
+    Failed(String),
+}
+
+/// Everything the dashboard reacts to.
+#[derive(Debug, Clone)]
+pub enum Msg {
+    Key(KeyEvent),
+    Link(LinkEvent),
+    /// Nothing changed but the terminal (a resize).
+    Redraw,
+}
+
+/// News from the daemon link.
+#[derive(Debug, Clone)]
+pub enum LinkEvent {
+    Connected,
+    Disconnected(String),
+    Status(Box<Status>),
+    Clients(Vec<ClientInfo>),
+    Keys(Vec<KeyInfo>),
+    Tick(StatsTick),
+    /// The answer to an action the user asked for.
+    Done(Result<Outcome, String>),
+}
+
+/// What a successful action produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    ClientAdded {
+        id: String,
+        secret: String,
+    },
+    SecretRotated {
+        id: String,
+        secret: String,
+        old_until: Option<i64>,
+    },
+    Message(String),
+}
+
+/// The dashboard's state.
+#[derive(Debug)]
+pub struct App {
+    pub socket: String,
+    pub connection: Connection,
+    pub screen: Screen,
+    pub status: Option<Status>,
+    pub clients: Vec<ClientInfo>,
+    pub keys: Vec<KeyInfo>,
+    pub history: VecDeque<StatsTick>,
+    pub long_window: bool,
+    pub selected_client: usize,
+    pub selected_key: usize,
+    pub sort: SortKey,
+    pub sort_descending: bool,
+    pub filter: String,
+    pub filtering: bool,
+    pub dialog: Option<Dialog>,
+    pub help: bool,
+    /// A one-line notice in the status bar (the last action's result).
+    pub notice: Option<String>,
+    pub quit: bool,
+    pub color: bool,
+}
+
+impl App {
+    pub fn new(socket: String, color: bool) -> Self {
+        Self {
+            socket,
+            connection: Connection::Connecting,
+            screen: Screen::Overview,
+            status: None,
+            clients: Vec::new(),
+            keys: Vec::new(),
+            history: VecDeque::with_capacity(HISTORY),
+            long_window: false,
+            selected_client: 0,
+            selected_key: 0,
+            sort: SortKey::Id,
+            sort_descending: false,
+            filter: String::new(),
+            filtering: false,
+            dialog: None,
+            help: false,
+            notice: None,
+            quit: false,
+            color,
+        }
+    }
+
+    pub fn last_tick(&self) -> Option<&StatsTick> {
+        self.history.back()
+    }
+
+    /// Tokens per second of one client in the last tick.
+    pub fn client_rate(&self, id: &str) -> u64 {
+        self.last_tick()
+            .and_then(|t| t.clients.iter().find(|c| c.id == id))
+            .map_or(0, |c| {
+                c.issued * 1000 / self.last_tick().map_or(1000, |t| t.interval_ms.max(1))
+            })
+    }
+
+    /// The clients table as shown: filtered, then sorted.
+    pub fn visible_clients(&self) -> Vec<&ClientInfo> {
+        let needle = self.filter.to_lowercase();
+        let mut rows: Vec<&ClientInfo> = self
+            .clients
+            .iter()
+            .filter(|c| {
+                needle.is_empty()
+                    || c.id.to_lowercase().contains(&needle)
+                    || c.audiences
+                        .iter()
+                        .any(|a| a.to_lowercase().contains(&needle))
+                    || c.scopes.iter().any(|s| s.to_lowercase().contains(&needle))
+            })
+            .collect();
+        let rates: HashMap<&str, u64> = rows
+            .iter()
+            .map(|c| (c.id.as_str(), self.client_rate(&c.id)))
+            .collect();
+        rows.sort_by(|a, b| {
+            let order = match self.sort {
+                SortKey::Id => a.id.cmp(&b.id),
+                SortKey::Rate => rates[a.id.as_str()]
+                    .cmp(&rates[b.id.as_str()])
+                    .then_with(|| a.id.cmp(&b.id)),
+                SortKey::Total => a.issued.cmp(&b.issued).then_with(|| a.id.cmp(&b.id)),
+                SortKey::LastIssued => a
+                    .last_issued
+                    .cmp(&b.last_issued)
+                    .then_with(|| a.id.cmp(&b.id)),
+            };
+            if self.sort_descending {
+                order.reverse()
+            } else {
+                order
+            }
+        });
+        rows
+    }
+
+    fn selected_client_id(&self) -> Option<String> {
+        self.visible_clients()
+            .get(self.selected_client)
+            .map(|c| c.id.clone())
+    }
+
+    /// Applies one message; returns a request for the daemon, if the message asks for one.
+    pub fn update(&mut self, msg: Msg) -> Option<Request> {
+        match msg {
+            Msg::Link(event) => {
+                self.link(event);
+                None
+            }
+            Msg::Redraw => None,
+            Msg::Key(key) if key.kind == KeyEventKind::Release => None,
+            Msg::Key(key) => self.key(key),
+        }
+    }
+
+    fn link(&mut self, event: LinkEvent) {
+        match event {
+            LinkEvent::Connected => self.connection = Connection::Connected,
+            LinkEvent::Disconnected(why) => {
+                self.connection = Connection::Disconnected(why);
+                if matches!(self.dialog, Some(Dialog::Working(_))) {
+                    self.dialog = Some(Dialog::Failed(
+                        "the daemon went away before answering".into(),
+                    ));
+                }
+            }
+            LinkEvent::Status(status) => self.status = Some(*status),
+            LinkEvent::Clients(clients) => {
+                self.clients = clients;
+                self.clamp_selection();
+            }
+            LinkEvent::Keys(keys) => {
+                self.keys = keys;
+                self.selected_key = self.selected_key.min(self.keys.len().saturating_sub(1));
+            }
+            LinkEvent::Tick(tick) => {
+                if self.history.len() == HISTORY {
+                    self.history.pop_front();
+                }
+                self.history.push_back(tick);
+            }
+            LinkEvent::Done(Ok(Outcome::ClientAdded { id, secret })) => {
+                self.dialog = Some(Dialog::Secret {
+                    note: format!("Client `{id}` is registered."),
+                    id,
+                    secret,
+                });
+            }
+            LinkEvent::Done(Ok(Outcome::SecretRotated {
+                id,
+                secret,
+                old_until,
+            })) => {
+                let note = match old_until {
+                    Some(t) => format!(
+                        "The old secret of `{id}` keeps working until {}.",
+                        crate::render::time(t)
+                    ),
+                    None => format!("The old secret of `{id}` no longer works."),
+                };
+                self.dialog = Some(Dialog::Secret { id, secret, note });
+            }
+            LinkEvent::Done(Ok(Outcome::Message(message))) => {
+                self.dialog = None;
+                self.notice = Some(message);
+            }
+            LinkEvent::Done(Err(reason)) => self.dialog = Some(Dialog::Failed(reason)),
+        }
+    }
+
+    fn clamp_selection(&mut self) {
+        let len = self.visible_clients().len();
+        self.selected_client = self.selected_client.min(len.saturating_sub(1));
+    }
+
+    fn key(&mut self, key: KeyEvent) -> Option<Request> {
+        if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+            self.quit = true;
+            return None;
+        }
+        if self.help {
+            self.help = false;
+            return None;
+        }
+        if self.dialog.is_some() {
+            return self.dialog_key(key);
+        }
+        if self.filtering {
+            match key.code {
+                KeyCode::Enter => self.filtering = false,
+                KeyCode::Esc => {
+                    self.filtering = false;
+                    self.filter.clear();
+                }
+                KeyCode::Backspace => {
+                    self.filter.pop();
+                }
+                KeyCode::Char(c) => self.filter.push(c),
+                _ => {}
+            }
+            self.selected_client = 0;
+            return None;
+        }
+        match key.code {
+            KeyCode::Char('q') | KeyCode::Esc => self.quit = true,
+            KeyCode::Char('?') => self.help = true,
+            KeyCode::Tab => self.screen = Screen::ALL[(self.screen_index() + 1) % 3],
+            KeyCode::BackTab => self.screen = Screen::ALL[(self.screen_index() + 2) % 3],
+            KeyCode::Char('1') => self.screen = Screen::Overview,
+            KeyCode::Char('2') => self.screen = Screen::Clients,
+            KeyCode::Char('3') => self.screen = Screen::Keys,
+            _ => return self.screen_key(key),
+        }
+        None
+    }
+
+    fn screen_index(&self) -> usize {
+        Screen::ALL
+            .iter()
+            .position(|s| *s == self.screen)
+            .unwrap_or(0)
+    }
+
+    fn screen_key(&mut self, key: KeyEvent) -> Option<Request> {
+        let connected = self.connection == Connection::Connected;
+        match (self.screen, key.code) {
+            (Screen::Overview, KeyCode::Char('t')) => self.long_window = !self.long_window,
+            (Screen::Clients, KeyCode::Up | KeyCode::Char('k')) => {
+                self.selected_client = self.selected_client.saturating_sub(1);
+            }
+            (Screen::Clients, KeyCode::Down | KeyCode::Char('j')) => {
+                let last = self.visible_clients().len().saturating_sub(1);
+                self.selected_client = (self.selected_client + 1).min(last);
+            }
+            (Screen::Clients, KeyCode::Char('s')) => {
+                self.sort = self.sort.next();
+                // Activity reads best busiest-first; ids alphabetically.
+                self.sort_descending = self.sort != SortKey::Id;
+            }
+            (Screen::Clients, KeyCode::Char('S')) => self.sort_descending = !self.sort_descending,
+            (Screen::Clients, KeyCode::Char('/')) => self.filtering = true,
+            (Screen::Clients, KeyCode::Char('a')) if connected => {
+                self.dialog = Some(Dialog::AddClient {
+                    fields: Default::default(),
+                    focus: 0,
+                    error: None,
+                });
+            }
+            (Screen::Clients, KeyCode::Char('r')) if connected => {
+                if let Some(id) = self.selected_client_id() {
+                    self.dialog = Some(Dialog::RotateSecret {
+                        id,
+                        overlap: "24h".into(),
+                        error: None,
+                    });
+                }
+            }
+            (Screen::Clients, KeyCode::Char('d')) if connected => {
+                if let Some(client) = self.visible_clients().get(self.selected_client) {
+                    self.dialog = Some(Dialog::ToggleClient {
+                        id: client.id.clone(),
+                        disable: !client.disabled,
+                    });
+                }
+            }
+            (Screen::Clients, KeyCode::Char('x') | KeyCode::Delete) if connected => {
+                if let Some(id) = self.selected_client_id() {
+                    self.dialog = Some(Dialog::RemoveClient { id });
+                }
+            }
+            (Screen::Keys, KeyCode::Up | KeyCode::Char('k')) => {
+                self.selected_key = self.selected_key.saturating_sub(1);
+            }
+            (Screen::Keys, KeyCode::Down | KeyCode::Char('j')) => {
+                self.selected_key = (self.selected_key + 1).min(self.keys.len().saturating_sub(1));
+            }
+            (Screen::Keys, KeyCode::Char('r' | 'R')) if connected => {
+                let next = self
+                    .keys
+                    .iter()
+                    .find(|k| k.state == tokendealer_shared::admin::KeyState::Next)
+                    .and_then(|k| k.may_sign_at.map(|at| (k.kid.clone(), at)));
+                self.dialog = Some(Dialog::RotateKey { next });
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn dialog_key(&mut self, key: KeyEvent) -> Option<Request> {
+        let dialog = self.dialog.take()?;
+        let (next, request) = match dialog {
+            Dialog::AddClient {
+                mut fields,
+                mut focus,
+                error,
+            } => match key.code {
+                KeyCode::Esc => (None, None),
+                KeyCode::Tab | KeyCode::Down => {
+                    focus = (focus + 1) % FORM_FIELDS.len();
+                    (
+                        Some(Dialog::AddClient {
+                            fields,
+                            focus,
+                            error,
+                        }),
+                        None,
+                    )
+                }
+                KeyCode::BackTab | KeyCode::Up => {
+                    focus = (focus + FORM_FIELDS.len() - 1) % FORM_FIELDS.len();
+                    (
+                        Some(Dialog::AddClient {
+                            fields,
+                            focus,
+                            error,
+                        }),
+                        None,
+                    )
+                }
+                KeyCode::Backspace => {
+                    fields[focus].pop();
+                    (
+                        Some(Dialog::AddClient {
+                            fields,
+                            focus,
+                            error,
+                        }),
+                        None,
+                    )
+                }
+                KeyCode::Char(c) => {
+                    fields[focus].push(c);
+                    (
+                        Some(Dialog::AddClient {
+                            fields,
+                            focus,
+                            error,
+                        }),
+                        None,
+                    )
+                }
+                KeyCode::Enter => match add_client_request(&fields) {
+                    Ok(request) => (
+                        Some(Dialog::Working(format!(
+                            "registering `{}`…",
+                            fields[0].trim()
+                        ))),
+                        Some(request),
+                    ),
+                    Err(error) => (
+                        Some(Dialog::AddClient {
+                            fields,
+                            focus,
+                            error: Some(error),
+                        }),
+                        None,
+                    ),
+                },
+                _ => (
+                    Some(Dialog::AddClient {
+                        fields,
+                        focus,
+                        error,
+                    }),
+                    None,
+                ),
+            },
+            Dialog::RotateSecret {
+                id,
+                mut overlap,
+                error,
+            } => match key.code {
+                KeyCode::Esc => (None, None),
+                KeyCode::Backspace => {
+                    overlap.pop();
+                    (Some(Dialog::RotateSecret { id, overlap, error }), None)
+                }
+                KeyCode::Char(c) => {
+                    overlap.push(c);
+                    (Some(Dialog::RotateSecret { id, overlap, error }), None)
+                }
+                KeyCode::Enter => match parse_overlap(&overlap) {
+                    Ok(keep_old_secs) => (
+                        Some(Dialog::Working(format!("rotating the secret of `{id}`…"))),
+                        Some(Request::RotateSecret { id, keep_old_secs }),
+                    ),
+                    Err(e) => (
+                        Some(Dialog::RotateSecret {
+                            id,
+                            overlap,
+                            error: Some(e),
+                        }),
+                        None,
+                    ),
+                },
+                _ => (Some(Dialog::RotateSecret { id, overlap, error }), None),
+            },
+            Dialog::ToggleClient { id, disable } => match key.code {
+                KeyCode::Enter | KeyCode::Char('y') => {
+                    let request = if disable {
+                        Request::DisableClient { id: id.clone() }
+                    } else {
+                        Request::EnableClient { id: id.clone() }
+                    };
+                    (
+                        Some(Dialog::Working(format!("updating `{id}`…"))),
+                        Some(request),
+                    )
+                }
+                KeyCode::Esc | KeyCode::Char('n') => (None, None),
+                _ => (Some(Dialog::ToggleClient { id, disable }), None),
+            },
+            Dialog::RemoveClient { id } => match key.code {
+                KeyCode::Char('y') => (
+                    Some(Dialog::Working(format!("removing `{id}`…"))),
+                    Some(Request::RemoveClient { id }),
+                ),
+                KeyCode::Esc | KeyCode::Char('n') | KeyCode::Enter => (None, None),
+                _ => (Some(Dialog::RemoveClient { id }), None),
+            },
+            Dialog::RotateKey { next } => match key.code {
+                KeyCode::Enter | KeyCode::Char('y') => (
+                    Some(Dialog::Working("rotating the signing keys…".into())),
+                    Some(Request::RotateKey { now: false }),
+                ),
+                KeyCode::Char('!') => (
+                    Some(Dialog::Working("rotating the signing keys now…".into())),
+                    Some(Request::RotateKey { now: true }),
+                ),
+                KeyCode::Esc | KeyCode::Char('n') => (None, None),
+                _ => (Some(Dialog::RotateKey { next }), None),
+            },
+            // The secret stays on screen until the user says they have it.
+            Dialog::Secret { id, secret, note } => match key.code {
+                KeyCode::Enter | KeyCode::Esc => (None, None),
+                _ => (Some(Dialog::Secret { id, secret, note }), None),
+            },
+            Dialog::Working(what) => (Some(Dialog::Working(what)), None),
+            Dialog::Failed(_) => (None, None),
+        };
+        self.dialog = next;
+        request
+    }
+}
+
+fn split_list(text: &str) -> Vec<String> {
+    text.split([',', ' '])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Validates the registration form before anything is sent.
+pub fn add_client_request(fields: &[String; 4]) -> Result<Request, String> {
+    let id = fields[0].trim().to_owned();
+    check_client_id(&id).map_err(|e| format!("id: {e}"))?;
+    let audiences = split_list(&fields[1]);
+    for a in &audiences {
+        check_audience(a)?;
+    }
+    let scopes = split_list(&fields[2]);
+    for s in &scopes {
+        check_scope_token(s)?;
+    }
+    let ttl_secs = match fields[3].trim() {
+        "" => None,
+        ttl => Some(
+            duration::parse(ttl)
+                .map_err(|e| format!("token ttl: {e}"))?
+                .as_secs(),
+        ),
+    };
+    Ok(Request::AddClient {
+        id,
+        audiences,
+        scopes,
+        ttl_secs,
+    })
+}
+
+fn parse_overlap(text: &str) -> Result<u64, String> {
+    match text.trim() {
+        "0" => Ok(0),
+        t => duration::parse(t)
+            .map(|d| d.as_secs())
+            .map_err(|e| format!("overlap: {e} (or 0 to stop the old secret now)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ratatui::crossterm::event::KeyEvent;
+
+    fn key(code: KeyCode) -> Msg {
+        Msg::Key(KeyEvent::new(code, KeyModifiers::NONE))
+    }
+
+    fn typed(app: &mut App, text: &str) {
+        for c in text.chars() {
+            assert_eq!(app.update(key(KeyCode::Char(c))), None);
+        }
+    }
+
+    fn client(id: &str, issued: u64) -> ClientInfo {
+        ClientInfo {
+            id: id.into(),
+            audiences: vec!["https://api".into()],
+            scopes: vec!["read".into()],
+            ttl_secs: None,
+            disabled: false,
+            old_secret_until: None,
+            issued,
+            last_issued: None,
+        }
+    }
+
+    fn connected() -> App {
+        let mut app = App::new("/run/tokendealer/admin.sock".into(), false);
+        app.update(Msg::Link(LinkEvent::Connected));
+        app.update(Msg::Link(LinkEvent::Clients(vec![
+            client("b", 5),
+            client("a", 9),
+            client("c", 1),
+        ])));
+        app
+    }
+
+    #[test]
+    fn tab_cycles_screens_and_q_quits() {
+        let mut app = connected();
+        app.update(key(KeyCode::Tab));
+        assert_eq!(app.screen, Screen::Clients);
+        app.update(key(KeyCode::Tab));
+        app.update(key(KeyCode::Tab));
+        assert_eq!(app.screen, Screen::Overview);
+        app.update(key(KeyCode::BackTab));
+        assert_eq!(app.screen, Screen::Keys);
+        app.update(key(KeyCode::Char('q')));
+        assert!(app.quit);
+    }
+
+    #[test]
+    fn ctrl_c_quits_even_inside_a_dialog() {
+        let mut app = connected();
+        app.screen = Screen::Clients;
+        app.update(key(KeyCode::Char('a')));
+        assert!(app.dialog.is_some());
+        app.update(Msg::Key(KeyEvent::new(
+            KeyCode::Char('c'),
+            KeyModifiers::CONTROL,
+        )));
+        assert!(app.quit);
+    }
+
+    #[test]
+    fn registering_validates_then_sends_and_shows_the_secret_once() {
+        let mut app = connected();
+        app.screen = Screen::Clients;
+        app.update(key(KeyCode::Char('a')));
+        typed(&mut app, "bad id");
+        assert_eq!(
+            app.update(key(KeyCode::Enter)),
+            None,
+            "invalid id is not sent"
+        );
+        assert!(matches!(
+            &app.dialog,
+            Some(Dialog::AddClient { error: Some(_), .. })
+        ));
+        for _ in 0..6 {
+            app.update(key(KeyCode::Backspace));
+        }
+        typed(&mut app, "svc");
+        app.update(key(KeyCode::Tab));
+        typed(&mut app, "https://a, https://b");
+        app.update(key(KeyCode::Tab));
+        typed(&mut app, "read write");
+        app.update(key(KeyCode::Tab));
+        typed(&mut app, "1h");
+        let request = app.update(key(KeyCode::Enter));
+        assert_eq!(
+            request,
+            Some(Request::AddClient {
+                id: "svc".into(),
+                audiences: vec!["https://a".into(), "https://b".into()],
+                scopes: vec!["read".into(), "write".into()],
+                ttl_secs: Some(3600),
+            })
+        );
+        assert!(matches!(app.dialog, Some(Dialog::Working(_))));
+        app.update(Msg::Link(LinkEvent::Done(Ok(Outcome::ClientAdded {
+            id: "svc".into(),
+            secret: "s3cret".into(),
+        }))));
+        assert!(matches!(&app.dialog, Some(Dialog::Secret { secret, .. }) if secret == "s3cret"));
+        app.update(key(KeyCode::Char('x')));
+        assert!(app.dialog.is_some(), "only Enter or Esc closes the secret");
+        app.update(key(KeyCode::Enter));
+        assert!(app.dialog.is_none());
+    }
+
+    #[test]
+    fn remove_asks_by_name_and_needs_yes() {
+        let mut app = connected();
+        app.screen = Screen::Clients;
+        app.update(key(KeyCode::Char('j')));
+        app.update(key(KeyCode::Char('x')));
+        assert_eq!(app.dialog, Some(Dialog::RemoveClient { id: "b".into() }));
+        assert_eq!(
+            app.update(key(KeyCode::Enter)),
+            None,
+            "Enter does not confirm a removal"
+        );
+        app.update(key(KeyCode::Char('x')));
+        assert_eq!(
+            app.update(key(KeyCode::Char('y'))),
+            Some(Request::RemoveClient { id: "b".into() })
+        );
+    }
+
+    #[test]
+    fn sort_and_filter() {
+        let mut app = connected();
+        app.screen = Screen::Clients;
+        let ids = |app: &App| {
+            app.visible_clients()
+                .iter()
+                .map(|c| c.id.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&app), ["a", "b", "c"]);
+        app.update(key(KeyCode::Char('s')));
+        app.update(key(KeyCode::Char('s')));
+        assert_eq!(app.sort, SortKey::Total);
+        assert_eq!(ids(&app), ["a", "b", "c"], "busiest first: 9, 5, 1");
+        app.update(key(KeyCode::Char('S')));
+        assert_eq!(ids(&app), ["c", "b", "a"]);
+        app.update(key(KeyCode::Char('/')));
+        typed(&mut app, "b");
+        app.update(key(KeyCode::Enter));
+        assert_eq!(ids(&app), ["b"]);
+        app.update(key(KeyCode::Char('q')));
+        assert!(app.quit, "q quits again once the filter is left");
+    }
+
+    #[test]
+    fn key_rotation_needs_confirmation_and_offers_now() {
+        let mut app = connected();
+        app.screen = Screen::Keys;
+        app.update(key(KeyCode::Char('r')));
+        assert!(matches!(app.dialog, Some(Dialog::RotateKey { .. })));
+        assert_eq!(
+            app.update(key(KeyCode::Char('!'))),
+            Some(Request::RotateKey { now: true })
+        );
+        app.update(Msg::Link(LinkEvent::Done(Err("too early".into()))));
+        assert_eq!(app.dialog, Some(Dialog::Failed("too early".into())));
+        app.update(key(KeyCode::Enter));
+        assert!(app.dialog.is_none());
+    }
+
+    #[test]
+    fn losing_the_daemon_mid_action_says_so() {
+        let mut app = connected();
+        app.dialog = Some(Dialog::Working("x".into()));
+        app.update(Msg::Link(LinkEvent::Disconnected("refused".into())));
+        assert_eq!(app.connection, Connection::Disconnected("refused".into()));
+        assert!(matches!(app.dialog, Some(Dialog::Failed(_))));
+        app.screen = Screen::Clients;
+        app.dialog = None;
+        app.update(key(KeyCode::Char('a')));
+        assert!(app.dialog.is_none(), "no actions while disconnected");
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let mut app = connected();
+        for i in 0..(HISTORY as u64 + 10) {
+            app.update(Msg::Link(LinkEvent::Tick(StatsTick {
+                at_ms: 0,
+                interval_ms: 1000,
+                issued: i,
+                failures: 0,
+                failures_by_code: vec![],
+                clients: vec![],
+                p50_us: 0,
+                p99_us: 0,
+                issued_total: 0,
+                failures_total: 0,
+            })));
+        }
+        assert_eq!(app.history.len(), HISTORY);
+        assert_eq!(app.last_tick().unwrap().issued, HISTORY as u64 + 9);
+    }
+}

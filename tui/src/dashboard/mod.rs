@@ -1,0 +1,69 @@
+//! The dashboard: `tokendealer` with no subcommand.
+//!
+//! Three parts that meet only through a channel of [`app::Msg`]: a thread turning key
+//! presses into messages, the [`link`] task turning daemon news into messages, and this
+//! loop, which applies each message to the [`app::App`] (no I/O), forwards the request it
+//! may produce to the link, and redraws.
+
+pub mod app;
+mod link;
+pub mod ui;
+
+use std::{io, path::PathBuf};
+
+use ratatui::crossterm::event::{self, Event};
+use tokio::sync::mpsc;
+
+use app::{App, Msg};
+
+/// Runs the dashboard until the user quits. The terminal is restored on the way out, on
+/// error and on panic (ratatui's hook) alike.
+pub async fn run(socket: PathBuf) -> io::Result<()> {
+    let color = std::env::var_os("NO_COLOR").is_none();
+    let mut app = App::new(socket.display().to_string(), color);
+    let (events_tx, mut events) = mpsc::channel::<Msg>(256);
+    let (actions_tx, actions) = mpsc::channel(16);
+
+    tokio::spawn(link::run(socket, events_tx.clone(), actions));
+    // crossterm's reads block; a plain thread keeps them off the async loop. It ends with
+    // the process.
+    std::thread::spawn(move || {
+        loop {
+            let msg = match event::read() {
+                Ok(Event::Key(key)) => Some(Msg::Key(key)),
+                // A resize needs only a redraw, which every message brings.
+                Ok(Event::Resize(..)) => None,
+                Ok(_) => continue,
+                Err(_) => return,
+            };
+            let msg = msg.unwrap_or(Msg::Redraw);
+            if events_tx.blocking_send(msg).is_err() {
+                return;
+            }
+        }
+    });
+
+    let mut terminal = ratatui::init();
+    let result = async {
+        loop {
+            terminal.draw(|frame| ui::draw(frame, &app))?;
+            let Some(msg) = events.recv().await else {
+                return Ok(());
+            };
+            let mut next = Some(msg);
+            // Apply everything already queued before drawing again.
+            while let Some(msg) = next {
+                if let Some(request) = app.update(msg) {
+                    let _ = actions_tx.send(request).await;
+                }
+                next = events.try_recv().ok();
+            }
+            if app.quit {
+                return Ok(());
+            }
+        }
+    }
+    .await;
+    ratatui::restore();
+    result
+}

@@ -72,9 +72,11 @@ fn draw_status_bar(frame: &mut Frame<'_>, app: &App, area: Rect) {
         Connection::Connected => ("connected".to_owned(), Color::Green),
         Connection::Disconnected(why) => (format!("disconnected — retrying ({why})"), Color::Red),
     };
+    // The connection state first: on a narrow terminal it is what must stay visible.
     let mut spans = vec![
-        Span::raw(format!(" {} · ", app.socket)),
+        Span::raw(" "),
         Span::styled(state, style(app, color).add_modifier(Modifier::BOLD)),
+        Span::raw(format!(" · {}", app.socket)),
     ];
     if let Some(notice) = &app.notice {
         spans.push(Span::raw(format!(" · {notice}")));
@@ -107,6 +109,8 @@ fn draw_overview(frame: &mut Frame<'_>, app: &App, area: Rect) {
         .chunks(per_bar)
         .map(|c| c.iter().sum::<u64>() / c.len() as u64)
         .collect();
+    // Newest at the right edge: the unknown past is zeros.
+    bars.resize(width.max(bars.len()), 0);
     bars.reverse();
     let now = app.last_tick().map_or(0, |t| t.issued);
     let title = format!(
@@ -203,6 +207,14 @@ fn micros(us: u64) -> String {
     } else {
         format!("{us} µs")
     }
+}
+
+/// Month, day, hours and minutes (UTC): what fits in a table cell.
+fn short_time(unix: i64) -> String {
+    jiff::Timestamp::from_second(unix).map_or_else(
+        |_| unix.to_string(),
+        |t| t.strftime("%m-%d %H:%M").to_string(),
+    )
 }
 
 fn clock(unix: Option<i64>) -> String {
@@ -307,16 +319,16 @@ fn draw_keys(frame: &mut Frame<'_>, app: &App, area: Rect) {
                 KeyState::Retiring => ("retiring", Color::DarkGray),
             };
             let when = match (k.may_sign_at, k.retire_at) {
-                (Some(at), _) => format!("signs from {}", time(at)),
-                (_, Some(at)) => format!("leaves {}", time(at)),
+                (Some(at), _) => format!("signs from {}", short_time(at)),
+                (_, Some(at)) => format!("leaves {}", short_time(at)),
                 _ => "-".to_owned(),
             };
             Row::new(vec![
                 Cell::from(k.kid.clone()),
                 Cell::from(k.alg.clone()),
                 Cell::from(state).style(style(app, color)),
-                Cell::from(time(k.created)),
-                Cell::from(k.activated.map_or_else(|| "-".into(), time)),
+                Cell::from(short_time(k.created)),
+                Cell::from(k.activated.map_or_else(|| "-".into(), short_time)),
                 Cell::from(when),
             ])
         })
@@ -325,12 +337,12 @@ fn draw_keys(frame: &mut Frame<'_>, app: &App, area: Rect) {
     let table = Table::new(
         rows,
         [
-            Constraint::Fill(3),
-            Constraint::Length(6),
-            Constraint::Length(9),
-            Constraint::Length(20),
-            Constraint::Length(20),
-            Constraint::Fill(3),
+            Constraint::Fill(1),
+            Constraint::Length(5),
+            Constraint::Length(8),
+            Constraint::Length(11),
+            Constraint::Length(11),
+            Constraint::Length(23),
         ],
     )
     .header(Row::new(["KID", "ALG", "STATE", "CREATED", "ACTIVATED", "NEXT EVENT"]).style(bold()))
@@ -355,9 +367,10 @@ fn centered(area: Rect, width: u16, height: u16) -> Rect {
 }
 
 fn popup(frame: &mut Frame<'_>, title: &str, lines: Vec<Line<'_>>, width: u16) {
-    let height = u16::try_from(lines.len())
-        .unwrap_or(u16::MAX)
-        .saturating_add(2);
+    // As tall as the text once wrapped to the popup's inner width, plus the border.
+    let inner = usize::from(width.min(frame.area().width).saturating_sub(2)).max(1);
+    let rows: usize = lines.iter().map(|l| l.width().div_ceil(inner).max(1)).sum();
+    let height = u16::try_from(rows).unwrap_or(u16::MAX).saturating_add(2);
     let area = centered(frame.area(), width, height);
     frame.render_widget(Clear, area);
     frame.render_widget(
@@ -486,7 +499,7 @@ fn draw_help(frame: &mut Frame<'_>, _app: &App) {
         ("r", "clients: rotate the secret · keys: rotate keys"),
         ("d", "clients: disable or enable"),
         ("x / Delete", "clients: remove (asks first)"),
-        ("/", "clients: filter by typing (Enter keeps, Esc clears)"),
+        ("/", "clients: filter (Enter keeps it, Esc clears)"),
         ("s / S", "clients: sort by next column / reverse"),
         ("?", "this help"),
         ("q / Esc / Ctrl-C", "quit (Esc closes a dialog first)"),
@@ -502,4 +515,263 @@ fn draw_help(frame: &mut Frame<'_>, _app: &App) {
         .chain([Line::from(""), Line::from("any key to close")])
         .collect();
     popup(frame, "Keys", lines, 76);
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every screen and dialog at 80×24, the smallest size the dashboard promises to be
+    //! readable at. The fixtures fix every value a screen shows (times, uptime, rates), so
+    //! nothing volatile reaches a snapshot.
+
+    use ratatui::{Terminal, backend::TestBackend};
+    use tokendealer_shared::admin::{
+        ClientInfo, ClientTick, KeyInfo, KeyState, ReloadOutcome, StatsTick, Status,
+    };
+
+    use super::*;
+    use crate::dashboard::app::{Dialog, LinkEvent, Msg};
+
+    const T0: i64 = 1_795_780_800; // 2026-11-27T12:00:00Z
+
+    fn keys() -> Vec<KeyInfo> {
+        vec![
+            KeyInfo {
+                kid: "oldkey-retiring-aaaaaaaaaaaaaaaaaaaaaaaaaaaa".into(),
+                alg: "RS512".into(),
+                state: KeyState::Retiring,
+                created: T0 - 86_400,
+                activated: Some(T0 - 86_000),
+                retire_at: Some(T0 + 3_600),
+                may_sign_at: None,
+            },
+            KeyInfo {
+                kid: "active-key-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb".into(),
+                alg: "RS512".into(),
+                state: KeyState::Active,
+                created: T0 - 3_600,
+                activated: Some(T0),
+                retire_at: None,
+                may_sign_at: None,
+            },
+            KeyInfo {
+                kid: "next-key-cccccccccccccccccccccccccccccccccccc".into(),
+                alg: "RS512".into(),
+                state: KeyState::Next,
+                created: T0,
+                activated: None,
+                retire_at: None,
+                may_sign_at: Some(T0 + 900),
+            },
+        ]
+    }
+
+    fn client(id: &str, issued: u64, disabled: bool, rotating: bool) -> ClientInfo {
+        ClientInfo {
+            id: id.into(),
+            audiences: vec!["https://api.example".into()],
+            scopes: vec!["read".into(), "write".into()],
+            ttl_secs: (id == "billing").then_some(3_600),
+            disabled,
+            old_secret_until: rotating.then_some(T0 + 7_200),
+            issued,
+            last_issued: (issued > 0).then_some(T0 + 42),
+        }
+    }
+
+    fn tick(issued: u64, failures: u64) -> StatsTick {
+        StatsTick {
+            at_ms: T0 * 1000,
+            interval_ms: 1000,
+            issued,
+            failures,
+            failures_by_code: if failures > 0 {
+                vec![("invalid_client".into(), failures)]
+            } else {
+                vec![]
+            },
+            clients: vec![ClientTick {
+                id: "billing".into(),
+                issued,
+                failures,
+            }],
+            p50_us: 850,
+            p99_us: 4_100,
+            issued_total: 123_456,
+            failures_total: 78,
+        }
+    }
+
+    fn status(last_reload: ReloadOutcome) -> Status {
+        Status {
+            version: "0.1.0".into(),
+            pid: 4242,
+            uptime_secs: 3_725,
+            config_path: Some("/etc/tokendealer/config.toml".into()),
+            listen: "127.0.0.1:8080".into(),
+            issuer: "https://tokens.example".into(),
+            algorithm: "RS512".into(),
+            clients_file: "/etc/tokendealer/clients.toml".into(),
+            clients: 3,
+            last_reload,
+            keys: keys(),
+        }
+    }
+
+    fn app(color: bool) -> App {
+        let mut app = App::new("/run/tokendealer/admin.sock".into(), color);
+        let ok = ReloadOutcome::Ok { at: T0, clients: 3 };
+        for event in [
+            LinkEvent::Connected,
+            LinkEvent::Status(Box::new(status(ok))),
+            LinkEvent::Keys(keys()),
+            LinkEvent::Clients(vec![
+                client("billing", 9_000, false, true),
+                client("audit", 0, true, false),
+                client("search", 120, false, false),
+            ]),
+        ] {
+            app.update(Msg::Link(event));
+        }
+        for i in 0..400 {
+            app.update(Msg::Link(LinkEvent::Tick(tick(100 + (i % 50), i % 3))));
+        }
+        app
+    }
+
+    fn render(app: &App) -> String {
+        let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
+        terminal.draw(|frame| draw(frame, app)).unwrap();
+        terminal.backend().to_string()
+    }
+
+    #[test]
+    fn overview() {
+        insta::assert_snapshot!(render(&app(false)));
+    }
+
+    #[test]
+    fn overview_hour_window_with_a_failed_reload() {
+        let mut app = app(false);
+        app.long_window = true;
+        app.update(Msg::Link(LinkEvent::Status(Box::new(status(
+            ReloadOutcome::Failed {
+                at: T0 + 60,
+                file: "/etc/tokendealer/clients.toml".into(),
+                line: Some(7),
+                reason: "unknown field `scope`".into(),
+            },
+        )))));
+        insta::assert_snapshot!(render(&app));
+    }
+
+    #[test]
+    fn clients() {
+        let mut app = app(false);
+        app.screen = Screen::Clients;
+        insta::assert_snapshot!(render(&app));
+    }
+
+    #[test]
+    fn clients_filtered() {
+        let mut app = app(false);
+        app.screen = Screen::Clients;
+        app.filter = "bill".into();
+        app.filtering = true;
+        insta::assert_snapshot!(render(&app));
+    }
+
+    #[test]
+    fn keys_screen() {
+        let mut app = app(false);
+        app.screen = Screen::Keys;
+        insta::assert_snapshot!(render(&app));
+    }
+
+    #[test]
+    fn disconnected() {
+        let mut app = app(false);
+        app.update(Msg::Link(LinkEvent::Disconnected(
+            "no tokendealer daemon at /run/tokendealer/admin.sock (is it running?)".into(),
+        )));
+        insta::assert_snapshot!(render(&app));
+    }
+
+    #[test]
+    fn help() {
+        let mut app = app(false);
+        app.help = true;
+        insta::assert_snapshot!(render(&app));
+    }
+
+    #[test]
+    fn dialogs() {
+        let dialogs = [
+            (
+                "add_client",
+                Dialog::AddClient {
+                    fields: [
+                        "svc".into(),
+                        "https://a, https://b".into(),
+                        "read".into(),
+                        "1x".into(),
+                    ],
+                    focus: 3,
+                    error: Some("token ttl: `1x` is not a duration".into()),
+                },
+            ),
+            (
+                "rotate_secret",
+                Dialog::RotateSecret {
+                    id: "billing".into(),
+                    overlap: "24h".into(),
+                    error: None,
+                },
+            ),
+            (
+                "disable",
+                Dialog::ToggleClient {
+                    id: "billing".into(),
+                    disable: true,
+                },
+            ),
+            (
+                "remove",
+                Dialog::RemoveClient {
+                    id: "billing".into(),
+                },
+            ),
+            (
+                "rotate_key",
+                Dialog::RotateKey {
+                    next: Some(("next-key-cccc".into(), T0 + 900)),
+                },
+            ),
+            (
+                "secret",
+                Dialog::Secret {
+                    id: "billing".into(),
+                    secret: "0123456789abcdef0123456789abcdef0123456789abcdef".into(),
+                    note: "The old secret of `billing` keeps working until 2026-11-28T08:00:00Z."
+                        .into(),
+                },
+            ),
+            ("working", Dialog::Working("registering `svc`…".into())),
+            (
+                "failed",
+                Dialog::Failed("client `svc` already exists".into()),
+            ),
+        ];
+        for (name, dialog) in dialogs {
+            let mut app = app(false);
+            app.screen = Screen::Clients;
+            app.dialog = Some(dialog);
+            insta::assert_snapshot!(format!("dialog_{name}"), render(&app));
+        }
+    }
+
+    #[test]
+    fn colour_changes_no_text() {
+        // With NO_COLOR the same characters are drawn: meaning never rests on colour.
+        assert_eq!(render(&app(true)), render(&app(false)));
+    }
 }

@@ -11,6 +11,7 @@ mod discovery;
 mod keys;
 mod local_mode;
 mod shutdown;
+mod systemd;
 mod token;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -25,6 +25,7 @@ pub mod http;
 pub mod jwt;
 pub mod keys;
 pub mod process;
+pub mod tmux;
 
 pub use clients::{TestClient, random_secret, secret_hash};
 pub use daemon::{Daemon, DaemonBuilder};

@@ -7,6 +7,7 @@ mod admin_cli;
 mod algorithms;
 mod clients_file;
 mod config;
+mod dashboard;
 mod discovery;
 mod keys;
 mod local_mode;

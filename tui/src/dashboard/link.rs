@@ -225,11 +225,22 @@ fn outcome(response: Response, done: String) -> Result<Outcome, String> {
             old_until: old_valid_until,
         }),
         Response::KeyRotated { active, .. } => Ok(Outcome::Message(format!(
-            "keys rotated: {active} signs now"
+            "keys rotated: {} signs now",
+            short_kid(&active)
         ))),
-        Response::KeyRevoked { kid, .. } => Ok(Outcome::Message(format!("key {kid} revoked"))),
+        Response::KeyRevoked { kid, .. } => {
+            Ok(Outcome::Message(format!("key {} revoked", short_kid(&kid))))
+        }
         Response::Error(e) => Err(e.to_string()),
         _ => Ok(Outcome::Message(done)),
+    }
+}
+
+/// A kid's first characters, enough to tell keys apart in a status line.
+fn short_kid(kid: &str) -> String {
+    match kid.char_indices().nth(12) {
+        Some((cut, _)) => format!("{}…", &kid[..cut]),
+        None => kid.to_owned(),
     }
 }
 

@@ -72,15 +72,15 @@ fn draw_status_bar(frame: &mut Frame<'_>, app: &App, area: Rect) {
         Connection::Connected => ("connected".to_owned(), Color::Green),
         Connection::Disconnected(why) => (format!("disconnected — retrying ({why})"), Color::Red),
     };
-    // The connection state first: on a narrow terminal it is what must stay visible.
+    // Most important first, for narrow terminals: the connection state, then the notice.
     let mut spans = vec![
         Span::raw(" "),
         Span::styled(state, style(app, color).add_modifier(Modifier::BOLD)),
-        Span::raw(format!(" · {}", app.socket)),
     ];
     if let Some(notice) = &app.notice {
         spans.push(Span::raw(format!(" · {notice}")));
     }
+    spans.push(Span::raw(format!(" · {}", app.socket)));
     spans.push(Span::raw(" · ? help · q quit"));
     frame.render_widget(Line::from(spans), area);
 }

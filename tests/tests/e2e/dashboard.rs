@@ -1,0 +1,276 @@
+//! The dashboard (`tokendealer --socket PATH` with no subcommand) in a real terminal: tmux
+//! runs it against a real daemon, the test types as a person would and reads the screen back.
+
+use std::{path::Path, process::Command};
+
+use tokendealer_tests::{
+    Daemon, TestClient, bins, jwt, keys,
+    tmux::{Tmux, framed},
+};
+
+/// The terminal: wide enough for every column of the clients and keys tables.
+const WIDTH: u16 = 100;
+const HEIGHT: u16 = 30;
+
+/// The client registered through the dashboard; short enough that the clients table shows
+/// each of its cells whole.
+const ID: &str = "dash-client";
+const AUDIENCE: &str = "https://dash";
+const SCOPE: &str = "runs:read";
+
+/// Runs the dashboard and, once it has exited, says how it left the terminal (its exit status,
+/// and whether the tty is back in canonical mode with echo), then waits for Enter so that the
+/// test can look at the terminal it gave back before the pane closes.
+const WRAPPER: &str = r#""$@"; status=$?
+modes=
+for flag in $(stty -a); do
+    case $flag in icanon|-icanon|echo|-echo) modes="$modes $flag" ;; esac
+done
+echo "dashboard exited with status $status; tty:$modes"
+read -r _
+exit "$status""#;
+
+/// What [`WRAPPER`] prints after a clean quit that restored the tty.
+const CLEAN_EXIT: &str = "dashboard exited with status 0; tty: icanon echo";
+
+/// The dashboard on `socket`, in a fresh tmux server.
+fn dashboard(socket: &Path) -> Tmux {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(WRAPPER)
+        .arg("sh")
+        .arg(bins::tokendealer())
+        .arg("--socket")
+        .arg(socket);
+    Tmux::start(WIDTH, HEIGHT, &cmd)
+}
+
+/// The bottom row, where the dashboard keeps its status bar.
+fn status_bar(screen: &str) -> &str {
+    screen.lines().last().unwrap_or_default()
+}
+
+fn connected(screen: &str) -> bool {
+    status_bar(screen).trim_start().starts_with("connected ·")
+}
+
+fn disconnected(screen: &str) -> bool {
+    status_bar(screen)
+        .trim_start()
+        .starts_with("disconnected — retrying (")
+}
+
+/// Whether the status bar shows `lead` and then `rest`, as much of it as fits: the bar is cut
+/// at the right edge, and a temporary directory's path takes room.
+fn shows_cut(screen: &str, lead: &str, rest: &str) -> bool {
+    status_bar(screen)
+        .split_once(lead)
+        .is_some_and(|(_, shown)| {
+            let shown = shown.trim_end();
+            !shown.is_empty() && (rest.starts_with(shown) || shown.starts_with(rest))
+        })
+}
+
+/// The words of the clients table's row for `id`, if the screen shows one.
+fn client_row<'a>(screen: &'a str, id: &str) -> Option<Vec<&'a str>> {
+    screen
+        .lines()
+        .map(|row| row.split_whitespace().collect::<Vec<_>>())
+        .find(|words| words.contains(&id))
+}
+
+/// Whether the clients table shows the client registered through the dashboard, as it was
+/// registered.
+fn lists_registered_client(screen: &str) -> bool {
+    client_row(screen, ID).is_some_and(|row| {
+        [AUDIENCE, SCOPE, "default", "enabled"]
+            .iter()
+            .all(|cell| row.contains(cell))
+    })
+}
+
+/// The state the keys table shows for `kid` (whose cell may be cut short).
+fn key_state<'a>(screen: &'a str, kid: &str) -> Option<&'a str> {
+    screen.lines().find_map(|row| {
+        let words: Vec<&str> = row.split_whitespace().collect();
+        words
+            .iter()
+            .any(|w| w.len() >= 16 && kid.starts_with(w))
+            .then(|| {
+                words
+                    .into_iter()
+                    .find(|w| ["next", "active", "retiring"].contains(w))
+            })
+            .flatten()
+    })
+}
+
+/// The secret on the line below "The secret of `ID` is:" in the popup.
+#[track_caller]
+fn shown_secret(screen: &str) -> String {
+    let intro = format!("The secret of `{ID}` is:");
+    let secret = screen
+        .lines()
+        .skip_while(|row| !row.contains(&intro))
+        .nth(1)
+        .map(|row| {
+            // The popup sits inside the table's box: borders on either side of the word.
+            let mut words = row.split(|c: char| c == '│' || c.is_whitespace());
+            words.find(|w| !w.is_empty()).unwrap_or_default()
+        })
+        .unwrap_or_default();
+    assert!(
+        secret.len() >= 32 && secret.bytes().all(|b| b.is_ascii_hexdigit()),
+        "no secret of at least 128 bits in hex below `{intro}`:\n{}",
+        framed(screen)
+    );
+    secret.to_owned()
+}
+
+/// The `kid` in a token's header.
+#[track_caller]
+fn kid_of(token: &str) -> String {
+    let jws = jwt::decode(token);
+    jws.header["kid"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no `kid` in the header {}", jws.header))
+        .to_owned()
+}
+
+#[test]
+fn registers_a_client_rotates_the_keys_and_rides_out_a_daemon_restart() {
+    let mut daemon = Daemon::builder().start();
+    let socket = daemon.admin_socket().to_path_buf();
+    let tmux = dashboard(&socket);
+    tmux.wait_until("`connected` in the status bar", connected);
+
+    // Register a client with the form; its secret is shown once.
+    tmux.send_keys(&["2"]);
+    tmux.wait_for("Clients: 0 shown");
+    tmux.send_keys(&["a"]);
+    tmux.wait_for("Register a client");
+    tmux.type_text(ID);
+    tmux.send_keys(&["Tab"]);
+    tmux.type_text(AUDIENCE);
+    tmux.send_keys(&["Tab"]);
+    tmux.type_text(SCOPE);
+    tmux.send_keys(&["Enter"]);
+    let screen = tmux.wait_for("New secret — shown once");
+    let secret = shown_secret(&screen);
+    tmux.send_keys(&["Enter"]);
+    tmux.wait_until(
+        "the new client in the clients table, the popup closed",
+        |s| !s.contains("New secret") && lists_registered_client(s),
+    );
+
+    // The secret on the screen is the one the daemon checks.
+    let client = TestClient::new(ID).secret(&secret);
+    let before = keys::list(&daemon);
+    let old_active = keys::only(&before, "active").kid.clone();
+    let old_next = keys::only(&before, "next").kid.clone();
+    let token = daemon.access_token(&client, &[("audience", AUDIENCE)]);
+    let claims = jwt::decode(&token).claims;
+    assert_eq!(claims["sub"], ID, "{claims}");
+    assert_eq!(kid_of(&token), old_active);
+
+    // Rotate the signing keys now.
+    tmux.send_keys(&["3"]);
+    tmux.wait_until("the active and the next key in the keys table", |s| {
+        key_state(s, &old_active) == Some("active") && key_state(s, &old_next) == Some("next")
+    });
+    tmux.send_keys(&["r"]);
+    tmux.wait_for("Rotate signing keys");
+    tmux.send_keys(&["!"]);
+    // The status line names the key by its first 12 characters.
+    let notice = format!("{}… signs now", &old_next[..12]);
+    let screen = tmux.wait_until(&format!("`keys rotated: {notice}`"), |s| {
+        shows_cut(s, "keys rotated: ", &notice)
+    });
+    assert!(
+        !screen.contains("Rotate signing keys"),
+        "the dialog closes once the keys are rotated:\n{}",
+        framed(&screen)
+    );
+    tmux.wait_until(
+        "the former next key active, the former active retiring",
+        |s| {
+            key_state(s, &old_next) == Some("active")
+                && key_state(s, &old_active) == Some("retiring")
+        },
+    );
+    let after = keys::list(&daemon);
+    assert_eq!(keys::only(&after, "active").kid, old_next, "{after:#?}");
+    assert_eq!(keys::only(&after, "retiring").kid, old_active, "{after:#?}");
+    let published = daemon.kids();
+    assert!(
+        published.contains(&old_next) && published.contains(&old_active),
+        "the JWKS publishes the new active and the retiring key: {published:?}"
+    );
+    let token = daemon.access_token(&client, &[("audience", AUDIENCE)]);
+    assert_eq!(
+        kid_of(&token),
+        old_next,
+        "new tokens are signed by the former next key"
+    );
+
+    // The daemon goes away and comes back on the same socket.
+    let status = daemon.stop();
+    assert!(status.success(), "tokendealerd exited with {status}");
+    tmux.wait_until(
+        "`disconnected — retrying (…)` in the status bar",
+        disconnected,
+    );
+    daemon.start();
+    assert_eq!(daemon.admin_socket(), socket, "the same admin socket");
+    tmux.wait_until("`connected` again in the status bar", connected);
+    // A client added behind the dashboard's back shows that the table is read afresh from
+    // the restarted daemon, not left over from before.
+    daemon
+        .admin(&["clients", "add", "after-restart"])
+        .assert_success();
+    tmux.send_keys(&["2"]);
+    tmux.wait_until(
+        "both clients in the table read from the restarted daemon",
+        |s| lists_registered_client(s) && client_row(s, "after-restart").is_some(),
+    );
+
+    // `q` quits and gives the terminal back as it was.
+    tmux.send_keys(&["q"]);
+    let screen = tmux.wait_for("dashboard exited");
+    assert!(
+        screen.contains(CLEAN_EXIT),
+        "expected `{CLEAN_EXIT}`:\n{}",
+        framed(&screen)
+    );
+    assert!(
+        !screen.contains("q quit"),
+        "the dashboard drew on the main screen, not only the alternate one:\n{}",
+        framed(&screen)
+    );
+    assert_eq!(
+        tmux.pane_format("alternate screen #{alternate_on}, cursor shown #{cursor_flag}"),
+        "alternate screen 0, cursor shown 1",
+        "the dashboard left the terminal in the wrong state"
+    );
+    // CLEAN_EXIT already carries the dashboard's exit status, printed by the wrapper; tmux's
+    // own record of the wrapper's status is not reliable enough to wait on.
+}
+
+#[test]
+fn waits_for_a_daemon_that_is_not_running_yet() {
+    let mut daemon = Daemon::builder().write();
+    let socket = daemon.dir().join("admin.sock");
+    let tmux = dashboard(&socket);
+    let reason = format!("{} (is it running?))", socket.display());
+    tmux.wait_until("why there is no daemon in the status bar", |s| {
+        disconnected(s) && shows_cut(s, "no tokendealer daemon at ", &reason)
+    });
+
+    daemon.start();
+    assert_eq!(daemon.admin_socket(), socket, "the configured admin socket");
+    let listening = format!("listening on {}", daemon.addr());
+    tmux.wait_until(
+        &format!("`connected` and the daemon's `{listening}`"),
+        |s| connected(s) && s.contains(&listening),
+    );
+}

@@ -131,12 +131,11 @@ pub fn print_banner(
         out,
         "  curl -s -u {credentials} -d grant_type=client_credentials http://{listen}/oauth/token"
     )?;
-    writeln!(out, "see the daemon's state:")?;
     writeln!(
         out,
-        "  tokendealer --socket {} status",
-        admin_socket.display()
+        "open the dashboard (add `status` for a one-shot summary):"
     )?;
+    writeln!(out, "  tokendealer --socket {}", admin_socket.display())?;
     out.flush()
 }
 

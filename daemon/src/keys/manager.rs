@@ -499,6 +499,75 @@ mod tests {
         assert_eq!(next.meta.alg, SigningAlg::ES256);
     }
 
+    /// Backdates every key in the manifest on disk by `secs`, as if time had passed.
+    fn age(dir: &std::path::Path, secs: i64) {
+        let store = KeyStore::open(dir).unwrap();
+        let mut manifest = store.read_manifest().unwrap().unwrap();
+        for key in &mut manifest.keys {
+            key.created -= secs;
+            key.activated = key.activated.map(|t| t - secs);
+            key.retire_at = key.retire_at.map(|t| t - secs);
+        }
+        store.write_manifest(&manifest).unwrap();
+    }
+
+    #[test]
+    fn upkeep_rotates_when_rotate_every_has_passed() {
+        let dir = tempfile::tempdir().unwrap();
+        let every = KeySettings {
+            rotate_every: Some(Duration::from_secs(3600)),
+            ..settings(SigningAlg::EdDSA)
+        };
+        let m = KeyManager::open(KeyStore::open(dir.path()).unwrap(), every).unwrap();
+        let before = kids(&m);
+        m.maintain(Duration::from_secs(60)).unwrap();
+        assert_eq!(kids(&m), before, "not due yet");
+        age(dir.path(), 3601);
+        assert!(m.refresh().unwrap());
+        m.maintain(Duration::from_secs(60)).unwrap();
+        assert_eq!(
+            m.load().active().kid(),
+            before[1].0,
+            "the next key was promoted"
+        );
+        assert_eq!(m.rotations.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn upkeep_drops_retiring_keys_whose_time_has_passed() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = KeyManager::open(
+            KeyStore::open(dir.path()).unwrap(),
+            settings(SigningAlg::EdDSA),
+        )
+        .unwrap();
+        let rotated = m.rotate(true, Duration::from_secs(60)).unwrap();
+        let (retiring, _) = rotated.retiring.unwrap();
+        m.maintain(Duration::from_secs(60)).unwrap();
+        assert!(
+            m.load().get(&retiring).is_some(),
+            "still published before its time"
+        );
+        // Past the last token's expiry and the leeway.
+        age(dir.path(), 60 + secs(RETIRE_LEEWAY) + 1);
+        assert!(m.refresh().unwrap());
+        assert!(
+            m.load().get(&retiring).is_none(),
+            "a keyring built after its time leaves it out"
+        );
+        m.maintain(Duration::from_secs(60)).unwrap();
+        let on_disk = KeyStore::open(dir.path())
+            .unwrap()
+            .read_manifest()
+            .unwrap()
+            .unwrap();
+        assert!(
+            on_disk.keys.iter().all(|k| k.kid != retiring),
+            "and upkeep removes it from the manifest"
+        );
+        assert!(!dir.path().join(format!("{retiring}.pem")).exists());
+    }
+
     #[test]
     fn a_corrupt_manifest_from_elsewhere_is_not_adopted() {
         let dir = tempfile::tempdir().unwrap();

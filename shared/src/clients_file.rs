@@ -139,10 +139,12 @@ pub fn parse(text: &str) -> Result<Vec<ClientSpec>, ClientsFileError> {
     raw.clients
         .into_iter()
         .map(|(id, spanned)| {
-            let line = line_of(text, spanned.span().start);
+            // The line is counted only for an error: counting it for every client would make
+            // loading quadratic in the file's size.
+            let start = spanned.span().start;
             validate(&id, spanned.into_inner()).map_err(|problem| ClientsFileError::Invalid {
                 client: id,
-                line: Some(line),
+                line: Some(line_of(text, start)),
                 problem,
             })
         })

@@ -374,6 +374,10 @@ mod tests {
         }
     }
 
+    fn open(dir: &tempfile::TempDir, alg: SigningAlg) -> KeyManager {
+        KeyManager::open(KeyStore::open(dir.path()).unwrap(), settings(alg)).unwrap()
+    }
+
     fn kids(m: &KeyManager) -> Vec<(String, KeyState)> {
         m.load()
             .entries()
@@ -385,32 +389,20 @@ mod tests {
     #[test]
     fn first_open_publishes_active_and_next_and_reopening_keeps_them() {
         let dir = tempfile::tempdir().unwrap();
-        let m = KeyManager::open(
-            KeyStore::open(dir.path()).unwrap(),
-            settings(SigningAlg::EdDSA),
-        )
-        .unwrap();
+        let m = open(&dir, SigningAlg::EdDSA);
         let first = kids(&m);
         assert_eq!(
             first.iter().map(|(_, s)| *s).collect::<Vec<_>>(),
             [KeyState::Active, KeyState::Next]
         );
-        let again = KeyManager::open(
-            KeyStore::open(dir.path()).unwrap(),
-            settings(SigningAlg::EdDSA),
-        )
-        .unwrap();
+        let again = open(&dir, SigningAlg::EdDSA);
         assert_eq!(kids(&again), first);
     }
 
     #[test]
     fn rotation_is_refused_early_and_forced_with_now() {
         let dir = tempfile::tempdir().unwrap();
-        let m = KeyManager::open(
-            KeyStore::open(dir.path()).unwrap(),
-            settings(SigningAlg::EdDSA),
-        )
-        .unwrap();
+        let m = open(&dir, SigningAlg::EdDSA);
         let before = kids(&m);
         let err = m.rotate(false, Duration::from_secs(3600)).unwrap_err();
         assert!(
@@ -436,16 +428,8 @@ mod tests {
     #[test]
     fn another_daemon_adopts_a_rotation() {
         let dir = tempfile::tempdir().unwrap();
-        let a = KeyManager::open(
-            KeyStore::open(dir.path()).unwrap(),
-            settings(SigningAlg::ES256),
-        )
-        .unwrap();
-        let b = KeyManager::open(
-            KeyStore::open(dir.path()).unwrap(),
-            settings(SigningAlg::ES256),
-        )
-        .unwrap();
+        let a = open(&dir, SigningAlg::ES256);
+        let b = open(&dir, SigningAlg::ES256);
         let rotated = a.rotate(true, Duration::from_secs(60)).unwrap();
         assert!(b.refresh().unwrap());
         assert_eq!(b.load().active().kid(), rotated.active);
@@ -456,11 +440,7 @@ mod tests {
     #[test]
     fn revoking_the_active_key_hands_signing_to_the_published_next() {
         let dir = tempfile::tempdir().unwrap();
-        let m = KeyManager::open(
-            KeyStore::open(dir.path()).unwrap(),
-            settings(SigningAlg::EdDSA),
-        )
-        .unwrap();
+        let m = open(&dir, SigningAlg::EdDSA);
         let before = kids(&m);
         assert_eq!(m.revoke(&before[0].0).unwrap(), KeyState::Active);
         assert_eq!(m.load().active().kid(), before[1].0);
@@ -478,11 +458,7 @@ mod tests {
     #[test]
     fn a_new_algorithm_replaces_the_next_key_only() {
         let dir = tempfile::tempdir().unwrap();
-        let m = KeyManager::open(
-            KeyStore::open(dir.path()).unwrap(),
-            settings(SigningAlg::EdDSA),
-        )
-        .unwrap();
+        let m = open(&dir, SigningAlg::EdDSA);
         let active = m.load().active().kid().to_owned();
         m.reconfigure(settings(SigningAlg::ES256)).unwrap();
         let keyring = m.load();
@@ -536,11 +512,7 @@ mod tests {
     #[test]
     fn upkeep_drops_retiring_keys_whose_time_has_passed() {
         let dir = tempfile::tempdir().unwrap();
-        let m = KeyManager::open(
-            KeyStore::open(dir.path()).unwrap(),
-            settings(SigningAlg::EdDSA),
-        )
-        .unwrap();
+        let m = open(&dir, SigningAlg::EdDSA);
         let rotated = m.rotate(true, Duration::from_secs(60)).unwrap();
         let (retiring, _) = rotated.retiring.unwrap();
         m.maintain(Duration::from_secs(60)).unwrap();
@@ -571,11 +543,7 @@ mod tests {
     #[test]
     fn a_corrupt_manifest_from_elsewhere_is_not_adopted() {
         let dir = tempfile::tempdir().unwrap();
-        let m = KeyManager::open(
-            KeyStore::open(dir.path()).unwrap(),
-            settings(SigningAlg::EdDSA),
-        )
-        .unwrap();
+        let m = open(&dir, SigningAlg::EdDSA);
         let before = kids(&m);
         std::fs::write(dir.path().join("manifest.json"), "{ not json").unwrap();
         assert!(m.refresh().is_err());

@@ -119,11 +119,6 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds the HTTP address and the admin socket named by `config`.
-    pub fn bind(config: &Config) -> Result<Self, StartError> {
-        Self::inherit_or_bind(config, listenfd::ListenFd::empty(), &[])
-    }
-
     /// Takes the sockets systemd passed (`LISTEN_FDS`, named `http` and `admin` by
     /// `FileDescriptorName=`, or told apart by type when unnamed) and binds whichever is
     /// missing itself.

@@ -10,6 +10,11 @@ use std::{
 use clap::{Parser, Subcommand, ValueEnum};
 use tokendealer_daemon::{Listeners, config::Config, local};
 
+// Token issuance allocates a little per request on every worker thread; mimalloc's
+// thread-local free lists keep that off the shared heap locks.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// sysexits.h EX_CONFIG: the configuration (or data it names) is unusable.
 const EX_CONFIG: u8 = 78;
 

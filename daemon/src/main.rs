@@ -61,7 +61,8 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // Held until exit: dropping it flushes the log lines still queued.
+    let _log_guard = init_logging(cli.log_format);
     match cli.command {
         Some(Command::CheckConfig { file, clients }) => {
             check_config(file.as_deref(), clients.as_deref())
@@ -70,7 +71,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat) -> Option<tracing_appender::non_blocking::WorkerGuard> {
     use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOKENDEALER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -84,18 +85,24 @@ fn init_logging(format: LogFormat) {
             .with(filter)
             .with(journald)
             .init();
-        return;
+        return None;
     }
     // Colour only for a person at a terminal, and never when NO_COLOR is set.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    // A line per issued token: written from a thread of its own, so that request workers
+    // never wait on stderr. Not lossy: under overload they wait rather than drop the record.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Auto | LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    Some(guard)
 }
 
 /// One sentence on stderr, then the exit code.

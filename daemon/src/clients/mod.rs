@@ -114,7 +114,8 @@ impl ClientsStore {
         if let Some(dir) = path.parent() {
             fsio::remove_stale_temp_files(dir);
         }
-        let (text, registry) = read(path, None)?;
+        let text = read_text(path)?;
+        let registry = parse(path, &text, None)?;
         let count = registry.len() as u64;
         Ok(Self {
             path: path.to_owned(),
@@ -150,31 +151,8 @@ impl ClientsStore {
     pub fn reload(&self) -> ReloadOutcome {
         // Serialised with writes, so a reload never swaps in an older file over a newer write.
         let _writing = self.write_lock.lock().expect("write lock");
-        let outcome = match read(&self.path, Some(&self.current.load())).and_then(
-            |(text, registry)| {
-                // An in-place save (`>`, `cp`) truncates before it writes; caught in between, the
-                // file is empty and would drop every client. A file meant to hold no clients
-                // says so with at least a comment.
-                if text.is_empty() && !self.current.load().is_empty() {
-                    return Err(LoadError::Empty {
-                        path: self.path.clone(),
-                    });
-                }
-                Ok((text, registry))
-            },
-        ) {
-            Ok((text, registry)) => {
-                let digest = sha256(&text);
-                let count = registry.len() as u64;
-                let mut applied = self.applied.lock().expect("applied lock");
-                if *applied == digest {
-                    tracing::debug!(file = %self.path.display(), "clients file unchanged");
-                } else {
-                    *applied = digest;
-                    self.current.store(Arc::new(registry));
-                    self.reloads.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(clients = count, file = %self.path.display(), "clients file reloaded");
-                }
+        let outcome = match self.load_if_changed() {
+            Ok(count) => {
                 self.last_success.store(now(), Ordering::Relaxed);
                 ReloadOutcome::Ok {
                     at: now(),
@@ -202,6 +180,34 @@ impl ClientsStore {
         };
         *self.outcome.lock().expect("outcome lock") = outcome.clone();
         outcome
+    }
+
+    /// Reads the file and, when it differs from what is loaded, swaps in its registry.
+    /// Returns the number of clients now served.
+    fn load_if_changed(&self) -> Result<u64, LoadError> {
+        let text = read_text(&self.path)?;
+        let digest = sha256(&text);
+        // Our own writes come back through the watcher; recognising them before parsing
+        // matters, since parsing is the expensive part of a large file.
+        if *self.applied.lock().expect("applied lock") == digest {
+            tracing::debug!(file = %self.path.display(), "clients file unchanged");
+            return Ok(self.current.load().len() as u64);
+        }
+        // An in-place save (`>`, `cp`) truncates before it writes; caught in between, the
+        // file is empty and would drop every client. A file meant to hold no clients says
+        // so with at least a comment.
+        if text.is_empty() && !self.current.load().is_empty() {
+            return Err(LoadError::Empty {
+                path: self.path.clone(),
+            });
+        }
+        let registry = parse(&self.path, &text, Some(&self.current.load()))?;
+        let count = registry.len() as u64;
+        *self.applied.lock().expect("applied lock") = digest;
+        self.current.store(Arc::new(registry));
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(clients = count, file = %self.path.display(), "clients file reloaded");
+        Ok(count)
     }
 
     /// Applies `edit` to the file on disk, then to memory. A change made by hand since the
@@ -254,7 +260,7 @@ pub fn new_secret() -> String {
     hex::encode(bytes)
 }
 
-fn read(path: &Path, previous: Option<&Registry>) -> Result<(String, Registry), LoadError> {
+fn read_text(path: &Path) -> Result<String, LoadError> {
     let text = fs::read_to_string(path).map_err(|source| LoadError::Read {
         path: path.to_owned(),
         source,
@@ -269,11 +275,14 @@ fn read(path: &Path, previous: Option<&Registry>) -> Result<(String, Registry), 
             );
         }
     }
-    let registry = Registry::parse(&text, previous).map_err(|source| LoadError::Invalid {
+    Ok(text)
+}
+
+fn parse(path: &Path, text: &str, previous: Option<&Registry>) -> Result<Registry, LoadError> {
+    Registry::parse(text, previous).map_err(|source| LoadError::Invalid {
         path: path.to_owned(),
         source,
-    })?;
-    Ok((text, registry))
+    })
 }
 
 #[cfg(test)]

@@ -29,36 +29,27 @@ struct Snapshot {
 
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let mut family = encoder.encode_descriptor(
+        counters_by(
+            &mut encoder,
             "tokendealer_tokens_issued",
             "Access tokens issued, by client.",
-            None,
-            MetricType::Counter,
+            "client",
+            &self.issued_by_client,
         )?;
-        for (client, n) in &self.issued_by_client {
-            let labels = [("client", client.as_str())];
-            ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
-        }
-        let mut family = encoder.encode_descriptor(
+        counters_by(
+            &mut encoder,
             "tokendealer_token_failures",
             "Token requests refused, by OAuth error code.",
-            None,
-            MetricType::Counter,
+            "error",
+            &self.failures_by_code,
         )?;
-        for (code, n) in &self.failures_by_code {
-            let labels = [("error", *code)];
-            ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
-        }
-        let mut family = encoder.encode_descriptor(
+        counters_by(
+            &mut encoder,
             "tokendealer_throttled",
             "Requests answered 429: by source address (refused before any work) or by guarded client id.",
-            None,
-            MetricType::Counter,
+            "by",
+            &self.throttled,
         )?;
-        for (by, n) in &self.throttled {
-            let labels = [("by", *by)];
-            ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
-        }
         let (sum, count, buckets) = &self.latency;
         encoder
             .encode_descriptor(
@@ -126,6 +117,22 @@ impl Collector for Snapshot {
                 .encode_family(&labels)?,
         )
     }
+}
+
+/// One counter family with a single label: a counter per `(label value, count)`.
+fn counters_by<V: AsRef<str>>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[(V, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, n) in values {
+        let labels = [(label, value.as_ref())];
+        ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 pub(super) fn metrics(state: &State) -> Resp {

@@ -27,6 +27,10 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_ADMIN_SOCKET: &str = "/run/tokendealer/admin.sock";
 const DEFAULT_CLIENTS_FILE: &str = "/etc/tokendealer/clients.toml";
 const DEFAULT_KEY_DIR: &str = "/var/lib/tokendealer/keys";
+/// Well under a default `LimitNOFILE=` hard limit (524288), well over what one host sends.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The config file as written.
 #[derive(Debug, Default, Deserialize)]
@@ -49,6 +53,11 @@ struct RawConfig {
     admin_gids: Vec<u32>,
     #[serde(default)]
     trusted_proxies: Vec<Spanned<String>>,
+    tls_cert: Option<Spanned<PathBuf>>,
+    tls_key: Option<Spanned<PathBuf>>,
+    max_connections: Option<Spanned<u32>>,
+    read_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
 }
 
 /// The validated configuration.
@@ -74,6 +83,21 @@ pub struct Config {
     pub admin_gids: Vec<u32>,
     /// Peers whose `X-Forwarded-For` is believed when throttling.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Certificate chain and key (PEM) when the HTTP listener speaks TLS.
+    pub tls: Option<TlsFiles>,
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: u32,
+    /// How long a client may take to send a request's headers, and its body.
+    pub read_timeout: Duration,
+    /// How long a kept-alive connection may sit with no request before it is closed.
+    pub idle_timeout: Duration,
+}
+
+/// Where the HTTP listener's certificate chain and private key are (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// A config that cannot be used. Displayed as one sentence naming file and line.
@@ -206,6 +230,45 @@ impl Config {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
+        let tls = match (raw.tls_cert, raw.tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                let resolve = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+                Some(TlsFiles {
+                    cert: resolve(cert.into_inner()),
+                    key: resolve(key.into_inner()),
+                })
+            }
+            (Some(v), None) | (None, Some(v)) => {
+                return Err(invalid(
+                    Some(v.span()),
+                    "`tls_cert` and `tls_key` go together: set both for TLS, or neither for plain HTTP".into(),
+                ));
+            }
+        };
+        let max_connections = match raw.max_connections {
+            None => DEFAULT_MAX_CONNECTIONS,
+            Some(v) if *v.get_ref() == 0 => {
+                return Err(invalid(
+                    Some(v.span()),
+                    "`max_connections` must be at least 1".into(),
+                ));
+            }
+            Some(v) => v.into_inner(),
+        };
+        let positive = |v: Option<Spanned<String>>, key: &str, default: Duration| {
+            let Some(v) = v else { return Ok(default) };
+            match dur(&v, key)? {
+                d if d.is_zero() => Err(invalid(
+                    Some(v.span()),
+                    format!("`{key}` must be longer than zero"),
+                )),
+                d => Ok(d),
+            }
+        };
+        let read_timeout = positive(raw.read_timeout, "read_timeout", DEFAULT_READ_TIMEOUT)?;
+        let idle_timeout = positive(raw.idle_timeout, "idle_timeout", DEFAULT_IDLE_TIMEOUT)?;
+
         Ok(Self {
             path: path.map(Path::to_owned),
             issuer,
@@ -222,6 +285,10 @@ impl Config {
             admin_uids: raw.admin_uids,
             admin_gids: raw.admin_gids,
             trusted_proxies,
+            tls,
+            max_connections,
+            read_timeout,
+            idle_timeout,
         })
     }
 }
@@ -285,6 +352,9 @@ mod tests {
             ("issuer = \"ftp://x\"\n", 1),
             ("issuer = [\n", 1),
             ("\ntrusted_proxies = [\"10.0.0.0/8\", \"nope\"]\n", 2),
+            ("\ntls_cert = \"cert.pem\"\n", 2),
+            ("max_connections = 0\n", 1),
+            ("idle_timeout = \"0s\"\n", 1),
         ] {
             let err = Config::parse(text, Some(path)).unwrap_err();
             let ConfigError::Invalid { line: Some(l), .. } = err else {

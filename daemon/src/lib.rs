@@ -62,6 +62,8 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] http::tls::TlsError),
     #[error("key loading was interrupted")]
     Interrupted,
 }
@@ -69,7 +71,7 @@ pub enum StartError {
 impl StartError {
     /// Whether this is a problem with configuration or data the admin must fix.
     pub fn is_config(&self) -> bool {
-        matches!(self, Self::Keys(_) | Self::Clients(_))
+        matches!(self, Self::Keys(_) | Self::Clients(_) | Self::Tls(_))
     }
 }
 
@@ -79,6 +81,7 @@ pub struct Loaded {
     config: Config,
     keys: KeyManager,
     clients: ClientsStore,
+    tls: Option<http::tls::Tls>,
 }
 
 fn key_settings(config: &Config) -> KeySettings {
@@ -90,8 +93,10 @@ fn key_settings(config: &Config) -> KeySettings {
     }
 }
 
-/// Reads (on first use: creates) the signing keys, and reads the clients file.
+/// Reads (on first use: creates) the signing keys, and reads the clients file and the TLS
+/// certificate.
 pub async fn load(config: Config) -> Result<Loaded, StartError> {
+    let tls = config.tls.as_ref().map(http::tls::Tls::load).transpose()?;
     let (dir, settings) = (config.key_dir.clone(), key_settings(&config));
     // Key generation takes a while (RSA 4096: seconds); keep it off the reactor.
     let keys =
@@ -106,6 +111,7 @@ pub async fn load(config: Config) -> Result<Loaded, StartError> {
         config,
         keys,
         clients,
+        tls,
     })
 }
 
@@ -204,6 +210,9 @@ pub struct State {
     pub keys: Arc<KeyManager>,
     pub stats: Arc<stats::Stats>,
     pub throttle: Arc<throttle::Throttle>,
+    /// The HTTP listener's TLS settings; `None` serves plain HTTP.
+    pub tls: Option<http::tls::Tls>,
+    pub conns: http::conn::ConnStats,
     pub started: Instant,
     metadata: Bytes,
     jwks_cache_control: ::http::HeaderValue,
@@ -230,6 +239,9 @@ impl State {
                     if let Err(e) = self.keys.reconfigure(key_settings(&config)) {
                         tracing::error!(error = %e, "the new key settings could not be applied");
                     }
+                    if let Some(failed) = self.reload_tls(&config) {
+                        return failed;
+                    }
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "config not reloaded");
@@ -250,6 +262,35 @@ impl State {
         }
         self.clients.reload()
     }
+
+    /// A renewed certificate and key are served from now on; on an error the previous ones
+    /// stay, and the reload is reported failed.
+    fn reload_tls(&self, config: &Config) -> Option<ReloadOutcome> {
+        match (&self.tls, &config.tls) {
+            (Some(tls), Some(files)) => {
+                if let Err(e) = tls.reload(files) {
+                    tracing::error!(error = %e, "TLS certificate not reloaded; the previous one keeps serving");
+                    return Some(ReloadOutcome::Failed {
+                        at: jiff::Timestamp::now().as_second(),
+                        file: match &e {
+                            http::tls::TlsError::Read { path, .. }
+                            | http::tls::TlsError::Invalid { path, .. }
+                            | http::tls::TlsError::WorldReadable { path } => path,
+                            http::tls::TlsError::Mismatch { key, .. } => key,
+                        }
+                        .display()
+                        .to_string(),
+                        line: None,
+                        reason: e.to_string(),
+                    });
+                }
+                tracing::info!(cert = %files.cert.display(), "TLS certificate reloaded");
+            }
+            (None, None) => {}
+            _ => tracing::warn!("turning TLS on or off takes a restart; the listener is unchanged"),
+        }
+        None
+    }
 }
 
 /// Serves until `shutdown` completes; SIGHUP reloads the clients file meanwhile.
@@ -262,13 +303,18 @@ pub async fn run(
         config,
         keys,
         clients,
+        tls,
     } = loaded;
+    raise_open_file_limit(config.max_connections);
     let listen = listeners.http.local_addr()?;
     let admin_inherited = listeners.admin_inherited;
     let issuer = config
         .issuer
         .clone()
-        .unwrap_or_else(|| format!("http://{listen}"));
+        .unwrap_or_else(|| {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            format!("{scheme}://{listen}")
+        });
     let state = Arc::new(State {
         default_audience: config
             .default_audience
@@ -284,6 +330,8 @@ pub async fn run(
         stats: Arc::default(),
         throttle: Arc::new(throttle::Throttle::new(config.trusted_proxies.clone())),
         keys: Arc::new(keys),
+        tls,
+        conns: http::conn::ConnStats::default(),
         started: Instant::now(),
         config,
     });
@@ -353,6 +401,31 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every connection is a file descriptor, and the usual soft limit (1024) is far below
+/// `max_connections`: raise the soft limit to the hard one, as servers commonly do, and say
+/// so when even that is too low.
+fn raise_open_file_limit(max_connections: u32) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    // The listeners, the admin socket and its clients, watches, key and log files.
+    const SPARE: u64 = 256;
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::debug!(error = %e, "cannot raise the open-file limit");
+        }
+        limit = getrlimit(Resource::Nofile);
+    }
+    let needed = u64::from(max_connections) + SPARE;
+    if let Some(have) = limit.current.filter(|&have| have < needed) {
+        tracing::warn!(
+            open_file_limit = have,
+            max_connections,
+            "the open-file limit is below max_connections; raise LimitNOFILE= (or ulimit -n) or lower max_connections"
+        );
+    }
 }
 
 /// How often key upkeep looks at the clock when nothing else is due sooner.

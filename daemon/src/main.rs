@@ -81,6 +81,16 @@ fn init_logging(format: LogFormat) -> Option<tracing_appender::non_blocking::Wor
         && std::env::var_os("JOURNAL_STREAM").is_some()
         && let Ok(journald) = tracing_journald::layer()
     {
+        // syslog's meaning of the levels: a token issued is information (6), not a notice (5)
+        // worth an admin's attention, which is tracing-journald's default for INFO.
+        // Our field names (client, kid, jti, listen…) clash with none of journald's own, so
+        // they go unprefixed: `journalctl CLIENT=svc` rather than `F_CLIENT=svc`.
+        let journald = journald.with_field_prefix(None);
+        let journald = journald.with_priority_mappings(tracing_journald::PriorityMappings {
+            info: tracing_journald::Priority::Informational,
+            debug: tracing_journald::Priority::Debug,
+            ..tracing_journald::PriorityMappings::new()
+        });
         tracing_subscriber::registry()
             .with(filter)
             .with(journald)

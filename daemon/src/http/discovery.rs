@@ -94,7 +94,7 @@ pub async fn verify_token(state: &State, req: Request<Incoming>) -> Resp {
     if req.method() != http::Method::POST {
         return OAuthError::method_not_allowed("POST").into_response();
     }
-    let body = match response::read_body(req).await {
+    let body = match response::read_body(req, state.config.read_timeout).await {
         Ok(body) => body,
         Err(e) => return e.into_response(),
     };
@@ -123,7 +123,7 @@ pub async fn introspect(state: &State, req: Request<Incoming>, peer: std::net::S
     if let Err(t) = state.throttle.check(source) {
         return OAuthError::too_many_requests(t.retry_after).into_response();
     }
-    let (params, credentials) = match token::parse_request(req).await {
+    let (params, credentials) = match token::parse_request(req, state.config.read_timeout).await {
         Ok(parsed) => parsed,
         Err(e) => return e.into_response(),
     };

@@ -25,6 +25,10 @@ struct Snapshot {
     last_reload_success: i64,
     throttled: [(&'static str, u64); 2],
     key_rotations: u64,
+    connections_open: u64,
+    connections_accepted: u64,
+    connections_expired: [(&'static str, u64); 2],
+    connections_at_limit: u64,
 }
 
 impl Collector for Snapshot {
@@ -105,6 +109,31 @@ impl Collector for Snapshot {
             "Signing key rotations made by this daemon.",
             self.key_rotations,
         )?;
+        gauge(
+            &mut encoder,
+            "tokendealer_http_connections",
+            "HTTP connections open now.",
+            i64::try_from(self.connections_open).unwrap_or(i64::MAX),
+        )?;
+        counter(
+            &mut encoder,
+            "tokendealer_http_connections_accepted",
+            "HTTP connections accepted.",
+            self.connections_accepted,
+        )?;
+        counter(
+            &mut encoder,
+            "tokendealer_http_connections_at_limit",
+            "Times every max_connections slot was taken when a connection was to be accepted.",
+            self.connections_at_limit,
+        )?;
+        counters_by(
+            &mut encoder,
+            "tokendealer_http_connections_timed_out",
+            "HTTP connections closed by a deadline: headers (or TLS handshake) not read within read_timeout, or idle past idle_timeout.",
+            "phase",
+            &self.connections_expired,
+        )?;
         let labels = [("version", env!("CARGO_PKG_VERSION"))];
         ConstGauge::new(1).encode(
             encoder
@@ -159,6 +188,13 @@ pub(super) fn metrics(state: &State) -> Resp {
             ("client", state.throttle.refused_client.load(Relaxed)),
         ],
         key_rotations: state.keys.rotations.load(Relaxed),
+        connections_open: state.conns.open.load(Relaxed),
+        connections_accepted: state.conns.accepted.load(Relaxed),
+        connections_expired: [
+            ("read", state.conns.read_timeouts.load(Relaxed)),
+            ("idle", state.conns.idle_timeouts.load(Relaxed)),
+        ],
+        connections_at_limit: state.conns.at_limit.load(Relaxed),
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(snapshot));

@@ -1,48 +1,94 @@
 //! The HTTP side: accept loop, routing, graceful drain.
 
+pub mod conn;
 mod discovery;
 pub mod form;
 mod metrics;
 mod response;
+pub mod tls;
 mod token;
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Duration,
+};
 
 use http::{Method, Request};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::{
+        conn::auto,
+        graceful::{GracefulShutdown, Watcher},
+    },
 };
-use tokio::net::TcpListener;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 
+use conn::{Activity, Expired, Limits, Tracked};
 pub use discovery::{build_metadata, jwks_cache_control};
 use response::{OAuthError, Resp};
 
 use crate::State;
 
-/// How long a client may take to send its request headers (slowloris).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long requests in flight may take to finish once shutdown begins.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Serves HTTP on `listener` until `shutdown` fires, then drains connections for at most
-/// [`DRAIN_DEADLINE`].
+/// At most one "every connection slot is taken" warning per this long.
+const AT_LIMIT_WARNING_EVERY: Duration = Duration::from_secs(60);
+
+type Builder = auto::Builder<TokioExecutor>;
+
+/// Serves HTTP (or HTTPS, when the config names a certificate) on `listener` until
+/// `shutdown` fires, then drains connections for at most [`DRAIN_DEADLINE`].
 pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: CancellationToken) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Header and idle deadlines are kept per connection by `conn`, not per request here.
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(None)
         .max_buf_size(64 * 1024);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256);
+    let builder = Arc::new(builder);
+    let limits = Limits {
+        read: state.config.read_timeout,
+        idle: state.config.idle_timeout,
+    };
+    let max = usize::try_from(state.config.max_connections).unwrap_or(usize::MAX);
+    let slots = Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS)));
+    let mut warned_at: Option<Instant> = None;
     let graceful = GracefulShutdown::new();
 
     loop {
+        // A slot first: past `max_connections`, new connections wait in the listen backlog
+        // (and the kernel's SYN queue) until one closes, rather than being reset.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                state.conns.at_limit.fetch_add(1, Relaxed);
+                if warned_at.is_none_or(|at| at.elapsed() >= AT_LIMIT_WARNING_EVERY) {
+                    warned_at = Some(Instant::now());
+                    tracing::warn!(
+                        max_connections = state.config.max_connections,
+                        "every connection slot is taken; new connections wait until one closes"
+                    );
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -56,19 +102,13 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
             },
         };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let service = service_fn(move |req| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(route(&state, req, peer).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let (state, builder, watcher) = (state.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
+            state.conns.accepted.fetch_add(1, Relaxed);
+            state.conns.open.fetch_add(1, Relaxed);
+            connection(stream, peer, &state, &builder, watcher, limits).await;
+            state.conns.open.fetch_sub(1, Relaxed);
+            drop(slot);
         });
     }
 
@@ -77,6 +117,60 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
     tokio::select! {
         () = graceful.shutdown() => tracing::debug!("all HTTP connections drained"),
         () = tokio::time::sleep(DRAIN_DEADLINE) => tracing::warn!("drain deadline passed; closing the remaining connections"),
+    }
+}
+
+/// One accepted connection: the TLS handshake if configured, then HTTP.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    state: &Arc<State>,
+    builder: &Builder,
+    watcher: Watcher,
+    limits: Limits,
+) {
+    let Some(tls) = &state.tls else {
+        return http(stream, peer, state, builder, watcher, limits).await;
+    };
+    match tokio::time::timeout(limits.read, tls.acceptor().accept(stream)).await {
+        Ok(Ok(stream)) => http(stream, peer, state, builder, watcher, limits).await,
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => {
+            state.conns.expired(Expired::Read);
+            tracing::debug!(%peer, "TLS handshake not finished within the read timeout");
+        }
+    }
+}
+
+async fn http<I>(
+    io: I,
+    peer: SocketAddr,
+    state: &Arc<State>,
+    builder: &Builder,
+    watcher: Watcher,
+    limits: Limits,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Activity::new();
+    let (serving, for_service) = (state.clone(), activity.clone());
+    let service = service_fn(move |req| {
+        let in_flight = for_service.begin();
+        let state = serving.clone();
+        async move {
+            let resp = route(&state, req, peer).await;
+            drop(in_flight);
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let conn = builder.serve_connection(TokioIo::new(Tracked::new(io, activity.clone())), service);
+    match conn::serve_until_deadline(watcher.watch(conn), &activity, limits).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
+        Err(why) => {
+            state.conns.expired(why);
+            tracing::debug!(%peer, ?why, "connection closed at its deadline");
+        }
     }
 }
 

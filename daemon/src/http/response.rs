@@ -177,8 +177,11 @@ impl OAuthError {
     }
 }
 
-/// Reads a request body of at most [`BODY_LIMIT`] bytes.
-pub async fn read_body(req: http::Request<Incoming>) -> Result<Bytes, OAuthError> {
+/// Reads a request body of at most [`BODY_LIMIT`] bytes, arriving within `timeout`.
+pub async fn read_body(
+    req: http::Request<Incoming>,
+    timeout: std::time::Duration,
+) -> Result<Bytes, OAuthError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -188,7 +191,20 @@ pub async fn read_body(req: http::Request<Incoming>) -> Result<Bytes, OAuthError
     if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
         return Err(OAuthError::too_large());
     }
-    match Limited::new(req.into_body(), BODY_LIMIT).collect().await {
+    // A body that came with the headers is ready at the first poll, and then the timeout's
+    // timer is never registered: only a slow body pays for it.
+    let read = tokio::time::timeout(timeout, Limited::new(req.into_body(), BODY_LIMIT).collect());
+    let Ok(read) = read.await else {
+        return Err(OAuthError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request",
+            format!(
+                "the request body did not arrive within {}",
+                humantime::format_duration(timeout)
+            ),
+        ));
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(OAuthError::too_large()),
         Err(_) => Err(OAuthError::invalid_request(

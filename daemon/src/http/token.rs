@@ -48,7 +48,7 @@ async fn issue(
         .throttle
         .check(source)
         .map_err(|t| OAuthError::too_many_requests(t.retry_after))?;
-    let (params, credentials) = parse_request(req).await?;
+    let (params, credentials) = parse_request(req, state.config.read_timeout).await?;
     check_grant_type(&params)?;
     let registry = state.clients.load();
     let client = authenticate(state, &registry, &credentials, source)?;
@@ -99,7 +99,10 @@ pub enum Credentials {
 
 /// Checks method, URL and media type, reads the form body and the client's credentials.
 /// Shared with introspection, which authenticates its caller the same way.
-pub async fn parse_request(req: Request<Incoming>) -> Result<(Params, Credentials), OAuthError> {
+pub async fn parse_request(
+    req: Request<Incoming>,
+    read_timeout: std::time::Duration,
+) -> Result<(Params, Credentials), OAuthError> {
     if req.method() != Method::POST {
         return Err(OAuthError::method_not_allowed("POST"));
     }
@@ -127,7 +130,7 @@ pub async fn parse_request(req: Request<Incoming>) -> Result<(Params, Credential
         ),
         (None, None) => None,
     };
-    let body = response::read_body(req).await?;
+    let body = response::read_body(req, read_timeout).await?;
     let params = Params::parse(&body).map_err(|e| match e {
         ParamsError::Malformed(m) => OAuthError::invalid_request(m.0),
         ParamsError::Repeated(name) => {

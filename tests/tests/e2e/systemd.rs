@@ -1,6 +1,7 @@
 //! The daemon as a systemd service sees it: the sd_notify conversation (READY with STATUS,
 //! WATCHDOG at half the asked interval, RELOADING with MONOTONIC_USEC then READY, STOPPING)
-//! on a real notify socket, and sockets passed by `systemd-socket-activate`.
+//! on a real notify socket, sockets passed by `systemd-socket-activate`, and logging to a
+//! journal socket with native fields (or plain lines when there is none).
 
 use std::{
     fs,
@@ -90,10 +91,13 @@ fn setup(extra_config: &str) -> (tempfile::TempDir, UnixDatagram) {
 
 fn spawn(mut cmd: Command, dir: tempfile::TempDir, notify: UnixDatagram) -> Service {
     let stderr = fs::File::create(dir.path().join("stderr")).expect("stderr file");
+    // The test's own journal, if it sets one up; never the one this process may run under.
+    if !cmd.get_envs().any(|(key, _)| key == "JOURNAL_STREAM") {
+        cmd.env_remove("JOURNAL_STREAM");
+    }
     let child = cmd
         .current_dir(dir.path())
         .env("NO_COLOR", "1")
-        .env_remove("JOURNAL_STREAM")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr)
@@ -270,5 +274,177 @@ fn takes_the_sockets_systemd_socket_activate_passes() {
     assert!(
         Path::new(&admin).exists(),
         "the daemon removed a socket it did not create"
+    );
+}
+
+/// Runs the daemon with `run` mounted over `/run` in a mount namespace of its own (we are
+/// root in CI), so that its `/run/systemd/journal/socket` is whatever the test put there,
+/// and with `JOURNAL_STREAM` set as systemd sets it for a service.
+fn under_private_run(dir: tempfile::TempDir, notify: UnixDatagram, run: &Path) -> Service {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$0" /run && exec "$@""#)
+        .arg(run)
+        .arg(bins::tokendealerd())
+        .arg("--config")
+        .arg(dir.path().join("config.toml"))
+        .env("NOTIFY_SOCKET", dir.path().join("notify.sock"))
+        .env("JOURNAL_STREAM", "0:0");
+    spawn(cmd, dir, notify)
+}
+
+/// One entry in journald's native protocol: `KEY=value` lines, or for values with a
+/// newline `KEY`, a newline, the length as u64 little-endian, the bytes and a newline.
+fn journal_fields(mut datagram: &[u8]) -> Vec<(String, String)> {
+    let mut fields = Vec::new();
+    while !datagram.is_empty() {
+        let end = datagram
+            .iter()
+            .position(|&b| b == b'\n')
+            .expect("each field ends with a newline");
+        let line = &datagram[..end];
+        if let Some(eq) = line.iter().position(|&b| b == b'=') {
+            fields.push((
+                String::from_utf8_lossy(&line[..eq]).into_owned(),
+                String::from_utf8_lossy(&line[eq + 1..]).into_owned(),
+            ));
+            datagram = &datagram[end + 1..];
+        } else {
+            let rest = &datagram[end + 1..];
+            let len = usize::try_from(u64::from_le_bytes(
+                rest[..8].try_into().expect("an 8-byte length"),
+            ))
+            .expect("length fits");
+            fields.push((
+                String::from_utf8_lossy(line).into_owned(),
+                String::from_utf8_lossy(&rest[8..8 + len]).into_owned(),
+            ));
+            datagram = &rest[8 + len + 1..];
+        }
+    }
+    fields
+}
+
+/// The first journal entry whose MESSAGE contains `message`.
+fn journal_entry(
+    journal: &UnixDatagram,
+    message: &str,
+    service: &Service,
+) -> Vec<(String, String)> {
+    let deadline = Instant::now() + DEADLINE;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        match journal.recv(&mut buf) {
+            Ok(n) => {
+                let fields = journal_fields(&buf[..n]);
+                if fields
+                    .iter()
+                    .any(|(k, v)| k == "MESSAGE" && v.contains(message))
+                {
+                    return fields;
+                }
+                seen.push(fields);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("journal socket: {e}"),
+        }
+    }
+    panic!(
+        "no journal entry with `{message}` within {DEADLINE:?}; got {seen:#?}\nstderr:\n{}",
+        service.log()
+    );
+}
+
+fn field<'a>(fields: &'a [(String, String)], key: &str) -> &'a str {
+    fields
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no {key} in {fields:#?}"))
+}
+
+#[test]
+fn logs_native_journal_fields_when_systemd_connects_stderr_to_the_journal() {
+    let (dir, notify) = setup("");
+    let run = dir.path().join("run");
+    fs::create_dir_all(run.join("systemd/journal")).expect("journal directory");
+    let journal = UnixDatagram::bind(run.join("systemd/journal/socket")).expect("journal socket");
+    journal
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("read timeout");
+    // A client whose secret this test knows (setup's is its own).
+    let client = TestClient::new("svc");
+    fs::write(dir.path().join("clients.toml"), client.to_toml()).expect("clients file");
+    let service = under_private_run(dir, notify, &run);
+    let (ready, _) = service.expect("READY=1");
+    let listen = value(&ready, "X_TOKENDEALER_LISTEN=").to_owned();
+
+    let entry = journal_entry(&journal, "tokendealerd ready", &service);
+    assert_eq!(field(&entry, "PRIORITY"), "6", "info is syslog priority 6");
+    assert_eq!(
+        field(&entry, "LISTEN"),
+        listen,
+        "structured fields stay fields"
+    );
+    assert_eq!(field(&entry, "CLIENTS"), "1");
+    assert_eq!(field(&entry, "TARGET"), "tokendealer_daemon");
+    assert_eq!(field(&entry, "SYSLOG_IDENTIFIER"), "tokendealerd");
+
+    // A token issued: its log entry names the client as a field of its own.
+    let mut stream = TcpStream::connect(&listen).expect("connecting");
+    let body = format!(
+        "grant_type=client_credentials&client_id={}&client_secret={}",
+        client.id, client.secret
+    );
+    write!(
+        stream,
+        "POST /oauth/token HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("request");
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).expect("reply");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let issued = journal_entry(&journal, "issued access token", &service);
+    assert_eq!(field(&issued, "CLIENT"), "svc");
+    assert!(
+        !issued.iter().any(|(_, v)| v.contains(&client.secret)),
+        "a secret reached the journal"
+    );
+
+    let error = {
+        service.signal(Signal::SIGTERM);
+        service.expect("STOPPING=1");
+        let mut service = service;
+        let status = service.child.wait().expect("waiting for the daemon");
+        assert!(status.success(), "{status}\n{}", service.log());
+        service.log()
+    };
+    // The journal has the lines; stderr (also the journal, under systemd) does not repeat them.
+    assert!(!error.contains("tokendealerd ready"), "{error}");
+}
+
+#[test]
+fn falls_back_to_plain_lines_when_the_journal_socket_is_missing() {
+    let (dir, notify) = setup("");
+    let run = dir.path().join("run");
+    fs::create_dir_all(&run).expect("an empty /run");
+    let service = under_private_run(dir, notify, &run);
+    service.expect("READY=1");
+    // Log lines are written by a thread of their own; an exit flushes them.
+    service.signal(Signal::SIGTERM);
+    let mut service = service;
+    let status = service.child.wait().expect("waiting for the daemon");
+    let log = service.log();
+    assert!(status.success(), "{status}\n{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("INFO") && l.contains("tokendealerd ready")),
+        "{log}"
     );
 }

@@ -239,7 +239,9 @@ impl State {
                     if let Err(e) = self.keys.reconfigure(key_settings(&config)) {
                         tracing::error!(error = %e, "the new key settings could not be applied");
                     }
+                    // A bad certificate does not hold the clients file back.
                     if let Some(failed) = self.reload_tls(&config) {
+                        drop(self.clients.reload());
                         return failed;
                     }
                 }

@@ -221,10 +221,11 @@ async fn execute(socket: &Path, command: Command, out: &Output) -> Result<(), Cl
                 || render::reload_json(&outcome),
                 |w| writeln!(w, "{}", render::reload_text(&outcome)),
             );
-            if matches!(outcome, ReloadOutcome::Failed { .. }) {
+            if let ReloadOutcome::Failed { reason, .. } = &outcome {
+                // The reason names the file (config, certificate or clients) and the line.
                 let _ = writeln!(
                     io::stderr(),
-                    "tokendealer: the clients file did not load; the daemon still serves the previous clients"
+                    "tokendealer: reload failed: {reason}; the daemon keeps serving with what it had"
                 );
                 return Err(CliError::Reported);
             }

@@ -22,6 +22,11 @@ pub fn is_temp_file(name: &str) -> bool {
 /// Replaces `path` with `contents`: a new file beside it (`O_EXCL`, `mode`), fsync, rename
 /// over, fsync of the directory. Readers see the old file or the new one, never a mix, and
 /// once this returns the new one survives a crash. On error the old file is untouched.
+///
+/// Once the rename is done the new file is what everyone reads, so a failure of the last
+/// step, the directory's fsync, cannot be reported as "unchanged": the write counts as done
+/// and the failure is logged as the storage fault it is (a retried fsync would prove
+/// nothing, as Linux reports a writeback error once).
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -47,7 +52,14 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
         drop(file);
         fs::rename(&temp, path)?;
         // The rename lives in the directory; without this fsync a crash can forget it.
-        File::open(dir)?.sync_all()
+        if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+            tracing::error!(
+                file = %path.display(),
+                error = %e,
+                "the file was replaced, but its directory could not be synced: the change is in effect, yet a power loss could undo it; check the disk"
+            );
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&temp);

@@ -154,9 +154,14 @@ impl KeyManager {
             .unwrap_or_else(|| self.manifest.lock().expect("manifest lock").clone());
         let result = apply(&mut manifest, now)?;
         manifest.prune(now);
+        // Built before the manifest is written: a change whose keys cannot be loaded (a
+        // damaged next key promoted to active) is refused with the disk untouched, rather
+        // than written and then failed, which would leave a manifest no restart can use.
+        let keyring = build(&self.store, &manifest, Some(&self.current.load()), now)?;
         self.store.write_manifest(&manifest)?;
         self.store.remove_unreferenced(&manifest);
-        self.adopt(manifest, now)?;
+        self.current.store(Arc::new(keyring));
+        *self.manifest.lock().expect("manifest lock") = manifest;
         Ok(result)
     }
 
@@ -310,7 +315,20 @@ fn ensure_next(
     settings: KeySettings,
     now: i64,
 ) -> Result<bool, KeyStoreError> {
-    if manifest.next().is_some_and(|k| k.alg == settings.alg) {
+    // A next key whose file is gone or damaged is replaced now, while it is still only
+    // published: left in place, the next rotation would promote a key that cannot sign. (A
+    // key with loose permissions stays, so that `build` refuses it loudly.)
+    let usable = |key: &StoredKey| match store.read_key(key) {
+        Ok(_) | Err(KeyStoreError::Permissions { .. }) => true,
+        Err(e) => {
+            tracing::warn!(kid = %key.kid, error = %e, "replacing a next key that cannot be read");
+            false
+        }
+    };
+    if manifest
+        .next()
+        .is_some_and(|k| k.alg == settings.alg && usable(k))
+    {
         return Ok(false);
     }
     // A next key of another algorithm has never signed: replacing it affects no token.

@@ -310,13 +310,10 @@ pub async fn run(
     raise_open_file_limit(config.max_connections);
     let listen = listeners.http.local_addr()?;
     let admin_inherited = listeners.admin_inherited;
-    let issuer = config
-        .issuer
-        .clone()
-        .unwrap_or_else(|| {
-            let scheme = if tls.is_some() { "https" } else { "http" };
-            format!("{scheme}://{listen}")
-        });
+    let issuer = config.issuer.clone().unwrap_or_else(|| {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{listen}")
+    });
     let state = Arc::new(State {
         default_audience: config
             .default_audience

@@ -4,6 +4,9 @@
 //! * [`frame`] and [`codec`]: how those messages travel.
 //! * [`clients_file`]: the model of `clients.toml`, its parser and validator.
 //! * [`duration`]: the human duration syntax (`"1h"`, `"30d"`) used in config, files and CLI.
+//! * [`form`]: the strict parsers for what a client sends the token endpoint (a form body, a
+//!   Basic `Authorization` header), kept here, free of the daemon's crypto and I/O, so that
+//!   they can be fuzzed on their own.
 //!
 //! This crate holds no runtime policy: no sockets are opened, no files written.
 //!
@@ -48,4 +51,5 @@ pub mod admin;
 pub mod clients_file;
 pub mod codec;
 pub mod duration;
+pub mod form;
 pub mod frame;

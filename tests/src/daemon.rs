@@ -39,6 +39,7 @@ const NOTIFY_SLICE: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone, Default)]
 pub struct DaemonBuilder {
     algorithm: Option<String>,
+    without_issuer: bool,
     extra_config: Vec<String>,
     clients: Vec<TestClient>,
 }
@@ -48,6 +49,13 @@ impl DaemonBuilder {
     #[must_use]
     pub fn algorithm(mut self, algorithm: &str) -> Self {
         self.algorithm = Some(algorithm.to_owned());
+        self
+    }
+
+    /// Leaves `issuer` out of `config.toml`, so the daemon derives it from its bound address.
+    #[must_use]
+    pub fn without_issuer(mut self) -> Self {
+        self.without_issuer = true;
         self
     }
 
@@ -69,13 +77,19 @@ impl DaemonBuilder {
     pub fn write(self) -> Daemon {
         let mut daemon = Daemon::new(Vec::new());
         let dir = daemon.dir().to_path_buf();
-        let mut config = format!(
-            "issuer = {}\nlisten = \"127.0.0.1:0\"\nadmin_socket = {}\nclients_file = {}\nkey_dir = {}\n",
-            toml_string(ISSUER),
+        let mut config = if self.without_issuer {
+            String::new()
+        } else {
+            format!("issuer = {}\n", toml_string(ISSUER))
+        };
+        write!(
+            config,
+            "listen = \"127.0.0.1:0\"\nadmin_socket = {}\nclients_file = {}\nkey_dir = {}\n",
             toml_path(&dir.join("admin.sock")),
             toml_path(&dir.join("clients.toml")),
             toml_path(&dir.join("keys")),
-        );
+        )
+        .expect("writing to a String");
         if let Some(algorithm) = &self.algorithm {
             writeln!(config, "algorithm = {}", toml_string(algorithm))
                 .expect("writing to a String");

@@ -19,12 +19,16 @@
 pub mod admin_wire;
 pub mod bins;
 pub mod clients;
+pub mod conn;
 pub mod daemon;
+pub mod faults;
 pub mod files;
 pub mod http;
 pub mod jwt;
 pub mod keys;
+pub mod metrics;
 pub mod process;
+pub mod tls;
 pub mod tmux;
 
 pub use clients::{TestClient, random_secret, secret_hash};

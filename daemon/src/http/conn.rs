@@ -185,7 +185,9 @@ pub async fn serve_until_deadline<F: Future>(
     limits: Limits,
 ) -> Result<F::Output, Expired> {
     tokio::pin!(conn);
-    let first = activity.deadline(limits).map_or(limits.idle, |_| limits.read);
+    let first = activity
+        .deadline(limits)
+        .map_or(limits.idle, |_| limits.read);
     let timer = tokio::time::sleep(first);
     tokio::pin!(timer);
     loop {

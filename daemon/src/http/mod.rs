@@ -2,7 +2,6 @@
 
 pub mod conn;
 mod discovery;
-pub mod form;
 mod metrics;
 mod response;
 pub mod tls;
@@ -35,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use conn::{Activity, Expired, Limits, Tracked};
 pub use discovery::{build_metadata, jwks_cache_control};
 use response::{OAuthError, Resp};
+pub use tokendealer_shared::form;
 
 use crate::State;
 
@@ -54,6 +54,9 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
     builder
         .http1()
         .header_read_timeout(None)
+        // A client may shut down its sending side once the request is out (`curl` with
+        // `--no-keepalive`, some proxies, raw tests): it still gets its answer.
+        .half_close(true)
         .max_buf_size(64 * 1024);
     builder
         .http2()

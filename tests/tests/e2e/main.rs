@@ -9,10 +9,14 @@ mod clients_file;
 mod config;
 mod dashboard;
 mod discovery;
+mod faults;
 mod keys;
+mod limits;
 mod local_mode;
+mod properties;
 mod shutdown;
 mod systemd;
+mod tls;
 mod token;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -573,7 +573,11 @@ fn sigkill_during_rotation_leaves_a_key_dir_that_loads() {
             "{context}: the token's kid {kid} is not in the JWKS {}",
             daemon.jwks()
         );
-        pyjwt_verifies(&daemon, &token);
+        // The independent verifier costs a Python start per call: every tenth round is
+        // enough to show the keys served after a kill verify end to end.
+        if round % 10 == 0 {
+            pyjwt_verifies(&daemon, &token);
+        }
     }
 }
 

@@ -359,3 +359,43 @@ fn a_thousand_slow_clients_do_not_starve_good_ones() {
     }
     drop(slow);
 }
+
+/// hyper's head limits: more than 100 header fields is `431` and the connection ends; a
+/// head over the 64 KiB read buffer is refused the same way (or, when the client is still
+/// sending, the connection is reset). Either way nothing is served, and the next client is.
+#[test]
+fn oversized_request_heads_are_refused_and_the_daemon_keeps_serving() {
+    let client = service_client();
+    let daemon = Daemon::builder().client(&client).start();
+
+    let mut many = String::from("POST /oauth/token HTTP/1.1\r\nHost: tokendealer.test\r\n");
+    for i in 0..120 {
+        many.push_str(&format!("X-Filler-{i}: {i}\r\n"));
+    }
+    many.push_str("Content-Length: 0\r\n\r\n");
+    let mut conn = RawConn::open(daemon.addr());
+    let reply = conn.request(many.as_bytes());
+    assert_eq!(reply.status, 431, "120 header fields:\n{reply}");
+
+    let huge = format!(
+        "POST /oauth/token HTTP/1.1\r\nHost: tokendealer.test\r\nX-Filler: {}\r\nContent-Length: 0\r\n\r\n",
+        "a".repeat(80 * 1024)
+    );
+    let mut stream = TcpStream::connect(daemon.addr()).expect("connecting");
+    stream
+        .set_read_timeout(Some(REQUEST_TIMEOUT))
+        .expect("read timeout");
+    // The daemon may close before it has read all of it: a failed write is an answer too.
+    let _ = stream.write_all(huge.as_bytes());
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut stream, &mut answer);
+    assert!(
+        answer.is_empty() || answer.starts_with(b"HTTP/1.1 431"),
+        "an 80 KiB header was answered with:\n{}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    let mut good = RawConn::open(daemon.addr());
+    let reply = good.request(&token_request(&client, false));
+    assert_eq!(reply.status, 200, "{reply}");
+}

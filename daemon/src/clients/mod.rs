@@ -17,6 +17,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicI64, AtomicU64, Ordering},
     },
+    time::Instant,
 };
 
 use arc_swap::{ArcSwap, Guard};
@@ -24,7 +25,7 @@ use aws_lc_rs::rand::SecureRandom;
 use tokendealer_shared::{admin::ReloadOutcome, clients_file::ClientsFileError};
 
 pub use edit::{Edit, EditError};
-pub use registry::{Client, Registry, hash_secret};
+pub use registry::{Client, CutText, Registry, hash_secret};
 
 use crate::fsio;
 
@@ -87,8 +88,9 @@ fn write_hint(e: &std::io::Error) -> &'static str {
 pub struct ClientsStore {
     path: PathBuf,
     current: ArcSwap<Registry>,
-    /// SHA-256 of the text `current` was built from, so that reloading what we ourselves
-    /// just wrote (the watcher sees our rename) is recognised and skipped.
+    /// The digest ([`CutText::digest`]) of the text `current` was built from, so that
+    /// reloading what we ourselves just wrote (the watcher sees our rename) is recognised and
+    /// skipped.
     applied: Mutex<[u8; 32]>,
     outcome: Mutex<ReloadOutcome>,
     /// One writer at a time; readers never take it.
@@ -98,10 +100,6 @@ pub struct ClientsStore {
     pub reload_failures: AtomicU64,
     /// Unix seconds of the last successful load.
     pub last_success: AtomicI64,
-}
-
-fn sha256(text: &str) -> [u8; 32] {
-    hash_secret(text)
 }
 
 fn now() -> i64 {
@@ -115,12 +113,14 @@ impl ClientsStore {
             fsio::remove_stale_temp_files(dir);
         }
         let text = read_text(path)?;
-        let registry = parse(path, &text, None)?;
+        let cut = CutText::new(&text);
+        let registry = load(path, &cut, None)?;
+        let digest = cut.digest();
         let count = registry.len() as u64;
         Ok(Self {
             path: path.to_owned(),
             current: ArcSwap::from_pointee(registry),
-            applied: Mutex::new(sha256(&text)),
+            applied: Mutex::new(digest),
             outcome: Mutex::new(ReloadOutcome::Ok {
                 at: now(),
                 clients: count,
@@ -185,10 +185,12 @@ impl ClientsStore {
     /// Reads the file and, when it differs from what is loaded, swaps in its registry.
     /// Returns the number of clients now served.
     fn load_if_changed(&self) -> Result<u64, LoadError> {
+        let started = Instant::now();
         let text = read_text(&self.path)?;
-        let digest = sha256(&text);
-        // Our own writes come back through the watcher; recognising them before parsing
-        // matters, since parsing is the expensive part of a large file.
+        let cut = CutText::new(&text);
+        let digest = cut.digest();
+        // Our own writes come back through the watcher; recognising them here spares
+        // indexing every client of a large file again for nothing.
         if *self.applied.lock().expect("applied lock") == digest {
             tracing::debug!(file = %self.path.display(), "clients file unchanged");
             return Ok(self.current.load().len() as u64);
@@ -201,13 +203,25 @@ impl ClientsStore {
                 path: self.path.clone(),
             });
         }
-        let registry = parse(&self.path, &text, Some(&self.current.load()))?;
+        let registry = load(&self.path, &cut, Some(&self.current.load()))?;
+        let count = self.replace(registry, digest);
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            clients = count,
+            file = %self.path.display(),
+            duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "clients file reloaded"
+        );
+        Ok(count)
+    }
+
+    /// Swaps in `registry`, read from text whose digest is `digest`. Returns the number of
+    /// clients now served.
+    fn replace(&self, registry: Registry, digest: [u8; 32]) -> u64 {
         let count = registry.len() as u64;
         *self.applied.lock().expect("applied lock") = digest;
         self.current.store(Arc::new(registry));
-        self.reloads.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(clients = count, file = %self.path.display(), "clients file reloaded");
-        Ok(count)
+        count
     }
 
     /// Applies `edit` to the file on disk, then to memory. A change made by hand since the
@@ -235,11 +249,12 @@ impl ClientsStore {
                     source,
                 }
             })?;
-            let registry = Registry::parse(&after, Some(&self.current.load()))
+            // Of a large file's two versions, only the new one is needed from here on.
+            drop(before);
+            let cut = CutText::new(&after);
+            let registry = Registry::load(&cut, Some(&self.current.load()))
                 .expect("edit::apply only returns loadable text");
-            let count = registry.len() as u64;
-            *self.applied.lock().expect("applied lock") = sha256(&after);
-            self.current.store(Arc::new(registry));
+            let count = self.replace(registry, cut.digest());
             self.last_success.store(now(), Ordering::Relaxed);
             *self.outcome.lock().expect("outcome lock") = ReloadOutcome::Ok {
                 at: now(),
@@ -278,8 +293,12 @@ fn read_text(path: &Path) -> Result<String, LoadError> {
     Ok(text)
 }
 
-fn parse(path: &Path, text: &str, previous: Option<&Registry>) -> Result<Registry, LoadError> {
-    Registry::parse(text, previous).map_err(|source| LoadError::Invalid {
+fn load(
+    path: &Path,
+    text: &CutText<'_>,
+    previous: Option<&Registry>,
+) -> Result<Registry, LoadError> {
+    Registry::load(text, previous).map_err(|source| LoadError::Invalid {
         path: path.to_owned(),
         source,
     })

@@ -9,7 +9,7 @@
 
 use std::{
     fs::{self, File},
-    io::{BufRead as _, BufReader, Read as _, Seek as _},
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{OnceLock, mpsc},
@@ -123,19 +123,7 @@ pub fn spawn_admin(daemon: &Daemon, args: &[&str]) -> Pending {
         .env_remove("TOKENDEALER_SOCKET")
         .env("NO_COLOR", "1");
     let command = process::describe(&cmd);
-    let stdout = tempfile::tempfile().expect("a temporary file for stdout");
-    let stderr = tempfile::tempfile().expect("a temporary file for stderr");
-    cmd.stdin(Stdio::null())
-        .stdout(
-            stdout
-                .try_clone()
-                .expect("a second handle on stdout's file"),
-        )
-        .stderr(
-            stderr
-                .try_clone()
-                .expect("a second handle on stderr's file"),
-        );
+    let (stdout, stderr) = process::capture(&mut cmd);
     let issued = Instant::now();
     let mut child = cmd
         .spawn()
@@ -181,8 +169,8 @@ impl Pending {
         let output = Output {
             command: self.command.clone(),
             status: status.expect("waiting for the admin tool"),
-            stdout: read_all(&mut self.stdout),
-            stderr: read_all(&mut self.stderr),
+            stdout: process::read_all(&mut self.stdout),
+            stderr: process::read_all(&mut self.stderr),
         };
         (output, ended.duration_since(self.issued))
     }
@@ -197,14 +185,6 @@ impl Drop for Pending {
             let _ = waiter.join();
         }
     }
-}
-
-fn read_all(file: &mut File) -> String {
-    let mut bytes = Vec::new();
-    file.rewind().expect("rewinding a captured output file");
-    file.read_to_end(&mut bytes)
-        .expect("reading a captured output file");
-    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// The daemon's process id, as `tokendealer status --json` reports it.

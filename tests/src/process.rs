@@ -94,19 +94,7 @@ pub fn describe(cmd: &Command) -> String {
 #[track_caller]
 pub fn run(mut cmd: Command) -> Output {
     let command = describe(&cmd);
-    let mut stdout = tempfile::tempfile().expect("a temporary file for stdout");
-    let mut stderr = tempfile::tempfile().expect("a temporary file for stderr");
-    cmd.stdin(Stdio::null())
-        .stdout(
-            stdout
-                .try_clone()
-                .expect("a second handle on stdout's file"),
-        )
-        .stderr(
-            stderr
-                .try_clone()
-                .expect("a second handle on stderr's file"),
-        );
+    let (mut stdout, mut stderr) = capture(&mut cmd);
     let child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("could not start `{command}`: {e}"));
@@ -124,7 +112,27 @@ pub fn run(mut cmd: Command) -> Output {
     output
 }
 
-fn read_all(file: &mut File) -> String {
+/// Closes `cmd`'s stdin and sends its stdout and stderr to anonymous files, returned for
+/// [`read_all`] once it has run.
+pub fn capture(cmd: &mut Command) -> (File, File) {
+    let stdout = tempfile::tempfile().expect("a temporary file for stdout");
+    let stderr = tempfile::tempfile().expect("a temporary file for stderr");
+    cmd.stdin(Stdio::null())
+        .stdout(
+            stdout
+                .try_clone()
+                .expect("a second handle on stdout's file"),
+        )
+        .stderr(
+            stderr
+                .try_clone()
+                .expect("a second handle on stderr's file"),
+        );
+    (stdout, stderr)
+}
+
+/// Everything a captured output file holds.
+pub fn read_all(file: &mut File) -> String {
     let mut bytes = Vec::new();
     file.rewind().expect("rewinding a captured output file");
     file.read_to_end(&mut bytes)

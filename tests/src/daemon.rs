@@ -276,6 +276,22 @@ impl Daemon {
         }
     }
 
+    /// Starts the daemon expecting it to refuse with `EX_CONFIG` (78) and exactly one
+    /// `tokendealerd:` sentence on stderr; returns that sentence and the whole output.
+    #[track_caller]
+    pub fn start_refused(&mut self) -> (String, Output) {
+        let output = self.start_expecting_exit();
+        output.assert_code(78);
+        let sentences: Vec<String> = output
+            .stderr_lines()
+            .into_iter()
+            .filter(|l| l.starts_with("tokendealerd:"))
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(sentences.len(), 1, "one sentence on stderr:\n{output}");
+        (sentences[0].clone(), output)
+    }
+
     /// Sends SIGTERM and waits for the daemon to exit; returns its exit status.
     #[track_caller]
     pub fn stop(&mut self) -> ExitStatus {

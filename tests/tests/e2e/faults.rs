@@ -1185,20 +1185,13 @@ fn tokens_around<T>(
 /// what to run).
 #[track_caller]
 fn assert_refuses_to_start_over(daemon: &mut Daemon, pem: &Path, damage: Damage) {
-    let output = daemon.start_expecting_exit();
-    output.assert_code(78);
-    let sentences: Vec<&str> = output
-        .stderr_lines()
-        .into_iter()
-        .filter(|l| l.starts_with("tokendealerd:"))
-        .collect();
-    assert_eq!(sentences.len(), 1, "one sentence on stderr:\n{output}");
+    let (sentence, output) = daemon.start_refused();
     assert!(
-        sentences[0].contains(pem.to_str().expect("UTF-8 path")),
+        sentence.contains(pem.to_str().expect("UTF-8 path")),
         "{damage:?}: the sentence names the key file:\n{output}"
     );
     if damage == Damage::GroupReadable {
-        assert!(sentences[0].contains("chmod 600"), "{output}");
+        assert!(sentence.contains("chmod 600"), "{output}");
     }
 }
 

@@ -659,20 +659,13 @@ fn a_group_readable_private_key_stops_a_restart_with_exit_78() {
     let pem = keys::key_dir(&daemon).join(format!("{active}.pem"));
     files::set_mode(&pem, 0o640);
 
-    let output = daemon.start_expecting_exit();
-    output.assert_code(78);
-    let sentences: Vec<&str> = output
-        .stderr_lines()
-        .into_iter()
-        .filter(|l| l.starts_with("tokendealerd:"))
-        .collect();
-    assert_eq!(sentences.len(), 1, "one sentence on stderr:\n{output}");
+    let (sentence, output) = daemon.start_refused();
     assert!(
-        sentences[0].contains("chmod 600"),
+        sentence.contains("chmod 600"),
         "the sentence says what to run:\n{output}"
     );
     assert!(
-        sentences[0].contains(pem.to_str().expect("UTF-8 path")),
+        sentence.contains(pem.to_str().expect("UTF-8 path")),
         "the sentence names the key file:\n{output}"
     );
 }

@@ -5,12 +5,13 @@
 # signing rate (one thread and all cores), `openssl speed -multi N rsa2048`, and a bare hyper
 # server answering a small JSON body under the same load tool.
 #
-#   bench/run.sh [SECONDS_PER_RUN]      (default 10; needs wrk: apt-get install wrk)
+#   bench/run.sh [SECONDS_PER_RUN [RUNS]]   (defaults 10 and 3; needs wrk: apt-get install wrk)
 #
 # Prints one table; every throughput is also given as a fraction of its limit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
+runs=${2:-3}
 threads=$(nproc)
 command -v wrk >/dev/null || { echo "bench/run.sh needs wrk (apt-get install wrk)" >&2; exit 1; }
 
@@ -44,15 +45,16 @@ wrk.body = "grant_type=client_credentials&client_id=bench&client_secret=$secret"
 wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
 LUA
 
-# wrk's report → "rps p50_ms p99_ms non2xx errors"
+# wrk's report → "rps p50_ms p99_ms non2xx errors requests"
 parse() {
     awk '
         /Requests\/sec/ { rps = $2 }
+        /requests in/ { requests = $1 }
         /^ +50%/ { p50 = $2 } /^ +99%/ { p99 = $2 }
         /Non-2xx/ { non2xx = $NF }
         /Socket errors/ { gsub(",", ""); errors = $4 + $6 + $8 + $10 }
         END {
-            printf "%d %s %s %d %d\n", rps, ms(p50), ms(p99), non2xx + 0, errors + 0
+            printf "%d %s %s %d %d %d\n", rps, ms(p50), ms(p99), non2xx + 0, errors + 0, requests
         }
         function ms(v) {
             if (v ~ /us$/) { sub("us", "", v); return sprintf("%.2f", v / 1000) }
@@ -62,8 +64,32 @@ parse() {
         }'
 }
 
-load() { # url script concurrency
-    wrk -t "$threads" -c "$3" -d "${secs}s" --latency ${2:+-s "$2"} "$1" | parse
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; } # user + system, in clock ticks
+tick=$(getconf CLK_TCK)
+
+# Each case: a 2 s warm-up (discarded: the first seconds after a start are slower), then $runs
+# runs; the run with the median throughput is reported, with the non-2xx and socket errors of
+# all runs added up. On two cores shared with the load tool, consecutive runs of one binary
+# differ by up to a quarter, so one short run says little. Beside each run, the CPU time per
+# request of the server (its /proc ticks) and of wrk (bash's `times` for its child): on shared
+# cores, throughput is 2 cores divided by their sum.
+load() { # url script concurrency server_pid → "rps p50 p99 non2xx errors server_us wrk_us"
+    wrk -t "$threads" -c "$3" -d 2s ${2:+-s "$2"} "$1" >/dev/null
+    local results=() i before report
+    for ((i = 0; i < runs; i++)); do
+        before=$(cpu_ticks "$4")
+        report=$(wrk -t "$threads" -c "$3" -d "${secs}s" --latency ${2:+-s "$2"} "$1"; times)
+        results+=("$(parse <<<"$report") $(($(cpu_ticks "$4") - before)) $(tail -1 <<<"$report")")
+    done
+    printf '%s\n' "${results[@]}" | sort -n | awk -v n="$runs" -v tick="$tick" '
+        { line[NR] = $0; non2xx += $4; errors += $5 }
+        END {
+            split(line[int((n + 1) / 2)], m, " ")
+            wrk_s = secs(m[8]) + secs(m[9])
+            printf "%s %s %s %d %d %.1f %.1f\n", m[1], m[2], m[3], non2xx, errors,
+                m[7] / tick / m[6] * 1e6, wrk_s / m[6] * 1e6
+        }
+        function secs(v,   parts) { split(v, parts, /[ms]/); return parts[1] * 60 + parts[2] }'
 }
 
 wait_up() { # url
@@ -72,7 +98,7 @@ wait_up() { # url
 }
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-echo "load tool: wrk -t $threads -d ${secs}s, on the same cores"
+echo "load tool: wrk -t $threads, on the same cores; per case a 2 s warm-up, then the median of $runs runs of ${secs}s"
 
 echo; echo "== limits"
 "$bin/examples/sign_rate" 3 | tee "$work/sign.tsv"
@@ -83,15 +109,15 @@ wait_up http://127.0.0.1:19090/
 # The limit is the bare server under the very requests the daemon gets (a POST with the same
 # headers and body), so that wrk's own cost per request is the same on both sides; a GET is
 # shown for reference.
-read -r get_rps _ get_p99 _ _ < <(load http://127.0.0.1:19090/ "" 32)
-read -r bare_rps bare_p50 bare_p99 _ _ < <(load http://127.0.0.1:19090/oauth/token "$work/basic.lua" 32)
-echo "bare hyper, c=32, the token request (POST, Basic): $bare_rps req/s (p50 $bare_p50 ms, p99 $bare_p99 ms); a plain GET: $get_rps req/s"
+read -r get_rps _ _ _ _ _ _ < <(load http://127.0.0.1:19090/ "" 32 "${pids[-1]}")
+read -r bare_rps bare_p50 bare_p99 _ _ bare_us bare_wrk_us < <(load http://127.0.0.1:19090/oauth/token "$work/basic.lua" 32 "${pids[-1]}")
+echo "bare hyper, c=32, the token request (POST, Basic): $bare_rps req/s (p50 $bare_p50 ms, p99 $bare_p99 ms; CPU per request: server $bare_us us, wrk $bare_wrk_us us); a plain GET: $get_rps req/s"
 kill "${pids[-1]}"
 
 limit_all() { awk -v a="$1" '$1 == a { print $3 }' "$work/sign.tsv"; }
 
 echo; echo "== tokendealerd"
-printf '%-6s %-5s %-4s %9s %8s %8s %7s %7s %9s %s\n' alg auth c tokens/s p50_ms p99_ms non2xx errors rss_mb "of limit"
+printf '%-6s %-5s %-4s %9s %8s %8s %7s %7s %9s %13s %s\n' alg auth c tokens/s p50_ms p99_ms non2xx errors rss_mb "cpu_us srv/wrk" "of limit"
 port=19100
 for alg in RS512 RS256 ES256 EdDSA; do
     port=$((port + 1))
@@ -107,7 +133,7 @@ TOML
     wait_up "http://127.0.0.1:$port/healthz"
     for c in 32 256; do
         for auth in basic post; do
-            read -r rps p50 p99 non2xx errors < <(load "http://127.0.0.1:$port/oauth/token" "$work/$auth.lua" "$c")
+            read -r rps p50 p99 non2xx errors srv_us wrk_us < <(load "http://127.0.0.1:$port/oauth/token" "$work/$auth.lua" "$c" "$pid")
             rss=$(awk '/VmHWM/ { printf "%.1f", $2/1024 }' "/proc/$pid/status")
             sign=$(limit_all "$alg")
             frac="$(awk -v r="$rps" -v s="$sign" 'BEGIN { printf "%.2f of signing", r / s }')"
@@ -115,8 +141,19 @@ TOML
                 RS*) frac="$frac, $(awk -v r="$rps" -v s="${ossl:-0}" 'BEGIN { if (s > 0) printf "%.2f of openssl", r / s }')" ;;
                 *) frac="$frac, $(awk -v r="$rps" -v s="$bare_rps" 'BEGIN { printf "%.2f of bare hyper", r / s }')" ;;
             esac
-            printf '%-6s %-5s %-4s %9s %8s %8s %7s %7s %9s %s\n' "$alg" "$auth" "$c" "$rps" "$p50" "$p99" "$non2xx" "$errors" "$rss" "$frac"
+            printf '%-6s %-5s %-4s %9s %8s %8s %7s %7s %9s %13s %s\n' "$alg" "$auth" "$c" "$rps" "$p50" "$p99" "$non2xx" "$errors" "$rss" "$srv_us/$wrk_us" "$frac"
         done
     done
     kill "$pid"; wait "$pid" 2>/dev/null || true
 done
+
+# The rows above run with TOKENDEALER_LOG=warn; by default (info) every token is also a log
+# line, here written to a file as journald or a log collector would take it.
+dir="$work/EdDSA"
+"$bin/tokendealerd" --config "$dir/config.toml" 2>"$dir/info.log" & pid=$!; pids+=("$pid")
+wait_up "http://127.0.0.1:$port/healthz"
+read -r rps p50 p99 non2xx errors srv_us wrk_us < <(load "http://127.0.0.1:$port/oauth/token" "$work/post.lua" 32 "$pid")
+rss=$(awk '/VmHWM/ { printf "%.1f", $2/1024 }' "/proc/$pid/status")
+printf '%-6s %-5s %-4s %9s %8s %8s %7s %7s %9s %13s %s\n' "EdDSA" "post" "32" "$rps" "$p50" "$p99" "$non2xx" "$errors" "$rss" "$srv_us/$wrk_us" \
+    "$(awk -v r="$rps" -v s="$bare_rps" 'BEGIN { printf "%.2f of bare hyper", r / s }'), log level info ($(grep -c 'issued access token' "$dir/info.log") lines)"
+kill "$pid"; wait "$pid" 2>/dev/null || true

@@ -101,9 +101,14 @@ fn init_logging(format: LogFormat) -> Option<tracing_appender::non_blocking::Wor
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     // A line per issued token: written from a thread of its own, so that request workers
     // never wait on stderr. Not lossy: under overload they wait rather than drop the record.
+    // The writer thread drains every queued line and then flushes, so the buffer turns a
+    // burst into one write(2) while a lone line still goes out at once.
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
-        .finish(std::io::stderr());
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)

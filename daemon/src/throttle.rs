@@ -19,7 +19,7 @@
 use std::{
     net::IpAddr,
     num::NonZeroU32,
-    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     time::{Duration, Instant},
 };
 
@@ -57,6 +57,10 @@ pub struct Throttle {
     by_client: Keyed<String>,
     /// Addresses past their limit, until when: checked before any work is done.
     blocked: DashMap<IpAddr, Instant>,
+    /// Whether `blocked` may hold an entry. Every request checks it, and almost always
+    /// nothing is blocked: one shared load then replaces a lock on a map shard that every
+    /// worker would otherwise take for the same loopback or proxy address.
+    any_blocked: AtomicBool,
     trusted_proxies: Vec<IpNet>,
     /// Requests refused because their address was throttled.
     pub refused_address: AtomicU64,
@@ -76,6 +80,7 @@ impl Throttle {
             by_address: RateLimiter::keyed(quota(ADDRESS_BURST, ADDRESS_REFILL)),
             by_client: RateLimiter::keyed(quota(CLIENT_BURST, CLIENT_REFILL)),
             blocked: DashMap::new(),
+            any_blocked: AtomicBool::new(false),
             trusted_proxies,
             refused_address: AtomicU64::new(0),
             refused_client: AtomicU64::new(0),
@@ -107,6 +112,9 @@ impl Throttle {
 
     /// Before any work: is this address currently refused?
     pub fn check(&self, address: IpAddr) -> Result<(), Throttled> {
+        if !self.any_blocked.load(Relaxed) {
+            return Ok(());
+        }
         let Some(until) = self.blocked.get(&address).map(|u| *u) else {
             return Ok(());
         };
@@ -142,6 +150,7 @@ impl Throttle {
         if let Some(wait) = by_address {
             let wait = wait.max(Duration::from_secs(1));
             self.blocked.insert(address, Instant::now() + wait);
+            self.any_blocked.store(true, Relaxed);
             return Err(Throttled { retry_after: wait });
         }
         if let Some(not_until) = guarded {
@@ -162,7 +171,14 @@ impl Throttle {
         self.by_address.shrink_to_fit();
         self.by_client.shrink_to_fit();
         let now = Instant::now();
+        // Cleared before the sweep and set again if anything is left, so that an address
+        // blocked meanwhile (which sets it itself) is never hidden for longer than the
+        // sweep takes.
+        self.any_blocked.store(false, Relaxed);
         self.blocked.retain(|_, until| *until > now);
+        if !self.blocked.is_empty() {
+            self.any_blocked.store(true, Relaxed);
+        }
     }
 }
 
@@ -189,6 +205,9 @@ mod tests {
             t.check(ip("192.0.2.2")).is_ok(),
             "other addresses are not affected"
         );
+        // The sweep forgets only expired blocks: the fast path must still see this one.
+        t.sweep();
+        assert!(t.check(a).is_err(), "still refused after a sweep");
     }
 
     #[test]

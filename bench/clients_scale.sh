@@ -3,13 +3,14 @@
 # how long a reload takes after a one-line edit and after every client changed (the daemon's
 # own `duration_ms` and the `tokendealer reload` round trip), the daemon's RSS idle, at its
 # peak across repeated reloads and after them, and EdDSA token throughput and p99 latency
-# without reloads and with a line appended to the file every 200 ms.
+# without reloads and with a line appended to the file every 200 ms, in alternating rounds.
 #
-#   bench/clients_scale.sh [CLIENTS] [SECONDS]      (defaults 100000, 10; needs wrk)
+#   bench/clients_scale.sh [CLIENTS] [SECONDS] [ROUNDS]      (defaults 100000, 10, 5; needs wrk)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-100000}
 secs=${2:-10}
+rounds=${3:-5}
 command -v wrk >/dev/null || { echo "bench/clients_scale.sh needs wrk (apt-get install wrk)" >&2; exit 1; }
 cargo build --release --workspace --bins -q
 cargo build --release -p tokendealer-shared --example parse_clients -q
@@ -84,15 +85,26 @@ load() {
         | awk '/Requests\/sec/ {rps = int($2)} $1 == "99%" {p99 = $2} END {print rps " tokens/s, p99 " p99}'
 }
 reloads() { curl -s "$url/metrics" | awk '/^tokendealer_clients_reloads_total / {print $2}'; }
-echo "EdDSA, wrk -t2 -c32, ${secs}s each:"
-echo "  no reloads:                 $(load)"
-before=$(reloads)
-( end=$((SECONDS + secs)); i=0; while [ "$SECONDS" -lt "$end" ]; do sleep 0.2; save "load$((i += 1))"; done ) &
-saver=$!
-busy=$(load)
-wait "$saver"
-sleep 0.5
-echo "  file saved every 200 ms:    $busy ($(( $(reloads) - before )) reloads)"
+# Throughput varies from run to run by more than reloads change it, on a shared machine
+# especially: runs without and with saves alternate, and each round's change is reported.
+echo "EdDSA, wrk -t2 -c32, ${secs}s each, $rounds rounds of: no reloads, then the file saved every 200 ms:"
+quiet=() busy=()
+for round in $(seq "$rounds"); do
+    quiet+=("$(load)")
+    before=$(reloads)
+    ( end=$((SECONDS + secs)); i=0; while [ "$SECONDS" -lt "$end" ]; do sleep 0.2; save "load$round.$((i += 1))"; done ) &
+    saver=$!
+    busy+=("$(load)")
+    wait "$saver"
+    sleep 0.5
+    echo "  round $round: no reloads ${quiet[-1]} | saved every 200 ms ${busy[-1]} ($(( $(reloads) - before )) reloads)"
+done
+# Each round's change, then their median: a round compares runs seconds apart.
+changes=$(for i in "${!quiet[@]}"; do
+    awk -v q="${quiet[$i]%% *}" -v b="${busy[$i]%% *}" 'BEGIN {printf "%+.1f\n", (b - q) * 100 / q}'
+done)
+median=$(sort -g <<<"$changes" | awk '{v[NR] = $1} END {printf "%+.1f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}')
+echo "  saved every 200 ms vs no reloads, per round: $(tr '\n' ' ' <<<"$changes")% (median $median %)"
 echo "peak RSS across $(( $(reloads) )) reloads: $(rss VmHWM)"
 sleep 3
 echo "RSS 3 s after the last reload: $(rss VmRSS)"

@@ -504,7 +504,7 @@ fn list_clients(state: &State, after: Option<&str>, limit: u32) -> Response {
                 .into_iter()
                 .chain(c.audiences.iter().cloned())
                 .collect(),
-            scopes: c.scopes.clone(),
+            scopes: c.scopes.to_vec(),
             ttl_secs: c.token_ttl.map(|t| t.as_secs()),
             disabled: c.disabled,
             old_secret_until: c.old_secret_until(now),

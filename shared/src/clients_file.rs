@@ -22,13 +22,14 @@
 //! other than a failed validation, goes through `toml` and serde as described above, so both
 //! ways accept the same files and report the same errors (a test compares them on generated
 //! files). [`pieces`] and [`read_pieces`] let the daemon read again, on a reload, only the
-//! pieces of the file that changed.
+//! pieces of the file that changed, and [`read_in_pieces`] cuts a file into the same pieces
+//! as it is read, so that the daemon never needs all of a large file's text at once.
 
 #[cfg(test)]
 mod equivalence;
 mod events;
 
-use std::{collections::BTreeMap, ops::Range, time::Duration};
+use std::{collections::BTreeMap, io, ops::Range, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -165,6 +166,40 @@ pub fn pieces(text: &str) -> Vec<Range<usize>> {
 /// any later text that has the same piece.
 pub fn read_pieces(text: &str, pieces: &[Range<usize>]) -> Option<Vec<Vec<ClientSpec>>> {
     events::read_valid(text, pieces)
+}
+
+/// [`read_pieces`], the clients of each piece turned into a `T` by `make` (given the piece's
+/// index in `pieces`) on the thread that read them, so that what is kept is made while
+/// the clients are at hand, on all cores.
+///
+/// `text` may also be some pieces of a file put together: `ends_file` then says whether
+/// the last of them is the file's last piece, the one piece that may end other than on a
+/// newline.
+pub fn read_pieces_with<T: Send>(
+    text: &str,
+    pieces: &[Range<usize>],
+    ends_file: bool,
+    make: impl Fn(usize, Vec<ClientSpec>) -> T + Sync,
+) -> Option<Vec<T>> {
+    events::read_valid_with(text, pieces, ends_file, make)
+}
+
+/// Reads a clients file from `reader` to its end, handing `each` the pieces [`pieces`] would
+/// cut its text into, one by one and in order, while holding no more of the text than one
+/// piece and a chunk of 256 KiB. Stops early, without an error, when `each` returns `false`.
+/// Returns how many bytes were read.
+///
+/// The text is read into `buf`, whatever it holds, which grows as needed: a caller that
+/// reads many files can keep it from one to the next.
+///
+/// The pieces are bytes, not yet checked to be UTF-8: a file that is not may be cut into
+/// pieces that are not either (though never inside a character that is well formed).
+pub fn read_in_pieces(
+    reader: &mut impl io::Read,
+    buf: &mut Vec<u8>,
+    mut each: impl FnMut(&[u8]) -> bool,
+) -> io::Result<usize> {
+    events::read_in_pieces(reader, events::CUT, events::CHUNK, buf, &mut each)
 }
 
 /// The general path: any TOML, read into [`RawClientsFile`] by serde.

@@ -10,7 +10,7 @@ mod registry;
 
 use std::{
     fs,
-    io::ErrorKind,
+    io::{ErrorKind, Read as _, Seek as _},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     sync::{
@@ -22,10 +22,13 @@ use std::{
 
 use arc_swap::{ArcSwap, Guard};
 use aws_lc_rs::rand::SecureRandom;
-use tokendealer_shared::{admin::ReloadOutcome, clients_file::ClientsFileError};
+use tokendealer_shared::{
+    admin::ReloadOutcome,
+    clients_file::{self, ClientsFileError},
+};
 
 pub use edit::{Edit, EditError};
-pub use registry::{Client, CutText, Registry, hash_secret};
+pub use registry::{Builder, Client, CutText, Digest, Registry, hash_secret};
 
 use crate::fsio;
 
@@ -88,10 +91,10 @@ fn write_hint(e: &std::io::Error) -> &'static str {
 pub struct ClientsStore {
     path: PathBuf,
     current: ArcSwap<Registry>,
-    /// The digest ([`CutText::digest`]) of the text `current` was built from, so that
-    /// reloading what we ourselves just wrote (the watcher sees our rename) is recognised and
-    /// skipped.
-    applied: Mutex<[u8; 32]>,
+    /// The digest ([`CutText::digest`], [`Builder::digest`]) of the text `current` was built
+    /// from, so that reloading what we ourselves just wrote (the watcher sees our rename) is
+    /// recognised and skipped.
+    applied: Mutex<Digest>,
     outcome: Mutex<ReloadOutcome>,
     /// One writer at a time; readers never take it.
     write_lock: Mutex<()>,
@@ -112,10 +115,8 @@ impl ClientsStore {
         if let Some(dir) = path.parent() {
             fsio::remove_stale_temp_files(dir);
         }
-        let text = read_text(path)?;
-        let cut = CutText::new(&text);
-        let registry = load(path, &cut, None)?;
-        let digest = cut.digest();
+        let (registry, digest) =
+            read(path, None, None)?.expect("a file is never the one applied before the first");
         let count = registry.len() as u64;
         Ok(Self {
             path: path.to_owned(),
@@ -186,24 +187,15 @@ impl ClientsStore {
     /// Returns the number of clients now served.
     fn load_if_changed(&self) -> Result<u64, LoadError> {
         let started = Instant::now();
-        let text = read_text(&self.path)?;
-        let cut = CutText::new(&text);
-        let digest = cut.digest();
-        // Our own writes come back through the watcher; recognising them here spares
-        // indexing every client of a large file again for nothing.
-        if *self.applied.lock().expect("applied lock") == digest {
+        let current = self.current.load_full();
+        let applied = *self.applied.lock().expect("applied lock");
+        // Our own writes come back through the watcher; recognising them spares indexing
+        // every client of a large file again for nothing.
+        let Some((registry, digest)) = read(&self.path, Some(&current), Some(applied))? else {
             tracing::debug!(file = %self.path.display(), "clients file unchanged");
-            return Ok(self.current.load().len() as u64);
-        }
-        // An in-place save (`>`, `cp`) truncates before it writes; caught in between, the
-        // file is empty and would drop every client. A file meant to hold no clients says
-        // so with at least a comment.
-        if text.is_empty() && !self.current.load().is_empty() {
-            return Err(LoadError::Empty {
-                path: self.path.clone(),
-            });
-        }
-        let registry = load(&self.path, &cut, Some(&self.current.load()))?;
+            return Ok(current.len() as u64);
+        };
+        drop(current);
         let count = self.replace(registry, digest);
         self.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
@@ -217,10 +209,13 @@ impl ClientsStore {
 
     /// Swaps in `registry`, read from text whose digest is `digest`. Returns the number of
     /// clients now served.
-    fn replace(&self, registry: Registry, digest: [u8; 32]) -> u64 {
+    fn replace(&self, registry: Registry, digest: Digest) -> u64 {
         let count = registry.len() as u64;
         *self.applied.lock().expect("applied lock") = digest;
-        self.current.store(Arc::new(registry));
+        let replaced = self.current.swap(Arc::new(registry));
+        // Let go here, so that unless a request still holds it, the replaced registry is
+        // dropped by this thread rather than on a request's path.
+        drop(replaced);
         count
     }
 
@@ -275,12 +270,77 @@ pub fn new_secret() -> String {
     hex::encode(bytes)
 }
 
-fn read_text(path: &Path) -> Result<String, LoadError> {
-    let text = fs::read_to_string(path).map_err(|source| LoadError::Read {
+/// Reads the clients file and builds its registry, sharing with `previous` what it can;
+/// `None` when the file's digest is `applied`, the text `previous` was built from.
+///
+/// The file is read a piece at a time, and only the pieces `previous` does not have are
+/// parsed; its whole text is read at once only when that fails (to say what is wrong with
+/// it, or to read it the general way) or `previous` was not read in pieces.
+fn read(
+    path: &Path,
+    previous: Option<&Registry>,
+    applied: Option<Digest>,
+) -> Result<Option<(Registry, Digest)>, LoadError> {
+    let read_error = |source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = fs::File::open(path).map_err(read_error)?;
+    warn_if_readable(path, &file);
+    if previous.is_none_or(Registry::built_from_pieces) {
+        let mut builder = Builder::new(previous);
+        // Kept from one reload to the next, like the builder's own buffers.
+        static READ_BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+        let mut buf = std::mem::take(&mut *READ_BUFFER.lock().expect("read buffer lock"));
+        let read = clients_file::read_in_pieces(&mut file, &mut buf, |piece| builder.piece(piece));
+        // A buffer grown for a piece far larger than usual is let go.
+        if buf.capacity() <= 1 << 20 {
+            *READ_BUFFER.lock().expect("read buffer lock") = buf;
+        }
+        read.map_err(read_error)?;
+        if builder.accepted() {
+            let digest = builder.digest();
+            if Some(digest) == applied {
+                return Ok(None);
+            }
+            refuse_empty(path, builder.bytes(), previous)?;
+            if let Some(registry) = builder.finish() {
+                return Ok(Some((registry, digest)));
+            }
+        }
+        // Read again from the same file: if it was replaced meanwhile, this is still the
+        // version whose pieces were just read.
+        file.rewind().map_err(read_error)?;
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(read_error)?;
+    let cut = CutText::new(&text);
+    let digest = cut.digest();
+    if Some(digest) == applied {
+        return Ok(None);
+    }
+    refuse_empty(path, text.len(), previous)?;
+    let registry = Registry::load(&cut, previous).map_err(|source| LoadError::Invalid {
         path: path.to_owned(),
         source,
     })?;
-    if let Ok(meta) = fs::metadata(path) {
+    Ok(Some((registry, digest)))
+}
+
+/// An in-place save (`>`, `cp`) truncates before it writes; caught in between, the file is
+/// empty and would drop every client. A file meant to hold no clients says so with at least
+/// a comment.
+fn refuse_empty(path: &Path, len: usize, previous: Option<&Registry>) -> Result<(), LoadError> {
+    if len == 0 && previous.is_some_and(|p| !p.is_empty()) {
+        return Err(LoadError::Empty {
+            path: path.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn warn_if_readable(path: &Path, file: &fs::File) {
+    if let Ok(meta) = file.metadata() {
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             tracing::warn!(
@@ -290,18 +350,6 @@ fn read_text(path: &Path) -> Result<String, LoadError> {
             );
         }
     }
-    Ok(text)
-}
-
-fn load(
-    path: &Path,
-    text: &CutText<'_>,
-    previous: Option<&Registry>,
-) -> Result<Registry, LoadError> {
-    Registry::load(text, previous).map_err(|source| LoadError::Invalid {
-        path: path.to_owned(),
-        source,
-    })
 }
 
 #[cfg(test)]
@@ -380,5 +428,81 @@ mod tests {
         };
         assert_eq!(reason, "the file is missing");
         assert!(store.load().get("a").is_some());
+    }
+
+    /// A file of `n` clients, large enough to be cut into several pieces.
+    fn many(n: usize) -> String {
+        let h = format_hash(&hash_secret("s"));
+        (0..n)
+            .map(|i| {
+                format!("[clients.c{i:04}]\nsecret_hashes = [\"{h}\"]\nscopes = [\"read\"]\n\n")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_reload_reads_the_file_in_pieces_and_skips_it_unchanged() {
+        let text = many(300);
+        let (_dir, store) = store(&text);
+        assert!(store.load().built_from_pieces());
+        let first = store.load().get("c0000").map(std::ptr::from_ref).unwrap();
+        assert!(matches!(
+            store.reload(),
+            ReloadOutcome::Ok { clients: 300, .. }
+        ));
+        assert_eq!(
+            store.reloads.load(Ordering::Relaxed),
+            0,
+            "unchanged: not applied"
+        );
+        let mut appended = text.clone();
+        appended.push_str(&many(301)[text.len()..]);
+        fs::write(store.path(), &appended).unwrap();
+        assert!(matches!(
+            store.reload(),
+            ReloadOutcome::Ok { clients: 301, .. }
+        ));
+        assert_eq!(store.reloads.load(Ordering::Relaxed), 1);
+        let r = store.load();
+        assert!(r.authenticate("c0300", "s", 0).is_some());
+        assert!(
+            std::ptr::eq(r.get("c0000").unwrap(), first),
+            "the unchanged pieces are shared"
+        );
+    }
+
+    #[test]
+    fn a_piece_that_is_not_utf8_fails_as_the_whole_file_would() {
+        let text = many(300);
+        let (_dir, store) = store(&text);
+        let mut bytes = text.into_bytes();
+        let at = bytes.len() - 20;
+        bytes[at] = 0xff;
+        fs::write(store.path(), &bytes).unwrap();
+        let ReloadOutcome::Failed { reason, .. } = store.reload() else {
+            panic!("loaded a file that is not UTF-8")
+        };
+        assert!(reason.contains("UTF-8"), "{reason}");
+        assert_eq!(store.load().len(), 300);
+    }
+
+    #[test]
+    fn a_file_of_another_shape_is_read_whole_and_skipped_unchanged() {
+        let h = format_hash(&hash_secret("s"));
+        let text = format!("clients = {{ a = {{ secret_hashes = [\"{h}\"] }} }}\n");
+        let (_dir, store) = store(&text);
+        assert!(!store.load().built_from_pieces());
+        assert!(matches!(
+            store.reload(),
+            ReloadOutcome::Ok { clients: 1, .. }
+        ));
+        assert_eq!(store.reloads.load(Ordering::Relaxed), 0);
+        // Back to the usual shape: read in pieces from then on.
+        fs::write(store.path(), many(300)).unwrap();
+        assert!(matches!(
+            store.reload(),
+            ReloadOutcome::Ok { clients: 300, .. }
+        ));
+        assert!(store.load().built_from_pieces() && store.load().get("a").is_none());
     }
 }

@@ -250,12 +250,12 @@ fn authorize(
         audiences = if client.audiences.is_empty() {
             vec![default_audience.to_owned()]
         } else {
-            client.audiences.clone()
+            client.audiences.to_vec()
         };
     }
 
     let scope = match params.get("scope") {
-        None => client.scopes.clone(),
+        None => client.scopes.to_vec(),
         Some(requested) => {
             let mut granted: Vec<String> = Vec::new();
             for token in requested.split(' ').filter(|t| !t.is_empty()) {

@@ -347,6 +347,24 @@ enum Way {
     Serde,
 }
 
+/// The pieces [`events::read_in_pieces`] hands over, read `chunk` bytes at a time, as
+/// ranges of `text`.
+fn streamed(text: &str, rule: CutRule, chunk: usize) -> Vec<std::ops::Range<usize>> {
+    let mut ranges = Vec::new();
+    let mut at = 0;
+    // A buffer left over from another file, to be used whatever it holds.
+    let mut buf = b"[clients.left-over]\n".repeat(chunk % 5);
+    let read = events::read_in_pieces(&mut text.as_bytes(), rule, chunk, &mut buf, &mut |piece| {
+        assert_eq!(piece, &text.as_bytes()[at..at + piece.len()]);
+        ranges.push(at..at + piece.len());
+        at += piece.len();
+        true
+    })
+    .expect("reading a slice");
+    assert_eq!(read, text.len());
+    ranges
+}
+
 /// Fails unless every answer the event reader gives equals the serde path's.
 fn check(text: &str) -> Result<Way, TestCaseError> {
     let expected = parse_with_serde(text);
@@ -356,6 +374,15 @@ fn check(text: &str) -> Result<Way, TestCaseError> {
         prop_assert_eq!(pieces.first().map(|p| p.start), Some(0));
         prop_assert_eq!(pieces.last().map(|p| p.end), Some(text.len()));
         prop_assert!(pieces.windows(2).all(|w| w[0].end == w[1].start));
+        for chunk in [1, 7, 64] {
+            prop_assert_eq!(
+                streamed(text, rule, chunk),
+                pieces.clone(),
+                "{:?}:\n{}",
+                rule,
+                text
+            );
+        }
         if let Some(lists) = events::read_valid(text, &pieces) {
             for (range, list) in pieces.iter().zip(&lists) {
                 let alone = &text[range.clone()];
@@ -363,6 +390,22 @@ fn check(text: &str) -> Result<Way, TestCaseError> {
                 let read_alone = events::read_valid(alone, std::slice::from_ref(&whole));
                 prop_assert_eq!(read_alone.as_deref(), Some(std::slice::from_ref(list)));
             }
+            // Some of the pieces put together, as the daemon reads the new pieces of a file.
+            let odd: Vec<usize> = (1..pieces.len()).step_by(2).collect();
+            let mut batch = String::new();
+            let ranges: Vec<_> = odd
+                .iter()
+                .map(|&i| {
+                    let start = batch.len();
+                    batch.push_str(&text[pieces[i].clone()]);
+                    start..batch.len()
+                })
+                .collect();
+            let ends_file = odd.last() == Some(&(pieces.len() - 1));
+            let read =
+                events::read_valid_with(&batch, &ranges, ends_file, |i, specs| (odd[i], specs));
+            let expected_odd: Vec<_> = odd.iter().map(|&i| (i, lists[i].clone())).collect();
+            prop_assert_eq!(read, Some(expected_odd));
             let mut union: Vec<ClientSpec> = lists.into_iter().flatten().collect();
             union.sort_by(|a, b| a.id.cmp(&b.id));
             if union.windows(2).all(|w| w[0].id != w[1].id) {
@@ -438,4 +481,28 @@ fn a_duplicate_across_pieces_is_refused_with_both_lines() {
     let err = super::parse(&text).unwrap_err();
     assert_eq!(err.line(), Some(3), "{err}");
     assert!(err.to_string().contains("duplicate"), "{err}");
+}
+
+#[test]
+fn a_file_read_a_chunk_at_a_time_is_cut_where_its_whole_text_is() {
+    // Ids of varied length, and one table longer than a chunk, so that cuts fall on every
+    // side of a chunk's end.
+    let mut text = String::new();
+    for i in 0..6_000 {
+        text.push_str(&format!(
+            "[clients.svc-{}]\nsecret_hashes = [\"sha256:{HASH_HEX}\"]\n\n",
+            "x".repeat(i % 13) + &i.to_string()
+        ));
+        if i == 3_000 {
+            text.push_str(&format!("# {}\n", "long comment ".repeat(30_000)));
+        }
+    }
+    let whole = events::pieces(&text, CUT);
+    assert!(whole.len() > 50, "{} pieces", whole.len());
+    for chunk in [1_000, 4_097, 65_536, events::CHUNK, 10 << 20] {
+        assert_eq!(streamed(&text, CUT, chunk), whole, "chunks of {chunk}");
+    }
+    // An empty file is one empty piece.
+    assert_eq!(streamed("", CUT, 10), events::pieces("", CUT));
+    assert_eq!(events::pieces("", CUT).len(), 1);
 }

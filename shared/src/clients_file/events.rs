@@ -21,6 +21,7 @@
 
 use std::{
     borrow::Cow,
+    io,
     num::NonZero,
     ops::Range,
     sync::atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -36,7 +37,8 @@ use toml_parser::{
 use super::{ClientSpec, ClientsFileError, RawClient, RawExpiringHash, RawSecretHash, line_of};
 
 /// Where a piece may end: before a header line, once the piece has `min_len` bytes, if the
-/// line's hash is a multiple of `one_in`; before any header once it has `max_len`.
+/// line's hash is a multiple of `one_in` (a power of two); before any header once it has
+/// `max_len`.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct CutRule {
     pub(super) min_len: usize,
@@ -66,7 +68,7 @@ pub(super) fn parse_cut(
     text: &str,
     rule: CutRule,
 ) -> Option<Result<Vec<ClientSpec>, ClientsFileError>> {
-    let read = read_all(text, &pieces(text, rule))?;
+    let read = read_all(text, &pieces(text, rule), true, |_, read| Some(read))?;
     let mut specs = Vec::with_capacity(read.iter().map(|r| r.valid.len()).sum());
     let mut invalid = Vec::new();
     for piece in read {
@@ -98,21 +100,39 @@ pub(super) fn parse_cut(
 /// The clients of each of `ranges` (pieces of `text`), in the file's order; `None` unless
 /// every piece has the usual shape and all its clients validate.
 pub(super) fn read_valid(text: &str, ranges: &[Range<usize>]) -> Option<Vec<Vec<ClientSpec>>> {
-    read_all(text, ranges)?
-        .into_iter()
-        .map(|read| read.invalid.is_empty().then_some(read.valid))
-        .collect()
+    read_valid_with(text, ranges, true, |_, specs| specs)
 }
 
-/// Reads `ranges` of `text` on all cores; `None` as soon as one is outside the shape.
-fn read_all(text: &str, ranges: &[Range<usize>]) -> Option<Vec<Read>> {
+/// [`read_valid`], each piece's clients turned into a `T` by `make` (given the piece's index
+/// in `ranges`) on the thread that read them. `ends_file` says whether the end of `text` is
+/// the end of the file: only the file's last piece may end other than on a newline.
+pub(super) fn read_valid_with<T: Send>(
+    text: &str,
+    ranges: &[Range<usize>],
+    ends_file: bool,
+    make: impl Fn(usize, Vec<ClientSpec>) -> T + Sync,
+) -> Option<Vec<T>> {
+    read_all(text, ranges, ends_file, |index, read| {
+        read.invalid.is_empty().then(|| make(index, read.valid))
+    })
+}
+
+/// Reads `ranges` of `text` on all cores, each piece's [`Read`] turned into a `T` by `each`
+/// on the thread that read it; `None` as soon as one is outside the shape or `each` says
+/// `None`.
+fn read_all<T: Send>(
+    text: &str,
+    ranges: &[Range<usize>],
+    ends_file: bool,
+    each: impl Fn(usize, Read) -> Option<T> + Sync,
+) -> Option<Vec<T>> {
     let threads = std::thread::available_parallelism()
         .map_or(1, NonZero::get)
         .min(ranges.len());
     let next = AtomicUsize::new(0);
     let outside = AtomicBool::new(false);
-    let work = || read_pieces(text, ranges, &next, &outside);
-    let mut read: Vec<(usize, Read)> = std::thread::scope(|scope| {
+    let work = || read_pieces(text, ranges, ends_file, &next, &outside, &each);
+    let mut read: Vec<(usize, T)> = std::thread::scope(|scope| {
         // A helper that cannot be started leaves its pieces to the others.
         let helpers: Vec<_> = (1..threads)
             .filter_map(|_| {
@@ -175,44 +195,156 @@ fn sort_by_id<T>(items: &mut [T], id: impl Fn(&T) -> &str) {
 
 /// Byte ranges that cover `text`, each after the first starting a line with `[`.
 pub(super) fn pieces(text: &str, rule: CutRule) -> Vec<Range<usize>> {
-    let bytes = text.as_bytes();
+    let mut cutter = Cutter::new(rule);
     let mut starts = vec![0];
-    let mut from = rule.min_len.max(1);
-    while let Some(found) = bytes
-        .get(from - 1..)
-        .and_then(|rest| memchr::memmem::find(rest, b"\n["))
-    {
-        let header = from + found;
-        let line = &bytes[header..];
-        let line = &line[..memchr::memchr(b'\n', line).unwrap_or(line.len())];
-        let last = starts.last().copied().unwrap_or(0);
-        if header - last >= rule.max_len || fnv1a(line).is_multiple_of(rule.one_in.max(1)) {
-            starts.push(header);
-            from = header + rule.min_len.max(1);
-        } else {
-            from = header + 1;
-        }
+    while let Some(cut) = cutter.next(text.as_bytes(), 0, true) {
+        starts.push(cut);
     }
     let ends = starts.iter().skip(1).copied().chain([text.len()]);
     starts.iter().zip(ends).map(|(&s, e)| s..e).collect()
 }
 
-/// FNV-1a: a cheap, fixed hash, so that the same line is a cut in every file it is in.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
-        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+/// Finds, in text that may arrive a part at a time, where [`CutRule`] cuts it.
+pub(super) struct Cutter {
+    rule: CutRule,
+    /// `one_in - 1`: a hash is a multiple of `one_in` when it has none of these bits.
+    one_in_mask: u64,
+    newline_bracket: memchr::memmem::Finder<'static>,
+    /// Where the piece being cut starts.
+    last: usize,
+    /// The next header considered starts at `from` or later (the `\n` before it at
+    /// `from - 1` or later).
+    from: usize,
 }
 
-/// Takes pieces off the shared counter until none are left, returning each with its index.
-/// Stops early, and sets `outside`, when a piece (read here or by another thread) is outside
-/// the shape.
-fn read_pieces(
+impl Cutter {
+    pub(super) fn new(rule: CutRule) -> Self {
+        Self {
+            rule,
+            one_in_mask: rule.one_in.max(1).next_power_of_two() - 1,
+            newline_bracket: memchr::memmem::Finder::new(b"\n["),
+            last: 0,
+            from: rule.min_len.max(1),
+        }
+    }
+
+    /// The start of the piece after the one being cut, given the text from offset `base`
+    /// on as far as it is known (`base` no later than that piece's start; `eof` when the
+    /// text ends there). `None` when no cut can be decided before more text is known, or,
+    /// at the end of the text, when there are no more cuts.
+    pub(super) fn next(&mut self, known: &[u8], base: usize, eof: bool) -> Option<usize> {
+        loop {
+            let rest = known.get(self.from - 1 - base..)?;
+            let Some(found) = self.newline_bracket.find(rest) else {
+                // None in what is known: the search goes on from its last byte.
+                self.from = self.from.max(base + known.len());
+                return None;
+            };
+            let header = self.from + found;
+            let line = &known[header - base..];
+            let line = match memchr::memchr(b'\n', line) {
+                Some(end) => &line[..end],
+                None if eof => line,
+                // The line's hash decides; it has to be known whole.
+                None => return None,
+            };
+            if header - self.last >= self.rule.max_len || line_hash(line) & self.one_in_mask == 0 {
+                self.last = header;
+                self.from = header + self.rule.min_len.max(1);
+                return Some(header);
+            }
+            self.from = header + 1;
+        }
+    }
+}
+
+/// How much is read from the file at a time.
+pub(super) const CHUNK: usize = 256 * 1024;
+
+/// Reads `reader` to its end and hands `each` the pieces [`pieces`] would cut its text
+/// into, one by one and in order, holding no more of the text than a piece and a chunk,
+/// in `buf` (whatever it holds). Stops early, without an error, when `each` returns
+/// `false`. Returns how many bytes were read.
+///
+/// The pieces are bytes: a piece of a file that is not UTF-8 may not be either.
+pub(super) fn read_in_pieces(
+    reader: &mut dyn io::Read,
+    rule: CutRule,
+    chunk: usize,
+    buf: &mut Vec<u8>,
+    each: &mut dyn FnMut(&[u8]) -> bool,
+) -> io::Result<usize> {
+    let chunk = chunk.max(1);
+    let mut cutter = Cutter::new(rule);
+    // `buf[..filled]` is the text from offset `base` on: the piece being cut and whatever
+    // follows it.
+    if buf.len() < chunk {
+        buf.resize(chunk, 0);
+    }
+    let (mut base, mut filled) = (0, 0);
+    loop {
+        if buf.len() - filled < chunk {
+            // The piece being cut fills the buffer: make room for another chunk of it.
+            buf.resize(filled + chunk, 0);
+        }
+        let n = match reader.read(&mut buf[filled..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        filled += n;
+        let eof = n == 0;
+        let mut start = cutter.last;
+        while let Some(cut) = cutter.next(&buf[..filled], base, eof) {
+            if !each(&buf[start - base..cut - base]) {
+                return Ok(base + filled);
+            }
+            start = cut;
+        }
+        if eof {
+            each(&buf[start - base..filled]);
+            return Ok(base + filled);
+        }
+        // What is left is the start of the next piece: it moves to the front.
+        buf.copy_within(start - base..filled, 0);
+        filled -= start - base;
+        base = start;
+    }
+}
+
+/// A cheap, fixed hash of a header line, so that the same line is a cut in every file it is
+/// in. Eight bytes at a time (a reload cuts the whole file, and looks at most of its header
+/// lines), then mixed so that every bit of the line counts in the low bits tested.
+fn line_hash(line: &[u8]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut words = line.chunks_exact(8);
+    let mut hash = line.len() as u64;
+    for word in &mut words {
+        let word = u64::from_le_bytes(word.try_into().unwrap_or_default());
+        hash = (hash.rotate_left(23) ^ word).wrapping_mul(K);
+    }
+    let mut tail = [0; 8];
+    tail[..words.remainder().len()].copy_from_slice(words.remainder());
+    hash = (hash.rotate_left(23) ^ u64::from_le_bytes(tail)).wrapping_mul(K);
+    // The finalizer of MurmurHash3.
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^ (hash >> 33)
+}
+
+/// Takes pieces off the shared counter until none are left, returning what `each` made of
+/// each with its index. Stops early, and sets `outside`, when a piece (read here or by
+/// another thread) is outside the shape or `each` made nothing of it.
+fn read_pieces<T>(
     text: &str,
     ranges: &[Range<usize>],
+    ends_file: bool,
     next: &AtomicUsize,
     outside: &AtomicBool,
-) -> Vec<(usize, Read)> {
+    each: &impl Fn(usize, Read) -> Option<T>,
+) -> Vec<(usize, T)> {
     let mut read = Vec::new();
     let mut tokens = Vec::new();
     while !outside.load(Ordering::Relaxed) {
@@ -220,9 +352,9 @@ fn read_pieces(
         let Some(range) = ranges.get(index) else {
             break;
         };
-        let last = range.end == text.len();
-        match read_piece(text, range.clone(), last, &mut tokens) {
-            Some(piece) => read.push((index, piece)),
+        let last = ends_file && range.end == text.len();
+        match read_piece(text, range.clone(), last, &mut tokens).and_then(|r| each(index, r)) {
+            Some(made) => read.push((index, made)),
             None => outside.store(true, Ordering::Relaxed),
         }
     }

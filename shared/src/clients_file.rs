@@ -148,6 +148,19 @@ pub fn parse(text: &str) -> Result<Vec<ClientSpec>, ClientsFileError> {
     events::parse(text).unwrap_or_else(|| parse_with_serde(text))
 }
 
+/// The clients of a file of the usual shape (`[clients.ID]` tables holding the known
+/// fields), each with the byte range of its table — from its header's `[` to the end of the
+/// line of its last value, past its line break when there is one — made into a `T` by
+/// `each` on the thread that read it (so that a caller keeps only what it needs of a large
+/// file), in the file's order. `None` unless the file has that shape and every client
+/// validates; an id may be in two tables (which [`parse`] refuses).
+pub fn read_tables<T: Send>(
+    text: &str,
+    each: impl Fn(ClientSpec, Range<usize>) -> T + Sync,
+) -> Option<Vec<T>> {
+    events::read_tables(text, each)
+}
+
 /// Cuts a clients file into pieces that can be read apart from each other: byte ranges
 /// covering `text`, each after the first starting with a table header at the start of a
 /// line. Where the file is cut depends only on the header line there, so an edit changes the

@@ -58,7 +58,21 @@ pub enum EditError {
 
 /// Applies `edit` to `text` at `now`. Expired secret hashes of every client are dropped on
 /// the way, since the file is being rewritten anyway.
+///
+/// A file of the usual shape (`[clients.ID]` tables only) is edited a table at a time: only
+/// the tables the edit changes are read into a document and written out again, which gives
+/// the same text as [`apply_whole`] without holding a document of the whole file. Every
+/// other file goes through [`apply_whole`].
 pub fn apply(text: &str, edit: &Edit, now: Timestamp) -> Result<String, EditError> {
+    match apply_to_tables(text, edit, now)? {
+        Some(out) => Ok(out),
+        None => apply_whole(text, edit, now),
+    }
+}
+
+/// [`apply`] on a document of the whole file: the reference for every file, and the way
+/// for files not of the usual shape.
+fn apply_whole(text: &str, edit: &Edit, now: Timestamp) -> Result<String, EditError> {
     clients_file::parse(text).map_err(EditError::FileInvalid)?;
     let mut doc: DocumentMut = text
         .parse()
@@ -83,6 +97,28 @@ pub fn apply(text: &str, edit: &Edit, now: Timestamp) -> Result<String, EditErro
         .as_table_like_mut()
         .ok_or_else(|| EditError::Invalid("`clients` is not a table".into()))?;
 
+    edit_clients(clients, inline, edit)?;
+
+    if let (Some(comments), Some(first)) = (
+        moved_comments,
+        clients
+            .iter_mut()
+            .next()
+            .and_then(|(_, item)| item.as_table_mut()),
+    ) {
+        first.decor_mut().set_prefix(comments);
+    }
+    drop_expired(clients, now);
+    let out = doc.to_string();
+    // The edit itself was validated; this guards the invariant that we never write a file
+    // we would refuse to load.
+    clients_file::parse(&out)
+        .map_err(|e| EditError::Invalid(format!("the edit would make the file invalid: {e}")))?;
+    Ok(out)
+}
+
+/// The edit itself, on the `clients` table of a document.
+fn edit_clients(clients: &mut dyn TableLike, inline: bool, edit: &Edit) -> Result<(), EditError> {
     match edit {
         Edit::Add {
             id,
@@ -154,23 +190,179 @@ pub fn apply(text: &str, edit: &Edit, now: Timestamp) -> Result<String, EditErro
             }
         }
     }
+    Ok(())
+}
 
-    if let (Some(comments), Some(first)) = (
-        moved_comments,
-        clients
-            .iter_mut()
-            .next()
-            .and_then(|(_, item)| item.as_table_mut()),
-    ) {
-        first.decor_mut().set_prefix(comments);
+/// [`apply`] a table at a time, for a file of the usual shape; `None` for any other file,
+/// or when the result cannot be shown to be what [`apply_whole`] would write.
+///
+/// toml_edit keeps the blank and comment lines above a table header as the header's prefix,
+/// and those below a file's last table as the document's trailing text. So the file is a
+/// run of segments, one per table (its prefix, header and key/value lines), and the
+/// trailing text; a document writes each table's segment as it would write a document of
+/// that segment alone. The segments of the tables the edit changes (the client edited,
+/// clients with expired secret hashes, the last table for an addition, since new tables go
+/// below it) are written through such one-table documents; a removed table's segment is
+/// dropped; every other segment is kept as it is.
+fn apply_to_tables(text: &str, edit: &Edit, now: Timestamp) -> Result<Option<String>, EditError> {
+    // toml_edit writes every line break as `\n`: such a file is rewritten whole.
+    if text.contains('\r') {
+        return Ok(None);
     }
-    drop_expired(clients, now);
-    let out = doc.to_string();
-    // The edit itself was validated; this guards the invariant that we never write a file
-    // we would refuse to load.
-    clients_file::parse(&out)
-        .map_err(|e| EditError::Invalid(format!("the edit would make the file invalid: {e}")))?;
-    Ok(out)
+    // Of each client, only what is needed here is kept: an 18 MB file holds 100 000.
+    let Some(mut tables) = clients_file::read_tables(text, |spec, range| Segment {
+        expired: spec
+            .secrets
+            .iter()
+            .any(|s| s.expires.is_some_and(|e| e <= now)),
+        id: spec.id.into_boxed_str(),
+        start: range.start,
+        end: range.end,
+    }) else {
+        // Another shape, or not valid: `apply_whole` reads it, or says what is wrong.
+        return Ok(None);
+    };
+    if tables.is_empty() {
+        return Ok(None);
+    }
+    // A document keeps one layout for the `clients` of all headers: the file is edited
+    // whole unless every header has the same.
+    if tables
+        .iter()
+        .any(|t| !text[t.start..].starts_with("[clients."))
+    {
+        return Ok(None);
+    }
+    // Each segment starts where the table before it ends.
+    let mut previous_end = 0;
+    for table in &mut tables {
+        if table.start < previous_end {
+            return Ok(None);
+        }
+        table.start = previous_end;
+        previous_end = table.end;
+    }
+    let trailing = previous_end..text.len();
+    let mut by_id: Vec<usize> = (0..tables.len()).collect();
+    by_id.sort_unstable_by(|&a, &b| tables[a].id.cmp(&tables[b].id));
+    if by_id.windows(2).any(|w| tables[w[0]].id == tables[w[1]].id) {
+        // A duplicate: `apply_whole` says where.
+        return Ok(None);
+    }
+    let find = |id: &str| {
+        by_id
+            .binary_search_by(|&i| (*tables[i].id).cmp(id))
+            .ok()
+            .map(|found| by_id[found])
+    };
+
+    // The segments changed, by their position in `tables`.
+    let mut target: Option<usize> = None;
+    let mut removed: Option<usize> = None;
+    let mut added: Vec<&str> = Vec::new();
+    match edit {
+        Edit::Add { id, .. } => {
+            check_client_id(id).map_err(EditError::Invalid)?;
+            if find(id).is_some() {
+                return Err(EditError::Exists(id.clone()));
+            }
+            target = Some(tables.len() - 1);
+            added.push(id);
+        }
+        Edit::Import { clients: imported } => {
+            for (id, _) in imported {
+                check_client_id(id).map_err(EditError::Invalid)?;
+                if find(id).is_some() {
+                    return Err(EditError::Exists(id.clone()));
+                }
+            }
+            target = Some(tables.len() - 1);
+            added.extend(imported.iter().map(|(id, _)| id.as_str()));
+        }
+        Edit::SetDisabled { id, .. } | Edit::RotateSecret { id, .. } => {
+            target = Some(find(id).ok_or_else(|| EditError::NoSuchClient(id.clone()))?);
+        }
+        Edit::Remove { id } => {
+            removed = Some(find(id).ok_or_else(|| EditError::NoSuchClient(id.clone()))?);
+        }
+    }
+    let mut rewrite: Vec<usize> = tables
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.expired)
+        .map(|(at, _)| at)
+        .collect();
+    rewrite.extend(target);
+    // A last line without a line break gets one when written.
+    if !text[..trailing.start].ends_with('\n') {
+        rewrite.push(tables.len() - 1);
+    }
+    rewrite.sort_unstable();
+    rewrite.dedup();
+    rewrite.retain(|&p| Some(p) != removed);
+
+    let mut written = Vec::with_capacity(rewrite.len());
+    for &at in &rewrite {
+        let segment = &text[tables[at].start..tables[at].end];
+        let mut doc: DocumentMut = match segment.parse() {
+            Ok(doc) => doc,
+            Err(_) => return Ok(None),
+        };
+        let Some(clients) = doc.get_mut("clients").and_then(Item::as_table_like_mut) else {
+            return Ok(None);
+        };
+        if Some(at) == target {
+            edit_clients(clients, false, edit)?;
+        }
+        drop_expired(clients, now);
+        let out = doc.to_string();
+        // The segment must read alone as its clients, and end where the next may start.
+        let mut expected: Vec<&str> = vec![&tables[at].id];
+        if Some(at) == target {
+            expected.extend(added.iter().copied());
+        }
+        expected.sort_unstable();
+        expected.dedup();
+        match clients_file::read_tables(&out, |spec, _| spec.id) {
+            Some(mut read) if out.ends_with('\n') => {
+                read.sort_unstable();
+                if read != expected {
+                    return Ok(None);
+                }
+            }
+            _ => return Ok(None),
+        }
+        written.push((at, out));
+    }
+
+    let grown: usize = written.iter().map(|(_, out)| out.len()).sum();
+    let mut out = String::with_capacity(text.len() + grown);
+    let mut from = 0;
+    let mut written = written.into_iter().peekable();
+    for (at, table) in tables.iter().enumerate() {
+        if Some(at) == removed {
+            out.push_str(&text[from..table.start]);
+            from = table.end;
+        } else if written.peek().is_some_and(|(w, _)| *w == at) {
+            let (_, segment) = written.next().expect("peeked");
+            out.push_str(&text[from..table.start]);
+            out.push_str(&segment);
+            from = table.end;
+        }
+    }
+    out.push_str(&text[from..]);
+    Ok(Some(out))
+}
+
+/// A client's table in a file of the usual shape, and what [`apply_to_tables`] needs of it.
+struct Segment {
+    id: Box<str>,
+    /// Where its segment starts and ends: the blank and comment lines above its header, up
+    /// to the line break after its last value.
+    start: usize,
+    end: usize,
+    /// Whether it holds a secret hash expired by now.
+    expired: bool,
 }
 
 fn check_new_client(clients: &dyn TableLike, id: &str) -> Result<(), EditError> {
@@ -411,5 +603,252 @@ mod tests {
         assert_eq!(clients_file::parse(&out).unwrap().len(), 2, "{out}");
         let out = apply("clients = {}\n", &add("b"), now()).unwrap();
         assert_eq!(clients_file::parse(&out).unwrap().len(), 1, "{out}");
+    }
+
+    /// A small deterministic generator (xorshift), so that the test needs no crate.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            usize::try_from(self.0 % n as u64).expect("below n")
+        }
+
+        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[self.below(items.len())]
+        }
+
+        fn odds(&mut self, one_in: usize) -> bool {
+            self.below(one_in) == 0
+        }
+    }
+
+    /// Blank and comment lines, as may stand between lines of the file.
+    fn filler(rng: &mut Rng) -> String {
+        let mut out = String::new();
+        for _ in 0..rng.below(4) {
+            out.push_str(rng.pick(&[
+                "\n",
+                "# a comment\n",
+                "  \t\n",
+                "   # indented [clients.x]\n",
+                "#\n",
+            ]));
+        }
+        out
+    }
+
+    fn hash(rng: &mut Rng) -> String {
+        let digest = [u8::try_from(rng.below(256)).unwrap(); 32];
+        format!("\"{}\"", format_hash(&digest))
+    }
+
+    /// A file of the usual shape with `n` clients, laid out in every way people write it.
+    fn plain_file(rng: &mut Rng, ids: &[String]) -> String {
+        let mut out = filler(rng);
+        for id in ids {
+            let header = match if id.contains('.') { 0 } else { rng.below(20) } {
+                0..=3 => format!("[clients.\"{id}\"]"),
+                // A file with this is edited whole.
+                4 => format!("[ clients . {id} ]"),
+                5..=7 => format!("[clients. {id}\t]"),
+                8..=9 => format!("[clients.'{id}']"),
+                _ => format!("[clients.{id}]"),
+            };
+            out.push_str(rng.pick(&["", "", "  "]));
+            out.push_str(&header);
+            out.push_str(rng.pick(&["", "", " # the header", "  "]));
+            out.push('\n');
+            let mut lines = Vec::new();
+            let mut secrets = vec![hash(rng)];
+            if rng.odds(3) {
+                let expires = rng.pick(&[
+                    "2026-11-27T11:00:00Z",
+                    "2026-11-27T12:00:00Z",
+                    "2026-11-28T10:00:00Z",
+                    "2026-11-27T13:00:00+02:00",
+                ]);
+                let old = hash(rng);
+                secrets.push(format!("{{ hash = {old}, expires = {expires} }}"));
+            }
+            lines.push(match rng.below(3) {
+                0 => format!("secret_hashes = [{}]", secrets.join(", ")),
+                1 => format!("secret_hashes=[ {} , ]", secrets.join(" ,")),
+                _ => format!(
+                    "secret_hashes = [\n  {}, # current\n  # old\n]",
+                    secrets.join(",\n  ")
+                ),
+            });
+            if rng.odds(2) {
+                lines.push(
+                    rng.pick(&[
+                        "audiences = [\"https://a.example\"]",
+                        "audiences     = ['*']   # any",
+                        "audiences = []",
+                        "audiences = [\n\"https://b\",\n\n]",
+                        // Lines inside a value that look like comments.
+                        "audiences = [\"\"\"\n#x\"\"\", '''\n#y''']",
+                    ])
+                    .to_owned(),
+                );
+            }
+            if rng.odds(2) {
+                lines.push(
+                    rng.pick(&[
+                        "scopes = [\"read\", \"write\"]",
+                        "scopes = [ ]",
+                        "scopes=['x:y']",
+                    ])
+                    .to_owned(),
+                );
+            }
+            if rng.odds(3) {
+                lines.push(
+                    rng.pick(&["token_ttl = \"1h\"", "token_ttl = '30m' # short"])
+                        .to_owned(),
+                );
+            }
+            if rng.odds(3) {
+                lines.push(
+                    rng.pick(&["disabled = true", "disabled = false", "disabled=false  "])
+                        .to_owned(),
+                );
+            }
+            // Any order of fields, secret hashes first or not.
+            let swap = rng.below(lines.len());
+            lines.swap(0, swap);
+            for line in lines {
+                if rng.odds(3) {
+                    out.push_str(&filler(rng));
+                }
+                out.push_str(rng.pick(&["", "", "  ", "\t"]));
+                out.push_str(&line);
+                out.push_str(rng.pick(&["", "", "", " # note"]));
+                out.push('\n');
+            }
+            out.push_str(&filler(rng));
+        }
+        match rng.below(4) {
+            // No line break at the end.
+            0 => {
+                let trimmed = out.trim_end_matches(['\n', ' ', '\t']).len();
+                out.truncate(trimmed);
+            }
+            1 => out.push_str("# the end"),
+            _ => {}
+        }
+        out
+    }
+
+    fn edits(rng: &mut Rng, ids: &[String]) -> Vec<Edit> {
+        let some = |rng: &mut Rng| ids[rng.below(ids.len())].clone();
+        let first = ids[0].clone();
+        let last = ids[ids.len() - 1].clone();
+        let until = Some("2026-11-29T00:00:00Z".parse().unwrap());
+        let mut edits = Vec::new();
+        for id in [some(rng), first, last, "nobody".to_owned()] {
+            edits.extend([
+                Edit::SetDisabled {
+                    id: id.clone(),
+                    disabled: true,
+                },
+                Edit::SetDisabled {
+                    id: id.clone(),
+                    disabled: false,
+                },
+                Edit::Remove { id: id.clone() },
+                Edit::RotateSecret {
+                    id: id.clone(),
+                    new_hash: H2,
+                    keep_old_until: until,
+                },
+                Edit::RotateSecret {
+                    id: id.clone(),
+                    new_hash: H1,
+                    keep_old_until: None,
+                },
+                Edit::Add {
+                    id: id.clone(),
+                    audiences: vec![],
+                    scopes: vec!["read".into()],
+                    ttl: None,
+                    secret_hash: H1,
+                },
+            ]);
+        }
+        edits.extend([
+            add("new-one"),
+            add("bad id"),
+            Edit::Add {
+                id: "new-two".into(),
+                audiences: vec!["bad audience".into()],
+                scopes: vec![],
+                ttl: None,
+                secret_hash: H1,
+            },
+            Edit::Import {
+                clients: vec![("n1".into(), H1), ("n2".into(), H2)],
+            },
+            Edit::Import {
+                clients: vec![("n1".into(), H1), (some(rng), H2)],
+            },
+        ]);
+        edits
+    }
+
+    #[test]
+    fn table_at_a_time_writes_what_the_whole_document_writes() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let pool = ["a", "b-1", "svc.2", "Z_9", "c", "d", "e", "f"];
+        let mut fast = 0;
+        for _ in 0..100 {
+            let n = 1 + rng.below(pool.len());
+            let mut ids: Vec<String> = pool.iter().map(|&id| id.to_owned()).collect();
+            for i in (1..ids.len()).rev() {
+                ids.swap(i, rng.below(i + 1));
+            }
+            ids.truncate(n);
+            let text = plain_file(&mut rng, &ids);
+            assert!(
+                clients_file::read_tables(&text, |_, _| ()).is_some(),
+                "not of the usual shape:\n{text}"
+            );
+            for edit in edits(&mut rng, &ids) {
+                let whole = apply_whole(&text, &edit, now());
+                let by_table = apply_to_tables(&text, &edit, now());
+                match (&whole, by_table) {
+                    (Ok(whole), Ok(Some(by_table))) => {
+                        fast += 1;
+                        assert_eq!(
+                            &by_table, whole,
+                            "{edit:?} on\n{text}\n---- by table:\n{by_table}\n---- whole:\n{whole}"
+                        );
+                    }
+                    (Err(whole), Err(by_table)) => assert_eq!(whole, &by_table, "{edit:?}"),
+                    (_, Ok(None)) => assert!(text.contains("[ clients"), "{edit:?} on\n{text}"),
+                    (whole, by_table) => {
+                        panic!("{edit:?} on\n{text}\nwhole: {whole:?}\nby table: {by_table:?}")
+                    }
+                }
+                assert_eq!(apply(&text, &edit, now()), whole);
+            }
+        }
+        assert!(fast > 800, "{fast}");
+    }
+
+    #[test]
+    fn other_files_are_edited_whole() {
+        let hash = format_hash(&H1);
+        for text in [
+            format!("[clients.a]\r\nsecret_hashes = [\"{hash}\"]\r\n"),
+            format!("[clients]\na = {{ secret_hashes = [\"{hash}\"] }}\n"),
+            "# only a comment\n".to_owned(),
+        ] {
+            assert_eq!(apply_to_tables(&text, &add("b"), now()), Ok(None), "{text}");
+            let out = apply(&text, &add("b"), now()).unwrap();
+            assert_eq!(out, apply_whole(&text, &add("b"), now()).unwrap());
+        }
     }
 }

@@ -234,7 +234,13 @@ impl ClientsStore {
             let after = edit::apply(&before, edit, jiff::Timestamp::now())?;
             // Someone may have saved the file while we edited it; the rename would then lose
             // their change. Re-read and re-apply instead.
-            if read_now()? != before {
+            // Compared a chunk at a time: a second copy of a large file is not needed.
+            let unchanged =
+                same_text(&self.path, before.as_bytes()).map_err(|source| WriteError::Read {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            if !unchanged {
                 tracing::info!(file = %self.path.display(), "clients file changed during a write; applying the change again");
                 continue;
             }
@@ -258,6 +264,30 @@ impl ClientsStore {
             return Ok(());
         }
         Err(WriteError::Contended)
+    }
+}
+
+/// Whether the file at `path` holds exactly `expected`, read a chunk at a time.
+fn same_text(path: &Path, expected: &[u8]) -> std::io::Result<bool> {
+    let mut file = fs::File::open(path)?;
+    let mut chunk = vec![0; 64 * 1024];
+    let mut rest = expected;
+    loop {
+        let n = match file.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Ok(rest.is_empty());
+        }
+        let Some(head) = rest.get(..n) else {
+            return Ok(false);
+        };
+        if head != &chunk[..n] {
+            return Ok(false);
+        }
+        rest = &rest[n..];
     }
 }
 

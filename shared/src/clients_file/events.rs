@@ -97,6 +97,30 @@ pub(super) fn parse_cut(
     })
 }
 
+/// Each client of `text` with where its table is: from its header's `[` to the end of the
+/// line of its last value (past its line break, when there is one), made into a `T` by
+/// `each` on the thread that read it, in the file's order. `None` unless every piece has
+/// the usual shape and all its clients validate; an id may be in two tables.
+pub(super) fn read_tables<T: Send>(
+    text: &str,
+    each: impl Fn(ClientSpec, Range<usize>) -> T + Sync,
+) -> Option<Vec<T>> {
+    let read = read_all(text, &pieces(text, CUT), true, |_, read| {
+        read.invalid.is_empty().then(|| {
+            read.valid
+                .into_iter()
+                .zip(read.tables)
+                .map(|(spec, table)| each(spec, table))
+                .collect::<Vec<T>>()
+        })
+    })?;
+    let mut all = Vec::with_capacity(read.iter().map(Vec::len).sum());
+    for piece in read {
+        all.extend(piece);
+    }
+    Some(all)
+}
+
 /// The clients of each of `ranges` (pieces of `text`), in the file's order; `None` unless
 /// every piece has the usual shape and all its clients validate.
 pub(super) fn read_valid(text: &str, ranges: &[Range<usize>]) -> Option<Vec<Vec<ClientSpec>>> {
@@ -163,6 +187,8 @@ fn read_all<T: Send>(
 #[derive(Default)]
 struct Read {
     valid: Vec<ClientSpec>,
+    /// Where the table of each of `valid` is in the whole text (see [`read_tables`]).
+    tables: Vec<Range<usize>>,
     invalid: Vec<Invalid>,
 }
 
@@ -386,6 +412,7 @@ fn read_piece(
         header: Vec::new(),
         header_at: 0,
         client: None,
+        value_end: 0,
         list: Vec::new(),
         read: Read::default(),
     };
@@ -468,6 +495,8 @@ struct Reader<'i> {
     /// Where the `[` of the last header is, in the piece.
     header_at: usize,
     client: Option<Pending>,
+    /// Where the last value read ends, in the piece.
+    value_end: usize,
     /// The strings of the audience or scope list being read.
     list: Vec<String>,
     read: Read,
@@ -513,8 +542,15 @@ impl<'i> Reader<'i> {
             self.leave();
             return;
         }
+        // The rest of the last value's line is blanks and a comment at most.
+        let input = self.source.input();
+        let end = memchr::memchr(b'\n', &input.as_bytes()[self.value_end..])
+            .map_or(input.len(), |newline| self.value_end + newline + 1);
         match super::validate(client.id, client.raw) {
-            Ok(spec) => self.read.valid.push(spec),
+            Ok(spec) => {
+                self.read.valid.push(spec);
+                self.read.tables.push(client.at..self.base + end);
+            }
             Err((id, problem)) => self.read.invalid.push(Invalid {
                 id,
                 at: client.at,
@@ -562,6 +598,7 @@ impl<'i> Reader<'i> {
     }
 
     fn on_scalar(&mut self, span: Span, encoding: Option<Encoding>, error: &mut dyn ErrorSink) {
+        self.value_end = span.end();
         let Some((kind, value)) = self.decode_scalar(span, encoding, error) else {
             return self.leave();
         };
@@ -682,7 +719,8 @@ impl EventReceiver for Reader<'_> {
         }
     }
 
-    fn array_close(&mut self, _span: Span, _error: &mut dyn ErrorSink) {
+    fn array_close(&mut self, span: Span, _error: &mut dyn ErrorSink) {
+        self.value_end = span.end();
         let (State::Array(field), Some(client)) = (self.state, &mut self.client) else {
             return self.leave();
         };

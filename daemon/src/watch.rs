@@ -5,7 +5,7 @@
 //! inode the old watch would never see), vim writes a backup and renames, and a Kubernetes
 //! volume swaps its `..data` symlink. Events are filtered by name, debounced, and each burst
 //! becomes one reload of the whole file; reloads of a large file are spaced out (see
-//! [`RELOAD_SHARE`]).
+//! `RELOAD_SHARE`).
 
 use std::{
     ffi::OsStr,

@@ -61,8 +61,8 @@ pub enum EditError {
 ///
 /// A file of the usual shape (`[clients.ID]` tables only) is edited a table at a time: only
 /// the tables the edit changes are read into a document and written out again, which gives
-/// the same text as [`apply_whole`] without holding a document of the whole file. Every
-/// other file goes through [`apply_whole`].
+/// the same text as `apply_whole` without holding a document of the whole file. Every
+/// other file goes through `apply_whole`.
 pub fn apply(text: &str, edit: &Edit, now: Timestamp) -> Result<String, EditError> {
     match apply_to_tables(text, edit, now)? {
         Some(out) => Ok(out),

@@ -19,6 +19,7 @@ cargo build --release --workspace --bins --examples -q
 bin=target/release
 work=$(mktemp -d)
 pids=()
+idle_rss=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
@@ -131,6 +132,7 @@ algorithm    = "$alg"
 TOML
     TOKENDEALER_LOG=warn "$bin/tokendealerd" --config "$dir/config.toml" 2>"$dir/log" & pid=$!; pids+=("$pid")
     wait_up "http://127.0.0.1:$port/healthz"
+    idle_rss+=("$alg $(awk '/VmRSS/ { printf "%.1f", $2/1024 }' "/proc/$pid/status")")
     for c in 32 256; do
         for auth in basic post; do
             read -r rps p50 p99 non2xx errors srv_us wrk_us < <(load "http://127.0.0.1:$port/oauth/token" "$work/$auth.lua" "$c" "$pid")
@@ -146,6 +148,7 @@ TOML
     done
     kill "$pid"; wait "$pid" 2>/dev/null || true
 done
+echo "idle RSS after start-up, MB: $(IFS=,; echo "${idle_rss[*]}" | sed 's/,/, /g')"
 
 # The rows above run with TOKENDEALER_LOG=warn; by default (info) every token is also a log
 # line, here written to a file as journald or a log collector would take it.

@@ -58,6 +58,8 @@ enum ClientsCommand {
     List,
     /// Register a client; its new secret is printed once.
     Add {
+        /// The client id (it may begin with `-`).
+        #[arg(allow_hyphen_values = true)]
         id: String,
         /// An audience it may ask for (repeatable; "*" allows any).
         #[arg(long = "audience", value_name = "A")]
@@ -71,17 +73,31 @@ enum ClientsCommand {
     },
     /// Give a client a new secret, printed once.
     RotateSecret {
+        /// The client id (it may begin with `-`).
+        #[arg(allow_hyphen_values = true)]
         id: String,
         /// How long the old secret keeps working; 0 stops it at once.
         #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_overlap)]
         keep_old: Duration,
     },
     /// Refuse tokens to a client, keeping its registration.
-    Disable { id: String },
+    Disable {
+        /// The client id (it may begin with `-`).
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
     /// Let a disabled client get tokens again.
-    Enable { id: String },
+    Enable {
+        /// The client id (it may begin with `-`).
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
     /// Delete a client.
-    Remove { id: String },
+    Remove {
+        /// The client id (it may begin with `-`).
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
     /// Register clients from a JSON object of client ids to secrets; only hashes are kept.
     Import {
         file: PathBuf,
@@ -103,7 +119,11 @@ enum KeysCommand {
         now: bool,
     },
     /// Drop a compromised key from the JWKS at once; tokens it signed stop verifying.
-    Revoke { kid: String },
+    Revoke {
+        /// The key's id, as `keys list` shows it; a thumbprint may begin with `-`.
+        #[arg(allow_hyphen_values = true)]
+        kid: String,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -459,4 +479,51 @@ fn read_seed(file: &Path, force: bool) -> Result<Vec<(String, [u8; 32])>, CliErr
         .into_iter()
         .map(|(id, secret)| (id, Sha256::digest(secret.as_bytes()).into()))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("tokendealer").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    // A key id is a base64url thumbprint and a client id may hold `-`: either can begin
+    // with one and must still be taken as the value, with options on either side of it.
+    #[test]
+    fn ids_beginning_with_a_hyphen_are_values() {
+        for args in [
+            &["keys", "revoke", "-qZ1"][..],
+            &["keys", "revoke", "--json", "-qZ1"],
+            &["keys", "revoke", "-qZ1", "--json"],
+        ] {
+            let parsed = parse(args);
+            assert!(
+                matches!(&parsed.command, Some(Command::Keys(KeysCommand::Revoke { kid })) if kid == "-qZ1"),
+                "{args:?}: {parsed:?}"
+            );
+            assert_eq!(parsed.json, args.contains(&"--json"), "{args:?}");
+        }
+        for args in [
+            &["clients", "add", "-x", "--scope", "a"][..],
+            &["clients", "add", "--scope", "a", "-x"],
+        ] {
+            let parsed = parse(args);
+            assert!(
+                matches!(&parsed.command, Some(Command::Clients(ClientsCommand::Add { id, scopes, .. }))
+                    if id == "-x" && scopes == &["a"]),
+                "{args:?}: {parsed:?}"
+            );
+        }
+        let parsed = parse(&["clients", "disable", "-x", "--json"]);
+        assert!(parsed.json);
+        assert!(
+            matches!(&parsed.command, Some(Command::Clients(ClientsCommand::Disable { id })) if id == "-x"),
+            "{parsed:?}"
+        );
+    }
 }

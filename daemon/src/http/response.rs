@@ -29,10 +29,15 @@ pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Resp {
 
 /// A JSON response that no cache may keep (RFC 6749 §5.1): tokens, introspection, errors.
 pub fn json_no_store(status: StatusCode, body: &impl Serialize) -> Resp {
-    let mut resp = json(
+    serialized_no_store(
         status,
         serde_json::to_vec(body).expect("response serialises"),
-    );
+    )
+}
+
+/// [`json_no_store`] for a body that is JSON already.
+pub fn serialized_no_store(status: StatusCode, body: Vec<u8>) -> Resp {
+    let mut resp = json(status, body);
     let headers = resp.headers_mut();
     headers.insert(header::CACHE_CONTROL, NO_STORE);
     headers.insert(header::PRAGMA, NO_CACHE);

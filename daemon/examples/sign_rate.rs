@@ -1,10 +1,14 @@
-#![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a benchmark reports on stdout, and a wrong argument on stderr"
+)]
 
 //! The ceiling for token issuance: how many signatures per second the crypto backend
 //! (aws-lc-rs) makes on its own, on one thread and on every core, with no HTTP, JSON or
 //! base64 around it. `bench/run.sh` divides measured tokens/s by these.
 //!
-//! `cargo run --release --example sign_rate -- [SECONDS]`
+//! `cargo run --release --example sign_rate -- [SECONDS [ALG…]]` (default: every algorithm)
 
 use std::{
     thread,
@@ -42,16 +46,21 @@ fn signer(alg: &str) -> Box<dyn Fn() + Send + Sync> {
                 let _ = key.sign(&MESSAGE);
             })
         }
-        _ => {
+        "RS256" | "RS512" => {
             let key = RsaKeyPair::generate(KeySize::Rsa2048).expect("key");
-            let encoding: &'static signature::RsaSignatureEncoding = match alg {
-                "RS256" => &signature::RSA_PKCS1_SHA256,
-                _ => &signature::RSA_PKCS1_SHA512,
+            let encoding: &'static signature::RsaSignatureEncoding = if alg == "RS256" {
+                &signature::RSA_PKCS1_SHA256
+            } else {
+                &signature::RSA_PKCS1_SHA512
             };
             Box::new(move || {
                 let mut sig = vec![0u8; key.public_modulus_len()];
                 key.sign(encoding, &rng, &MESSAGE, &mut sig).expect("sign");
             })
+        }
+        other => {
+            eprintln!("sign_rate: unknown algorithm {other} (RS512, RS256, ES256 or EdDSA)");
+            std::process::exit(2);
         }
     }
 }
@@ -85,9 +94,15 @@ fn main() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(3),
     );
+    let mut algs: Vec<String> = std::env::args().skip(2).collect();
+    if algs.is_empty() {
+        algs = ["RS512", "RS256", "ES256", "EdDSA"]
+            .map(String::from)
+            .to_vec();
+    }
     let cores = thread::available_parallelism().map_or(1, usize::from);
     println!("alg\tone_thread_per_s\tall_cores_per_s\tcores");
-    for alg in ["RS512", "RS256", "ES256", "EdDSA"] {
+    for alg in &algs {
         let sign = signer(alg);
         let one = rate(sign.as_ref(), 1, seconds);
         let all = rate(sign.as_ref(), cores, seconds);

@@ -26,33 +26,14 @@ vpid=
 cleanup() { [ -n "$vpid" ] && kill "$vpid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
-secret=bench-secret-0123456789abcdef0123456789abcdef
-hash=$(printf %s "$secret" | sha256sum | cut -d' ' -f1)
-cat > "$work/clients.toml" <<TOML
-[clients.bench]
-secret_hashes = ["sha256:$hash"]
-audiences     = ["https://api.bench.example"]
-scopes        = ["read", "write"]
-token_ttl     = "1h"
-TOML
-chmod 600 "$work/clients.toml"
-cat > "$work/post.lua" <<LUA
-wrk.method = "POST"
-wrk.body = "grant_type=client_credentials&client_id=bench&client_secret=$secret"
-wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
-LUA
-
-wait_up() { # url
-    for _ in $(seq 600); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
-    echo "server at $1 did not come up under valgrind" >&2; exit 1
-}
+. bench/common.sh
 
 # Runs "$@" under callgrind, serving on $url; prints "requests total_Ir signing_Ir".
 count() { # url health_url out command…
     local url=$1 health=$2 out=$3 report requests dump
     shift 3
     valgrind --tool=callgrind --callgrind-out-file="$out.%p" "$@" 2>"$out.log" >/dev/null & vpid=$!
-    wait_up "$health"
+    wait_up "$health" 600 # valgrind starts slowly
     wrk -t1 -c8 -d2s -s "$work/post.lua" "$url" >/dev/null
     callgrind_control -z "$vpid" >/dev/null 2>&1
     report=$(wrk -t1 -c8 -d5s -s "$work/post.lua" "$url")

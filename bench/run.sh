@@ -25,28 +25,7 @@ idle_rss=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-secret=bench-secret-0123456789abcdef0123456789abcdef
-hash=$(printf %s "$secret" | sha256sum | cut -d' ' -f1)
-cat > "$work/clients.toml" <<TOML
-[clients.bench]
-secret_hashes = ["sha256:$hash"]
-audiences     = ["https://api.bench.example"]
-scopes        = ["read", "write"]
-token_ttl     = "1h"
-TOML
-chmod 600 "$work/clients.toml"
-basic=$(printf %s "bench:$secret" | base64 -w0)
-cat > "$work/basic.lua" <<LUA
-wrk.method = "POST"
-wrk.body = "grant_type=client_credentials"
-wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
-wrk.headers["Authorization"] = "Basic $basic"
-LUA
-cat > "$work/post.lua" <<LUA
-wrk.method = "POST"
-wrk.body = "grant_type=client_credentials&client_id=bench&client_secret=$secret"
-wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
-LUA
+. bench/common.sh
 
 # wrk's report → "rps p50_ms p99_ms non2xx errors requests"
 parse() {
@@ -94,11 +73,6 @@ load() { # url script concurrency server_pid → "rps p50 p99 non2xx errors serv
                 m[7] / tick / m[6] * 1e6, wrk_s / m[6] * 1e6
         }
         function secs(v,   parts) { split(v, parts, /[ms]/); return parts[1] * 60 + parts[2] }'
-}
-
-wait_up() { # url
-    for _ in $(seq 200); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done
-    echo "server at $1 did not come up" >&2; exit 1
 }
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
@@ -193,7 +167,7 @@ wrk=(chrt --batch 0 wrk)
 TOKENDEALER_LOG=warn "$bin/tokendealerd" --config "$dir/config.toml" 2>"$dir/log" & pid=$!; pids+=("$pid")
 wait_up "http://127.0.0.1:$port/healthz"
 read -r rps p50 p99 non2xx errors _ < <(load "http://127.0.0.1:$port/oauth/token" "$work/basic.lua" 32 "$pid")
-echo "EdDSA basic c=32: $rps tokens/s, p50 $p50 ms, p99 $p99 ms, $non2xx non-2xx, $errors errors"
 kill "$pid"; wait "$pid" 2>/dev/null || true
-read -r rps p50 p99 _ < <(load http://127.0.0.1:19090/oauth/token "$work/basic.lua" 32 "$bare_pid")
-echo "bare hyper, same requests: $rps req/s, p50 $p50 ms, p99 $p99 ms"
+read -r bare_rps bare_p50 bare_p99 _ < <(load http://127.0.0.1:19090/oauth/token "$work/basic.lua" 32 "$bare_pid")
+echo "EdDSA basic c=32: $rps tokens/s, p50 $p50 ms, p99 $p99 ms, $non2xx non-2xx, $errors errors; $(awk -v r="$rps" -v b="$bare_rps" 'BEGIN { printf "%.2f", r / b }') of bare hyper"
+echo "bare hyper, same requests: $bare_rps req/s, p50 $bare_p50 ms, p99 $bare_p99 ms"

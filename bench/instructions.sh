@@ -55,14 +55,7 @@ printf '%-6s %10s %10s %10s %s\n' alg per_token signing rest "(bare hyper: $bare
 port=19390
 for alg in "${algs[@]}"; do
     port=$((port + 1))
-    dir="$work/$alg"; mkdir -p "$dir"
-    cat > "$dir/config.toml" <<TOML
-listen       = "127.0.0.1:$port"
-admin_socket = "$dir/admin.sock"
-clients_file = "$work/clients.toml"
-key_dir      = "$dir/keys"
-algorithm    = "$alg"
-TOML
+    dir="$work/$alg"; daemon_config "$alg" "$port"
     read -r n total sign < <(TOKENDEALER_LOG=warn count "http://127.0.0.1:$port/oauth/token" \
         "http://127.0.0.1:$port/healthz" "$dir/callgrind" "$bin/tokendealerd" --config "$dir/config.toml")
     printf '%-6s %10d %10d %10d\n' "$alg" $((total / n)) $((sign / n)) $(((total - sign) / n))

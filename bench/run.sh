@@ -112,14 +112,7 @@ printf '%-6s %-5s %-4s %9s %8s %8s %7s %7s %9s %13s %s\n' alg auth c tokens/s p5
 port=19100
 for alg in RS512 RS256 ES256 EdDSA; do
     port=$((port + 1))
-    dir="$work/$alg"; mkdir -p "$dir"
-    cat > "$dir/config.toml" <<TOML
-listen       = "127.0.0.1:$port"
-admin_socket = "$dir/admin.sock"
-clients_file = "$work/clients.toml"
-key_dir      = "$dir/keys"
-algorithm    = "$alg"
-TOML
+    dir="$work/$alg"; daemon_config "$alg" "$port"
     case $alg in RS*) other_name="openssl" ;; *) other_name="bare hyper" ;; esac
     read -r sign_before other_before < <(limits "$alg")
     TOKENDEALER_LOG=warn "$bin/tokendealerd" --config "$dir/config.toml" 2>"$dir/log" & pid=$!; pids+=("$pid")

@@ -79,7 +79,7 @@ echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}
 echo "load tool: wrk -t $threads, on the same cores; per case a 2 s warm-up, then the median of $runs runs of ${secs}s"
 
 echo; echo "== limits"
-"$bin/examples/sign_rate" 3 | tee "$work/sign.tsv"
+"$bin/examples/sign_rate" 3
 ossl=$(openssl speed -multi "$threads" -seconds 3 rsa2048 2>/dev/null | awk '/^rsa 2048 bits/ { print int($6) }' | tail -1)
 echo "openssl speed -multi $threads rsa2048: ${ossl:-?} sign/s"
 "$bin/examples/bare_hyper" 127.0.0.1:19090 >/dev/null & pids+=($!)

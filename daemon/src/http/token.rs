@@ -3,6 +3,7 @@
 
 use std::{
     cell::RefCell,
+    io::Write as _,
     net::{IpAddr, SocketAddr},
     sync::atomic::Ordering::Relaxed,
     time::{Instant, SystemTime},
@@ -391,8 +392,11 @@ fn token_response(token: &str, expires_in: u64, scope: Option<&str>) -> Vec<u8> 
     let mut body = Vec::with_capacity(token.len() + 128);
     body.extend_from_slice(b"{\"access_token\":\"");
     body.extend_from_slice(token.as_bytes());
-    body.extend_from_slice(b"\",\"token_type\":\"Bearer\",\"expires_in\":");
-    body.extend_from_slice(expires_in.to_string().as_bytes());
+    write!(
+        body,
+        "\",\"token_type\":\"Bearer\",\"expires_in\":{expires_in}"
+    )
+    .expect("writing to a Vec does not fail");
     if let Some(scope) = scope {
         body.extend_from_slice(b",\"scope\":");
         serde_json::to_writer(&mut body, scope).expect("a string serialises");

@@ -79,8 +79,9 @@ echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}
 echo "load tool: wrk -t $threads, on the same cores; per case a 2 s warm-up, then the median of $runs runs of ${secs}s"
 
 echo; echo "== limits"
+ossl_rate() { openssl speed -multi "$threads" -seconds 3 rsa2048 2>/dev/null | awk '/^rsa 2048 bits/ { print int($6) }' | tail -1; }
 "$bin/examples/sign_rate" 3
-ossl=$(openssl speed -multi "$threads" -seconds 3 rsa2048 2>/dev/null | awk '/^rsa 2048 bits/ { print int($6) }' | tail -1)
+ossl=$(ossl_rate)
 echo "openssl speed -multi $threads rsa2048: ${ossl:-?} sign/s"
 "$bin/examples/bare_hyper" 127.0.0.1:19090 >/dev/null & pids+=($!)
 wait_up http://127.0.0.1:19090/
@@ -96,7 +97,6 @@ bare_pid=${pids[-1]}
 # each algorithm's limits are measured again just before and just after its rows, and its
 # fractions divide by the mean of the two: the crypto backend's all-cores signing rate, and
 # `openssl speed` for RSA or the bare hyper server for the others.
-ossl_rate() { openssl speed -multi "$threads" -seconds 3 rsa2048 2>/dev/null | awk '/^rsa 2048 bits/ { print int($6) }' | tail -1; }
 limits() { # alg → "signing other"
     local sign other
     sign=$("$bin/examples/sign_rate" 3 "$1" | awk -v a="$1" '$1 == a { print $3 }')

@@ -24,7 +24,7 @@ use std::{
     future::Future,
     io,
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -122,6 +122,9 @@ pub struct Listeners {
     pub admin: UnixListener,
     /// The admin socket came from the service manager, which also removes it.
     pub admin_inherited: bool,
+    /// Where the admin socket is: the configured path, or the passed socket's own path,
+    /// which the unit's `ListenStream=` chose and the config need not repeat.
+    pub admin_path: PathBuf,
 }
 
 impl Listeners {
@@ -180,18 +183,30 @@ impl Listeners {
             }
         };
         let admin_inherited = admin.is_some();
-        let admin = match admin {
+        let (admin, admin_path) = match admin {
             Some(l) => {
-                tracing::info!("using the admin socket passed by the service manager");
                 l.set_nonblocking(true).map_err(inherit_err)?;
-                UnixListener::from_std(l).map_err(inherit_err)?
+                let l = UnixListener::from_std(l).map_err(inherit_err)?;
+                // An abstract or unnamed socket has no path; the config's is then the best
+                // description there is.
+                let path = l
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+                    .unwrap_or_else(|| config.admin_socket.clone());
+                tracing::info!(path = %path.display(), "using the admin socket passed by the service manager");
+                (l, path)
             }
-            None => admin::bind(&config.admin_socket)?,
+            None => (
+                admin::bind(&config.admin_socket)?,
+                config.admin_socket.clone(),
+            ),
         };
         Ok(Self {
             http,
             admin,
             admin_inherited,
+            admin_path,
         })
     }
 }
@@ -324,7 +339,7 @@ pub async fn run(
         issuer,
         token_ttl: config.token_ttl,
         listen,
-        admin_socket: config.admin_socket.clone(),
+        admin_socket: listeners.admin_path.clone(),
         clients: Arc::new(clients),
         stats: Arc::default(),
         throttle: Arc::new(throttle::Throttle::new(config.trusted_proxies.clone())),

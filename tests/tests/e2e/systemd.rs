@@ -238,6 +238,11 @@ fn takes_the_sockets_systemd_socket_activate_passes() {
 
     let (ready, _) = service.expect("READY=1");
     assert_eq!(value(&ready, "X_TOKENDEALER_LISTEN="), addr);
+    // The socket it serves admins on, not the config's path it never bound.
+    assert_eq!(
+        Path::new(value(&ready, "X_TOKENDEALER_ADMIN=")),
+        admin.as_path()
+    );
     let status = Command::new(bins::tokendealer())
         .arg("--socket")
         .arg(&admin)

@@ -95,16 +95,19 @@ bare_pid=${pids[-1]}
 
 # The machine's speed drifts by up to a third over minutes (other tenants of the host), so
 # each algorithm's limits are measured again just before and just after its rows, and its
-# fractions divide by the mean of the two: the crypto backend's all-cores signing rate, and
-# `openssl speed` for RSA or the bare hyper server for the others.
-limits() { # alg → "signing other"
-    local sign other
+# fractions divide by the mean of the two: the crypto backend's all-cores signing rate,
+# `openssl speed` for RSA or the bare hyper server for the others, and the bare hyper server
+# signing with the algorithm before each answer (at $sbare_url), the most a token server on
+# this stack could give with nothing of its own but the signature.
+limits() { # alg → "signing other signing_server signing_server_p99"
+    local sign other signing_server p99
     sign=$("$bin/examples/sign_rate" 3 "$1" | awk -v a="$1" '$1 == a { print $3 }')
     case $1 in
         RS*) other=$(ossl_rate) ;;
         *) read -r other _ < <(load http://127.0.0.1:19090/oauth/token "$work/basic.lua" 32 "$bare_pid") ;;
     esac
-    echo "$sign ${other:-0}"
+    read -r signing_server _ p99 _ < <(load "$sbare_url" "$work/basic.lua" 32 "$sbare_pid")
+    echo "$sign ${other:-0} ${signing_server:-0} ${p99:-?}"
 }
 
 echo; echo "== tokendealerd"
@@ -114,7 +117,10 @@ for alg in RS512 RS256 ES256 EdDSA; do
     port=$((port + 1))
     dir="$work/$alg"; daemon_config "$alg" "$port"
     case $alg in RS*) other_name="openssl" ;; *) other_name="bare hyper" ;; esac
-    read -r sign_before other_before < <(limits "$alg")
+    sbare_url="http://127.0.0.1:$((port + 100))/oauth/token"
+    "$bin/examples/bare_hyper" "127.0.0.1:$((port + 100))" "$alg" >/dev/null & sbare_pid=$!; pids+=("$sbare_pid")
+    wait_up "$sbare_url"
+    read -r sign_before other_before sbare_before sbare_p99_before < <(limits "$alg")
     TOKENDEALER_LOG=warn "$bin/tokendealerd" --config "$dir/config.toml" 2>"$dir/log" & pid=$!; pids+=("$pid")
     wait_up "http://127.0.0.1:$port/healthz"
     idle_rss+=("$alg $(awk '/VmRSS/ { printf "%.1f", $2/1024 }' "/proc/$pid/status")")
@@ -127,15 +133,17 @@ for alg in RS512 RS256 ES256 EdDSA; do
         done
     done
     kill "$pid"; wait "$pid" 2>/dev/null || true
-    read -r sign_after other_after < <(limits "$alg")
+    read -r sign_after other_after sbare_after sbare_p99_after < <(limits "$alg")
+    kill "$sbare_pid"; wait "$sbare_pid" 2>/dev/null || true
     sign=$(((sign_before + sign_after) / 2)); other=$(((other_before + other_after) / 2))
+    sbare=$(((sbare_before + sbare_after) / 2))
     for row in "${rows[@]}"; do
         read -r auth c rps p50 p99 non2xx errors rss cpu <<<"$row"
-        frac=$(awk -v r="$rps" -v s="$sign" -v o="$other" -v n="$other_name" \
-            'BEGIN { printf "%.2f of signing, %.2f of %s", r / s, (o > 0 ? r / o : 0), n }')
+        frac=$(awk -v r="$rps" -v s="$sign" -v o="$other" -v n="$other_name" -v b="$sbare" \
+            'BEGIN { printf "%.2f of signing, %.2f of %s, %.2f of bare hyper + signing", r / s, (o > 0 ? r / o : 0), n, r / b }')
         printf '%-6s %-5s %-4s %9s %8s %8s %7s %7s %9s %13s %s\n' "$alg" "$auth" "$c" "$rps" "$p50" "$p99" "$non2xx" "$errors" "$rss" "$cpu" "$frac"
     done
-    echo "       limits for $alg (before → after its rows): signing $sign_before → $sign_after/s, $other_name $other_before → $other_after/s"
+    echo "       limits for $alg (before → after its rows): signing $sign_before → $sign_after/s, $other_name $other_before → $other_after/s, bare hyper + signing $sbare_before → $sbare_after/s (c=32, p99 $sbare_p99_before → $sbare_p99_after ms)"
 done
 echo "idle RSS after start-up, MB: $(IFS=,; echo "${idle_rss[*]}" | sed 's/,/, /g')"
 
@@ -147,14 +155,15 @@ wait_up "http://127.0.0.1:$port/healthz"
 read -r rps p50 p99 non2xx errors srv_us wrk_us < <(load "http://127.0.0.1:$port/oauth/token" "$work/post.lua" 32 "$pid")
 rss=$(awk '/VmHWM/ { printf "%.1f", $2/1024 }' "/proc/$pid/status")
 printf '%-6s %-5s %-4s %9s %8s %8s %7s %7s %9s %13s %s\n' "EdDSA" "post" "32" "$rps" "$p50" "$p99" "$non2xx" "$errors" "$rss" "$srv_us/$wrk_us" \
-    "$(awk -v r="$rps" -v s="$other" 'BEGIN { printf "%.2f of bare hyper", r / s }'), log level info ($(grep -c 'issued access token' "$dir/info.log") lines)"
+    "$(awk -v r="$rps" -v s="$other" -v b="$sbare" 'BEGIN { printf "%.2f of bare hyper, %.2f of bare hyper + signing", r / s, r / b }'), log level info ($(grep -c 'issued access token' "$dir/info.log") lines)"
 kill "$pid"; wait "$pid" 2>/dev/null || true
 
 # On two cores shared with the load tool, each response wakes a wrk thread that preempts the
 # server's worker then running (per-thread /proc counters: about 0.7 involuntary switches per
 # token), and requests queued behind that worker wait out wrk's time slice: the tail latency
 # then measures the scheduler as much as the server. The same case with wrk as SCHED_BATCH,
-# whose wakeups do not preempt, shows the server's own; beside it, bare hyper under the same.
+# whose wakeups do not preempt, shows the server's own; beside it, bare hyper and bare hyper
+# signing with EdDSA under the same.
 echo; echo "== p99 with the load tool not preempting the server (wrk under chrt --batch 0)"
 wrk=(chrt --batch 0 wrk)
 TOKENDEALER_LOG=warn "$bin/tokendealerd" --config "$dir/config.toml" 2>"$dir/log" & pid=$!; pids+=("$pid")
@@ -162,5 +171,9 @@ wait_up "http://127.0.0.1:$port/healthz"
 read -r rps p50 p99 non2xx errors _ < <(load "http://127.0.0.1:$port/oauth/token" "$work/basic.lua" 32 "$pid")
 kill "$pid"; wait "$pid" 2>/dev/null || true
 read -r bare_rps bare_p50 bare_p99 _ < <(load http://127.0.0.1:19090/oauth/token "$work/basic.lua" 32 "$bare_pid")
-echo "EdDSA basic c=32: $rps tokens/s, p50 $p50 ms, p99 $p99 ms, $non2xx non-2xx, $errors errors; $(awk -v r="$rps" -v b="$bare_rps" 'BEGIN { printf "%.2f", r / b }') of bare hyper"
+"$bin/examples/bare_hyper" "127.0.0.1:$((port + 100))" EdDSA >/dev/null & sbare_pid=$!; pids+=("$sbare_pid")
+wait_up "$sbare_url"
+read -r sbare_rps sbare_p50 sbare_p99 _ < <(load "$sbare_url" "$work/basic.lua" 32 "$sbare_pid")
+echo "EdDSA basic c=32: $rps tokens/s, p50 $p50 ms, p99 $p99 ms, $non2xx non-2xx, $errors errors; $(awk -v r="$rps" -v b="$bare_rps" -v s="$sbare_rps" 'BEGIN { printf "%.2f of bare hyper, %.2f of bare hyper + signing", r / b, r / s }')"
 echo "bare hyper, same requests: $bare_rps req/s, p50 $bare_p50 ms, p99 $bare_p99 ms"
+echo "bare hyper + EdDSA signing, same requests: $sbare_rps req/s, p50 $sbare_p50 ms, p99 $sbare_p99 ms"

@@ -15,55 +15,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aws_lc_rs::{
-    rand::SystemRandom,
-    rsa::KeySize,
-    signature::{self, EcdsaKeyPair, Ed25519KeyPair, RsaKeyPair},
-};
+#[path = "limits/signer.rs"]
+mod limits;
 
-/// A message the size of a typical access token's signing input.
-const MESSAGE: [u8; 420] = [b'x'; 420];
-
-fn signer(alg: &str) -> Box<dyn Fn() + Send + Sync> {
-    let rng = SystemRandom::new();
-    match alg {
-        "ES256" => {
-            let pkcs8 = EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING)
-                .and_then(|k| k.to_pkcs8v1())
-                .expect("key");
-            let key = EcdsaKeyPair::from_pkcs8(
-                &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-                pkcs8.as_ref(),
-            )
-            .expect("key");
-            Box::new(move || {
-                let _ = key.sign(&rng, &MESSAGE).expect("sign");
-            })
-        }
-        "EdDSA" => {
-            let key = Ed25519KeyPair::generate().expect("key");
-            Box::new(move || {
-                let _ = key.sign(&MESSAGE);
-            })
-        }
-        "RS256" | "RS512" => {
-            let key = RsaKeyPair::generate(KeySize::Rsa2048).expect("key");
-            let encoding: &'static signature::RsaSignatureEncoding = if alg == "RS256" {
-                &signature::RSA_PKCS1_SHA256
-            } else {
-                &signature::RSA_PKCS1_SHA512
-            };
-            Box::new(move || {
-                let mut sig = vec![0u8; key.public_modulus_len()];
-                key.sign(encoding, &rng, &MESSAGE, &mut sig).expect("sign");
-            })
-        }
-        other => {
-            eprintln!("sign_rate: unknown algorithm {other} (RS512, RS256, ES256 or EdDSA)");
-            std::process::exit(2);
-        }
-    }
-}
+use limits::signer;
 
 fn rate(sign: &(dyn Fn() + Sync), threads: usize, seconds: Duration) -> f64 {
     let start = Instant::now();
@@ -103,7 +58,10 @@ fn main() {
     let cores = thread::available_parallelism().map_or(1, usize::from);
     println!("alg\tone_thread_per_s\tall_cores_per_s\tcores");
     for alg in &algs {
-        let sign = signer(alg);
+        let Some(sign) = signer(alg) else {
+            eprintln!("sign_rate: unknown algorithm {alg} (RS512, RS256, ES256 or EdDSA)");
+            std::process::exit(2);
+        };
         let one = rate(sign.as_ref(), 1, seconds);
         let all = rate(sign.as_ref(), cores, seconds);
         println!("{alg}\t{one:.0}\t{all:.0}\t{cores}");

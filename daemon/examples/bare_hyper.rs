@@ -17,7 +17,7 @@
 #[path = "limits/signer.rs"]
 mod limits;
 
-use std::{convert::Infallible, sync::Arc};
+use std::convert::Infallible;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -33,16 +33,12 @@ const BODY: &[u8] = br#"{"access_token":"x","token_type":"Bearer","expires_in":3
 async fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:9090".into());
-    let sign: Option<Arc<limits::Sign>> = match args.next() {
-        None => None,
-        Some(alg) => match limits::signer(&alg) {
-            Some(sign) => Some(Arc::new(sign)),
-            None => {
-                eprintln!("bare_hyper: unknown algorithm {alg} (RS512, RS256, ES256 or EdDSA)");
-                std::process::exit(2);
-            }
-        },
-    };
+    let sign: Option<limits::Sign> = args.next().map(|alg| {
+        limits::signer(&alg).unwrap_or_else(|| {
+            eprintln!("bare_hyper: unknown algorithm {alg} (RS512, RS256, ES256 or EdDSA)");
+            std::process::exit(2);
+        })
+    });
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("listening on {}", listener.local_addr()?);
     loop {

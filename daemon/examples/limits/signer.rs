@@ -2,6 +2,8 @@
 //! parsed once, signing a message the size of a typical access token's signing input. Shared
 //! by the `sign_rate` and `bare_hyper` examples, the limits `bench/run.sh` measures against.
 
+use std::sync::Arc;
+
 use aws_lc_rs::{
     rand::SystemRandom,
     rsa::KeySize,
@@ -12,7 +14,7 @@ use aws_lc_rs::{
 pub const MESSAGE: [u8; 420] = [b'x'; 420];
 
 /// One signature of [`MESSAGE`] per call.
-pub type Sign = Box<dyn Fn() + Send + Sync>;
+pub type Sign = Arc<dyn Fn() + Send + Sync>;
 
 /// A signer for `alg` (RS512, RS256, ES256 or EdDSA), or `None` for any other name.
 pub fn signer(alg: &str) -> Option<Sign> {
@@ -27,13 +29,13 @@ pub fn signer(alg: &str) -> Option<Sign> {
                 pkcs8.as_ref(),
             )
             .expect("key");
-            Box::new(move || {
+            Arc::new(move || {
                 std::hint::black_box(key.sign(&rng, &MESSAGE).expect("sign"));
             })
         }
         "EdDSA" => {
             let key = Ed25519KeyPair::generate().expect("key");
-            Box::new(move || {
+            Arc::new(move || {
                 std::hint::black_box(key.sign(&MESSAGE));
             })
         }
@@ -44,7 +46,7 @@ pub fn signer(alg: &str) -> Option<Sign> {
             } else {
                 &signature::RSA_PKCS1_SHA512
             };
-            Box::new(move || {
+            Arc::new(move || {
                 let mut sig = vec![0u8; key.public_modulus_len()];
                 key.sign(encoding, &rng, &MESSAGE, &mut sig).expect("sign");
                 std::hint::black_box(sig);

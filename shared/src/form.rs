@@ -4,6 +4,8 @@
 //! Strict on purpose: a malformed percent escape or invalid UTF-8 is an error the client is
 //! told about, never silently repaired into a different value.
 
+use std::borrow::Cow;
+
 use base64::{
     Engine,
     engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
@@ -19,9 +21,10 @@ pub struct Malformed(pub &'static str);
 const REPEATABLE: &[&str] = &["resource"];
 
 /// Parsed form parameters, in order. Empty values are dropped (RFC 6749 §3.1: "parameters
-/// sent without a value MUST be treated as if they were omitted").
+/// sent without a value MUST be treated as if they were omitted"). Names and values borrow
+/// from the body unless they had something to decode.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Params(Vec<(String, String)>);
+pub struct Params<'b>(Vec<(Cow<'b, str>, Cow<'b, str>)>);
 
 /// Why form parameters were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,10 +35,11 @@ pub enum ParamsError {
     Repeated(String),
 }
 
-impl Params {
+impl<'b> Params<'b> {
     /// Parses a form body.
-    pub fn parse(body: &[u8]) -> Result<Self, ParamsError> {
-        let mut params: Vec<(String, String)> = Vec::new();
+    pub fn parse(body: &'b [u8]) -> Result<Self, ParamsError> {
+        // A token request has three or four parameters.
+        let mut params: Vec<(Cow<'b, str>, Cow<'b, str>)> = Vec::with_capacity(4);
         for pair in body.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
             let (name, value) = match pair.iter().position(|&b| b == b'=') {
                 Some(i) => (&pair[..i], &pair[i + 1..]),
@@ -49,8 +53,8 @@ impl Params {
             if value.is_empty() {
                 continue;
             }
-            if !REPEATABLE.contains(&name.as_str()) && params.iter().any(|(n, _)| *n == name) {
-                return Err(ParamsError::Repeated(name));
+            if !REPEATABLE.contains(&&*name) && params.iter().any(|(n, _)| *n == name) {
+                return Err(ParamsError::Repeated(name.into_owned()));
             }
             params.push((name, value));
         }
@@ -59,10 +63,7 @@ impl Params {
 
     /// The value of a parameter that may appear once.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| &**v)
     }
 
     /// Every value of a parameter.
@@ -70,19 +71,19 @@ impl Params {
         self.0
             .iter()
             .filter(move |(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| &**v)
     }
 }
 
 /// Decodes one `application/x-www-form-urlencoded` component: `+` is a space, `%XX` a byte,
 /// and the result must be UTF-8.
-pub fn decode_component(input: &[u8]) -> Result<String, Malformed> {
+pub fn decode_component(input: &[u8]) -> Result<Cow<'_, str>, Malformed> {
     let not_utf8 = || Malformed("form encoding does not decode to UTF-8");
-    // Most components (client ids, secrets, grant types) have nothing to decode: one
-    // UTF-8 check and one copy rather than a push per byte.
+    // Most components (client ids, secrets, grant types) have nothing to decode: one UTF-8
+    // check, and the input itself is the value.
     if !input.iter().any(|&b| b == b'+' || b == b'%') {
         return std::str::from_utf8(input)
-            .map(str::to_owned)
+            .map(Cow::Borrowed)
             .map_err(|_| not_utf8());
     }
     let mut out = Vec::with_capacity(input.len());
@@ -105,7 +106,9 @@ pub fn decode_component(input: &[u8]) -> Result<String, Malformed> {
         }
         i += 1;
     }
-    String::from_utf8(out).map_err(|_| not_utf8())
+    String::from_utf8(out)
+        .map(Cow::Owned)
+        .map_err(|_| not_utf8())
 }
 
 fn hex_value(digit: u8) -> u8 {
@@ -145,8 +148,8 @@ pub fn parse_authorization(value: &[u8]) -> Result<Authorization, Malformed> {
     let bad = Malformed("Basic credentials are not base64 of `client_id:client_secret`");
     let decoded = BASIC_B64.decode(rest.trim()).map_err(|_| bad.clone())?;
     let pos = decoded.iter().position(|&b| b == b':').ok_or(bad)?;
-    let id = decode_component(&decoded[..pos])?;
-    let secret = decode_component(&decoded[pos + 1..])?;
+    let id = decode_component(&decoded[..pos])?.into_owned();
+    let secret = decode_component(&decoded[pos + 1..])?.into_owned();
     if id.is_empty() {
         return Err(Malformed("Basic credentials have an empty client_id"));
     }

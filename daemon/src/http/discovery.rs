@@ -1,12 +1,15 @@
 //! Everything a verifier or an operator reads: JWKS, RFC 8414 metadata, health, and the two
 //! ways of checking a token (`/verify_token`, RFC 7662 introspection).
 
+use std::net::IpAddr;
+
 use http::{HeaderValue, Request, StatusCode, header};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
+    form::Authorization,
     response::{self, OAuthError, Resp},
     token,
 };
@@ -90,15 +93,26 @@ struct VerifyRequest {
 }
 
 /// The seed's `POST /verify_token`: JSON in, the claims out, or 400 `invalid_token`.
-pub async fn verify_token(state: &State, req: Request<Incoming>) -> Resp {
-    if req.method() != http::Method::POST {
-        return OAuthError::method_not_allowed("POST").into_response();
+/// Shaped like the token endpoint's handler: checks, then only the body across the wait.
+pub fn verify_token<'s>(
+    state: &'s State,
+    req: Request<Incoming>,
+) -> impl Future<Output = Resp> + Send + 's {
+    let post = req.method() == http::Method::POST;
+    let body = req.into_body();
+    async move {
+        if !post {
+            return OAuthError::method_not_allowed("POST").into_response();
+        }
+        match response::read_body(body, state.config.read_timeout).await {
+            Ok(body) => verify_request(state, &body),
+            Err(e) => e.into_response(),
+        }
     }
-    let body = match response::read_body(req, state.config.read_timeout).await {
-        Ok(body) => body,
-        Err(e) => return e.into_response(),
-    };
-    let Ok(request) = serde_json::from_slice::<VerifyRequest>(&body) else {
+}
+
+fn verify_request(state: &State, body: &[u8]) -> Resp {
+    let Ok(request) = serde_json::from_slice::<VerifyRequest>(body) else {
         return OAuthError::invalid_token().into_response();
     };
     // As the seed did: a request naming no audience is checked against the service default.
@@ -117,22 +131,45 @@ pub async fn verify_token(state: &State, req: Request<Incoming>) -> Resp {
     }
 }
 
-/// RFC 7662. The caller authenticates as a client, like at the token endpoint.
-pub async fn introspect(state: &State, req: Request<Incoming>, peer: std::net::SocketAddr) -> Resp {
-    let source = state.throttle.source(peer.ip(), req.headers());
-    if let Err(t) = state.throttle.check(source) {
-        return OAuthError::too_many_requests(t.retry_after).into_response();
+/// RFC 7662. The caller authenticates as a client, like at the token endpoint, and the
+/// request is checked and read the same way.
+pub fn introspect<'s>(
+    state: &'s State,
+    req: Request<Incoming>,
+    peer: std::net::SocketAddr,
+) -> impl Future<Output = Resp> + Send + 's {
+    let (head, body) = req.into_parts();
+    let source = state.throttle.source(peer.ip(), &head.headers);
+    let checked = state
+        .throttle
+        .check(source)
+        .map_err(|t| OAuthError::too_many_requests(t.retry_after))
+        .and_then(|()| token::check_head(&head));
+    drop(head);
+    async move {
+        let answered = match checked {
+            Ok(authorization) => match response::read_body(body, state.config.read_timeout).await {
+                Ok(body) => introspection(state, authorization, &body, source),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        answered.unwrap_or_else(OAuthError::into_response)
     }
-    let (params, credentials) = match token::parse_request(req, state.config.read_timeout).await {
-        Ok(parsed) => parsed,
-        Err(e) => return e.into_response(),
-    };
+}
+
+fn introspection(
+    state: &State,
+    authorization: Option<Authorization>,
+    body: &[u8],
+    source: IpAddr,
+) -> Result<Resp, OAuthError> {
+    let params = token::parse_params(body)?;
+    let credentials = token::credentials(authorization, &params)?;
     let registry = state.clients.load();
-    if let Err(e) = token::authenticate(state, &registry, &credentials, source) {
-        return e.into_response();
-    }
+    token::authenticate(state, &registry, &credentials, source, token::unix_now())?;
     let Some(token) = params.get("token") else {
-        return OAuthError::invalid_request("token is missing").into_response();
+        return Err(OAuthError::invalid_request("token is missing"));
     };
     let body = match verify(&state.keys.load(), &state.issuer, token, None) {
         Some(Value::Object(mut claims)) => {
@@ -142,5 +179,5 @@ pub async fn introspect(state: &State, req: Request<Incoming>, peer: std::net::S
         }
         _ => json!({ "active": false }),
     };
-    response::json_no_store(StatusCode::OK, &body)
+    Ok(response::json_no_store(StatusCode::OK, &body))
 }

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use serde::Serialize;
 
 pub type Body = Full<Bytes>;
@@ -183,22 +183,17 @@ impl OAuthError {
 }
 
 /// Reads a request body of at most [`BODY_LIMIT`] bytes, arriving within `timeout`.
-pub async fn read_body(
-    req: http::Request<Incoming>,
-    timeout: std::time::Duration,
-) -> Result<Bytes, OAuthError> {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    // Refused on the declaration alone, before reading a byte of it.
-    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+///
+/// Takes the body alone, not the request: the headers are checked before, and the future
+/// (which lives in every endpoint's future across the wait) stays small.
+pub async fn read_body(body: Incoming, timeout: std::time::Duration) -> Result<Bytes, OAuthError> {
+    // Refused on the declared length alone, before reading a byte of it.
+    if body.size_hint().lower() > BODY_LIMIT as u64 {
         return Err(OAuthError::too_large());
     }
     // A body that came with the headers is ready at the first poll, and then the timeout's
     // timer is never registered: only a slow body pays for it.
-    let read = tokio::time::timeout(timeout, Limited::new(req.into_body(), BODY_LIMIT).collect());
+    let read = tokio::time::timeout(timeout, Limited::new(body, BODY_LIMIT).collect());
     let Ok(read) = read.await else {
         return Err(OAuthError::new(
             StatusCode::REQUEST_TIMEOUT,
@@ -219,8 +214,8 @@ pub async fn read_body(
 }
 
 /// Whether the request's media type is `expected` (parameters such as charset allowed).
-pub fn has_media_type(req: &http::Request<Incoming>, expected: &str) -> bool {
-    req.headers()
+pub fn has_media_type(headers: &http::HeaderMap, expected: &str) -> bool {
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())

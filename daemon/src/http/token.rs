@@ -25,42 +25,65 @@ use crate::{State, clients::Client, clients::Registry};
 const GRANT_TYPE: &str = "client_credentials";
 const FORM: &str = "application/x-www-form-urlencoded";
 
-pub async fn handle(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+/// Not an `async fn`: the request line and headers are checked before the body is awaited,
+/// and only what the rest needs is kept across that wait. The future lives in the
+/// connection for every request; an `async fn` would carry the whole request in it (twice,
+/// as argument and as local), and be copied whole at each level it is awaited from.
+pub fn handle<'s>(
+    state: &'s State,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> impl Future<Output = Resp> + Send + 's {
     let started = Instant::now();
-    let resp = match issue(state, req, peer).await {
-        Ok(resp) => resp,
-        Err(e) => {
+    let (head, body) = req.into_parts();
+    let source = state.throttle.source(peer.ip(), &head.headers);
+    // Refused before any work, hashing included.
+    let checked = state
+        .throttle
+        .check(source)
+        .map_err(|t| OAuthError::too_many_requests(t.retry_after))
+        .and_then(|()| check_head(&head));
+    drop(head);
+    async move {
+        let issued = match checked {
+            Ok(authorization) => match response::read_body(body, state.config.read_timeout).await {
+                Ok(body) => issue(state, authorization, &body, source, peer),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        let resp = issued.unwrap_or_else(|e| {
             tracing::debug!(%peer, error = e.code, status = e.status.as_u16(), "token request refused");
             state.stats.failure(e.code);
             e.into_response()
-        }
-    };
-    state.stats.latency.record(started.elapsed());
-    resp
+        });
+        state.stats.latency.record(started.elapsed());
+        resp
+    }
 }
 
-async fn issue(
+fn issue(
     state: &State,
-    req: Request<Incoming>,
+    authorization: Option<Authorization>,
+    body: &[u8],
+    source: IpAddr,
     peer: SocketAddr,
 ) -> Result<Resp, OAuthError> {
-    let source = state.throttle.source(peer.ip(), req.headers());
-    // Refused before any work, hashing included.
-    state
-        .throttle
-        .check(source)
-        .map_err(|t| OAuthError::too_many_requests(t.retry_after))?;
-    let (params, credentials) = parse_request(req, state.config.read_timeout).await?;
+    let params = parse_params(body)?;
+    let credentials = credentials(authorization, &params)?;
     check_grant_type(&params)?;
+    // One reading of the clock: secret expiry, the token's times and the client's
+    // last-issued time all agree.
+    let now = unix_now();
     let registry = state.clients.load();
-    let client = authenticate(state, &registry, &credentials, source)?;
+    let client = authenticate(state, &registry, &credentials, source, now)?;
     let grant = authorize(client, &params, &state.default_audience)?;
     let keys = state.keys.load();
     let key = keys.active();
-    let issued = sign(state, key, client, &grant);
+    let issued = sign(state, key, client, &grant, now);
     state.stats.issued.fetch_add(1, Relaxed);
     client.counters.issued.fetch_add(1, Relaxed);
-    client.counters.last_issued.store(unix_now(), Relaxed);
+    client.counters.last_issued.store(now, Relaxed);
     tracing::info!(
         client = %client.id,
         aud = ?grant.audiences,
@@ -77,16 +100,17 @@ async fn issue(
     ))
 }
 
-/// How the client authenticated (RFC 6749 §2.3.1).
+/// How the client authenticated (RFC 6749 §2.3.1). Body credentials borrow from the
+/// parsed form.
 #[derive(Debug)]
-pub enum Credentials {
+pub enum Credentials<'p> {
     Basic {
         id: String,
         secret: String,
     },
     Post {
-        id: String,
-        secret: String,
+        id: &'p str,
+        secret: &'p str,
     },
     /// No usable credentials; `challenge` when the client should be told to use Basic.
     Missing {
@@ -94,54 +118,51 @@ pub enum Credentials {
     },
 }
 
-/// Checks method, URL and media type, reads the form body and the client's credentials.
-/// Shared with introspection, which authenticates its caller the same way.
-pub async fn parse_request(
-    req: Request<Incoming>,
-    read_timeout: std::time::Duration,
-) -> Result<(Params, Credentials), OAuthError> {
-    if req.method() != Method::POST {
+/// Checks method, URL and media type, and reads Basic credentials from the `Authorization`
+/// header: everything that can be refused before the body is read. Shared with
+/// introspection, which authenticates its caller the same way.
+pub fn check_head(head: &http::request::Parts) -> Result<Option<Authorization>, OAuthError> {
+    if head.method != Method::POST {
         return Err(OAuthError::method_not_allowed("POST"));
     }
     // RFC 6749 §2.3.1: credentials never travel in the URL, where logs and proxies keep them.
-    if req.uri().query().is_some_and(|q| !q.is_empty()) {
+    if head.uri.query().is_some_and(|q| !q.is_empty()) {
         return Err(OAuthError::invalid_request(
             "parameters belong in the request body, not the URL",
         ));
     }
-    if !response::has_media_type(&req, FORM) {
+    if !response::has_media_type(&head.headers, FORM) {
         return Err(OAuthError::invalid_request(
             "the request body must be application/x-www-form-urlencoded",
         ));
     }
-    let mut authorizations = req.headers().get_all(header::AUTHORIZATION).iter();
-    let authorization = match (authorizations.next(), authorizations.next()) {
-        (_, Some(_)) => {
-            return Err(OAuthError::invalid_request(
-                "more than one Authorization header",
-            ));
-        }
-        (Some(value), None) => Some(
-            form::parse_authorization(value.as_bytes())
-                .map_err(|e| OAuthError::invalid_request(e.0))?,
-        ),
-        (None, None) => None,
-    };
-    let body = response::read_body(req, read_timeout).await?;
-    let params = Params::parse(&body).map_err(|e| match e {
+    let mut authorizations = head.headers.get_all(header::AUTHORIZATION).iter();
+    match (authorizations.next(), authorizations.next()) {
+        (_, Some(_)) => Err(OAuthError::invalid_request(
+            "more than one Authorization header",
+        )),
+        (Some(value), None) => form::parse_authorization(value.as_bytes())
+            .map(Some)
+            .map_err(|e| OAuthError::invalid_request(e.0)),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The form parameters of a body read after [`check_head`].
+pub fn parse_params(body: &[u8]) -> Result<Params<'_>, OAuthError> {
+    Params::parse(body).map_err(|e| match e {
         ParamsError::Malformed(m) => OAuthError::invalid_request(m.0),
         ParamsError::Repeated(name) => {
             OAuthError::invalid_request(format!("parameter `{name}` is included more than once"))
         }
-    })?;
-    let credentials = credentials(authorization, &params)?;
-    Ok((params, credentials))
+    })
 }
 
-fn credentials(
+/// The client's credentials, from the `Authorization` header or the body, never both.
+pub fn credentials<'p>(
     authorization: Option<Authorization>,
-    params: &Params,
-) -> Result<Credentials, OAuthError> {
+    params: &'p Params<'_>,
+) -> Result<Credentials<'p>, OAuthError> {
     let body_id = params.get("client_id");
     let body_secret = params.get("client_secret");
     match authorization {
@@ -161,17 +182,14 @@ fn credentials(
             Ok(Credentials::Basic { id, secret })
         }
         None => match (body_id, body_secret) {
-            (Some(id), Some(secret)) => Ok(Credentials::Post {
-                id: id.to_owned(),
-                secret: secret.to_owned(),
-            }),
+            (Some(id), Some(secret)) => Ok(Credentials::Post { id, secret }),
             (None, None) => Ok(Credentials::Missing { challenge: true }),
             _ => Ok(Credentials::Missing { challenge: false }),
         },
     }
 }
 
-fn check_grant_type(params: &Params) -> Result<(), OAuthError> {
+fn check_grant_type(params: &Params<'_>) -> Result<(), OAuthError> {
     match params.get("grant_type") {
         None => Err(OAuthError::invalid_request("grant_type is missing")),
         Some(GRANT_TYPE) => Ok(()),
@@ -184,13 +202,13 @@ fn check_grant_type(params: &Params) -> Result<(), OAuthError> {
 pub fn authenticate<'r>(
     state: &State,
     registry: &'r Registry,
-    credentials: &Credentials,
+    credentials: &Credentials<'_>,
     source: IpAddr,
+    now: i64,
 ) -> Result<&'r Client, OAuthError> {
-    let now = unix_now();
     let (id, secret, basic) = match credentials {
-        Credentials::Basic { id, secret } => (id, secret, true),
-        Credentials::Post { id, secret } => (id, secret, false),
+        Credentials::Basic { id, secret } => (id.as_str(), secret.as_str(), true),
+        Credentials::Post { id, secret } => (*id, *secret, false),
         Credentials::Missing { challenge } => return Err(OAuthError::invalid_client(*challenge)),
     };
     registry.authenticate(id, secret, now).ok_or_else(|| {
@@ -215,7 +233,7 @@ struct Grant<'a> {
 
 fn authorize<'a>(
     client: &'a Client,
-    params: &'a Params,
+    params: &'a Params<'_>,
     default_audience: &'a str,
 ) -> Result<Grant<'a>, OAuthError> {
     let mut audiences: Vec<&str> = Vec::new();
@@ -329,9 +347,9 @@ fn sign(
     key: &crate::keys::SigningKey,
     client: &Client,
     grant: &Grant<'_>,
+    iat: i64,
 ) -> Issued {
     let ttl = client.token_ttl.unwrap_or(state.token_ttl);
-    let iat = unix_now();
     let jti = new_jti();
     let aud = match grant.audiences.as_slice() {
         [one] => Audience::One(one),

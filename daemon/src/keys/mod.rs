@@ -283,19 +283,24 @@ impl SigningKey {
     /// Signs `claims` as a compact JWS with this key's header.
     pub fn sign<T: Serialize>(&self, claims: &T) -> String {
         let payload = serde_json::to_vec(claims).expect("claims serialise");
-        let mut jws = String::with_capacity(self.header_prefix.len() + payload.len() * 2 + 700);
+        // Sized once for header, payload and a signature of up to 4096-bit RSA (683
+        // characters), so that it never grows.
+        let mut jws = String::with_capacity(
+            self.header_prefix.len() + payload.len().div_ceil(3) * 4 + 1 + 700,
+        );
         jws.push_str(&self.header_prefix);
         B64.encode_string(&payload, &mut jws);
-        let signature = self.raw_sign(jws.as_bytes());
-        jws.push('.');
-        B64.encode_string(&signature, &mut jws);
+        self.append_signature(&mut jws);
         jws
     }
 
-    fn raw_sign(&self, message: &[u8]) -> Vec<u8> {
+    /// Signs the JWS signing input that `jws` holds, then appends `.` and the signature,
+    /// encoded straight from the backend's buffer.
+    fn append_signature(&self, jws: &mut String) {
         // The rng arguments are ignored by aws-lc-rs (it draws its own randomness), but the
         // ring-compatible signatures ask for one.
         let rng = SystemRandom::new();
+        let input = jws.as_bytes();
         match &self.pair {
             Pair::Rsa(k) => {
                 let encoding = self
@@ -303,16 +308,23 @@ impl SigningKey {
                     .rsa_encoding()
                     .expect("RSA key has an RSA algorithm");
                 let mut sig = vec![0u8; k.public_modulus_len()];
-                k.sign(encoding, &rng, message, &mut sig)
+                k.sign(encoding, &rng, input, &mut sig)
                     .expect("RSA signing with a validated key does not fail");
-                sig
+                jws.push('.');
+                B64.encode_string(&sig, jws);
             }
-            Pair::Ec(k) => k
-                .sign(&rng, message)
-                .expect("ECDSA signing with a validated key does not fail")
-                .as_ref()
-                .to_vec(),
-            Pair::Ed(k) => k.sign(message).as_ref().to_vec(),
+            Pair::Ec(k) => {
+                let sig = k
+                    .sign(&rng, input)
+                    .expect("ECDSA signing with a validated key does not fail");
+                jws.push('.');
+                B64.encode_string(sig.as_ref(), jws);
+            }
+            Pair::Ed(k) => {
+                let sig = k.sign(input);
+                jws.push('.');
+                B64.encode_string(sig.as_ref(), jws);
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 //! Strict on purpose: a malformed percent escape or invalid UTF-8 is an error the client is
 //! told about, never silently repaired into a different value.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, ops::Range};
 
 use base64::{
     Engine,
@@ -38,15 +38,22 @@ pub enum ParamsError {
 impl<'b> Params<'b> {
     /// Parses a form body.
     pub fn parse(body: &'b [u8]) -> Result<Self, ParamsError> {
+        // The usual body has nothing to decode: then it is checked for UTF-8 once, as a
+        // whole, and every name and value is a slice of it.
+        let plain = match memchr::memchr2(b'+', b'%', body) {
+            None => std::str::from_utf8(body).ok(),
+            Some(_) => None,
+        };
+        let component = |at: Range<usize>| match plain {
+            // `at` is bounded by `&`, `=` or the ends: ASCII, so character boundaries.
+            Some(text) => Ok(Cow::Borrowed(&text[at])),
+            None => decode_component(&body[at]),
+        };
         // A token request has three or four parameters.
         let mut params: Vec<(Cow<'b, str>, Cow<'b, str>)> = Vec::with_capacity(4);
-        for pair in body.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
-            let (name, value) = match pair.iter().position(|&b| b == b'=') {
-                Some(i) => (&pair[..i], &pair[i + 1..]),
-                None => (pair, &[][..]),
-            };
-            let name = decode_component(name)?;
-            let value = decode_component(value)?;
+        for (name, value) in pairs(body) {
+            let name = component(name)?;
+            let value = component(value)?;
             if name.is_empty() {
                 return Err(Malformed("form body has a parameter without a name").into());
             }
@@ -73,6 +80,23 @@ impl<'b> Params<'b> {
             .filter(move |(n, _)| n == name)
             .map(|(_, v)| &**v)
     }
+}
+
+/// Where each non-empty `name=value` pair's name and value lie in `body`; a pair without
+/// `=` has an empty value.
+fn pairs(body: &[u8]) -> impl Iterator<Item = (Range<usize>, Range<usize>)> + '_ {
+    let mut start = 0;
+    body.split(|&b| b == b'&').filter_map(move |pair| {
+        let (at, end) = (start, start + pair.len());
+        start = end + 1;
+        if pair.is_empty() {
+            return None;
+        }
+        Some(match memchr::memchr(b'=', pair) {
+            Some(i) => (at..at + i, at + i + 1..end),
+            None => (at..end, end..end),
+        })
+    })
 }
 
 /// Decodes one `application/x-www-form-urlencoded` component: `+` is a space, `%XX` a byte,
@@ -168,6 +192,24 @@ mod tests {
         assert_eq!(p.get("scope"), Some("a b:c"));
         assert_eq!(p.get("audience"), None);
         assert_eq!(p.get("x"), None);
+    }
+
+    #[test]
+    fn a_body_with_nothing_to_decode_reads_as_an_encoded_one() {
+        let plain =
+            Params::parse(b"grant_type=client_credentials&client_id=a.b&x&&scope=").unwrap();
+        let encoded =
+            Params::parse(b"grant_type=client%5Fcredentials&client_id=a%2Eb&x&&scope=").unwrap();
+        assert_eq!(plain, encoded);
+        assert_eq!(plain.get("client_id"), Some("a.b"));
+        assert!(
+            matches!(plain.0[0].1, Cow::Borrowed(_)),
+            "borrowed from the body"
+        );
+        assert!(matches!(encoded.0[0].1, Cow::Owned(_)), "decoded");
+        // Not UTF-8, with nothing to decode: still refused, not sliced.
+        assert!(Params::parse(b"a=\xff\xfe").is_err());
+        assert!(Params::parse(b"a=\xc3").is_err());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Response building shared by the endpoints, and the RFC 6749 §5.2 error.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, future::poll_fn, pin::pin, task::Poll};
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -191,18 +191,24 @@ pub async fn read_body(body: Incoming, timeout: std::time::Duration) -> Result<B
     if body.size_hint().lower() > BODY_LIMIT as u64 {
         return Err(OAuthError::too_large());
     }
-    // A body that came with the headers is ready at the first poll, and then the timeout's
-    // timer is never registered: only a slow body pays for it.
-    let read = tokio::time::timeout(timeout, Limited::new(body, BODY_LIMIT).collect());
-    let Ok(read) = read.await else {
-        return Err(OAuthError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "invalid_request",
-            format!(
-                "the request body did not arrive within {}",
-                humantime::format_duration(timeout)
-            ),
-        ));
+    let mut collect = pin!(Limited::new(body, BODY_LIMIT).collect());
+    // A body that came with the headers is complete at the first poll: no deadline is
+    // computed (a clock reading) and no timer armed. Only a slow body pays for them.
+    let read = match poll_fn(|cx| Poll::Ready(collect.as_mut().poll(cx))).await {
+        Poll::Ready(read) => read,
+        Poll::Pending => match tokio::time::timeout(timeout, collect).await {
+            Ok(read) => read,
+            Err(_) => {
+                return Err(OAuthError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "invalid_request",
+                    format!(
+                        "the request body did not arrive within {}",
+                        humantime::format_duration(timeout)
+                    ),
+                ));
+            }
+        },
     };
     match read {
         Ok(collected) => Ok(collected.to_bytes()),

@@ -18,6 +18,8 @@ use std::{
     time::Duration,
 };
 
+use super::closing::Closed;
+
 // tokio's clock, so that a test with paused time moves both the timer and the timestamps.
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
@@ -178,13 +180,17 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     }
 }
 
-/// Drives `conn` until it ends or its deadline passes; returns why it was cut short.
+/// Drives `conn` until it ends or its deadline passes; returns why it was cut short. Once
+/// `closed` is ready, `graceful` asks the connection to finish what it is serving and end.
 pub async fn serve_until_deadline<F: Future>(
     conn: F,
+    mut closed: Closed,
+    graceful: impl FnOnce(Pin<&mut F>),
     activity: &Activity,
     limits: Limits,
 ) -> Result<F::Output, Expired> {
     tokio::pin!(conn);
+    let mut graceful = Some(graceful);
     let first = activity
         .deadline(limits)
         .map_or(limits.idle, |_| limits.read);
@@ -194,6 +200,11 @@ pub async fn serve_until_deadline<F: Future>(
         tokio::select! {
             biased;
             done = &mut conn => return Ok(done),
+            () = &mut closed, if graceful.is_some() => {
+                if let Some(graceful) = graceful.take() {
+                    graceful(conn.as_mut());
+                }
+            }
             () = &mut timer => {
                 let now = Instant::now();
                 let next = match activity.deadline(limits) {
@@ -271,7 +282,15 @@ mod tests {
     async fn a_silent_connection_expires_after_the_read_timeout() {
         let a = Activity::new();
         let started = Instant::now();
-        let cut = serve_until_deadline(std::future::pending::<()>(), &a, LIMITS).await;
+        let closing = super::super::closing::Closing::new();
+        let cut = serve_until_deadline(
+            std::future::pending::<()>(),
+            closing.watch(),
+            |_| {},
+            &a,
+            LIMITS,
+        )
+        .await;
         assert_eq!(cut, Err(Expired::Read));
         assert!(started.elapsed() >= LIMITS.read);
     }

@@ -1,5 +1,6 @@
 //! The HTTP side: accept loop, routing, graceful drain.
 
+mod closing;
 pub mod conn;
 mod discovery;
 mod metrics;
@@ -18,10 +19,7 @@ use http::{Method, Request};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{
-        conn::auto,
-        graceful::{GracefulShutdown, Watcher},
-    },
+    server::conn::auto,
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -29,8 +27,9 @@ use tokio::{
     sync::Semaphore,
     time::Instant,
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+use closing::{Closed, Closing};
 use conn::{Activity, Expired, Limits, Tracked};
 pub use discovery::{build_metadata, jwks_cache_control};
 use response::{OAuthError, Resp};
@@ -70,7 +69,8 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
     let max = usize::try_from(state.config.max_connections).unwrap_or(usize::MAX);
     let slots = Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS)));
     let mut warned_at: Option<Instant> = None;
-    let graceful = GracefulShutdown::new();
+    let closing = Closing::new();
+    let connections = TaskTracker::new();
 
     loop {
         // A slot first: past `max_connections`, new connections wait in the listen backlog
@@ -105,11 +105,11 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
             },
         };
         let _ = stream.set_nodelay(true);
-        let (state, builder, watcher) = (state.clone(), builder.clone(), graceful.watcher());
-        tokio::spawn(async move {
+        let (state, builder, closed) = (state.clone(), builder.clone(), closing.watch());
+        connections.spawn(async move {
             state.conns.accepted.fetch_add(1, Relaxed);
             state.conns.open.fetch_add(1, Relaxed);
-            connection(stream, peer, &state, &builder, watcher, limits).await;
+            connection(stream, peer, &state, &builder, closed, limits).await;
             state.conns.open.fetch_sub(1, Relaxed);
             drop(slot);
         });
@@ -117,8 +117,10 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
 
     // Stop accepting first, so a restarting supervisor can bind the port again at once.
     drop(listener);
+    closing.close();
+    connections.close();
     tokio::select! {
-        () = graceful.shutdown() => tracing::debug!("all HTTP connections drained"),
+        () = connections.wait() => tracing::debug!("all HTTP connections drained"),
         () = tokio::time::sleep(DRAIN_DEADLINE) => tracing::warn!("drain deadline passed; closing the remaining connections"),
     }
 }
@@ -129,14 +131,14 @@ async fn connection(
     peer: SocketAddr,
     state: &Arc<State>,
     builder: &Builder,
-    watcher: Watcher,
+    closed: Closed,
     limits: Limits,
 ) {
     let Some(tls) = &state.tls else {
-        return http(stream, peer, state, builder, watcher, limits).await;
+        return http(stream, peer, state, builder, closed, limits).await;
     };
     match tokio::time::timeout(limits.read, tls.acceptor().accept(stream)).await {
-        Ok(Ok(stream)) => http(stream, peer, state, builder, watcher, limits).await,
+        Ok(Ok(stream)) => http(stream, peer, state, builder, closed, limits).await,
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => {
             state.conns.expired(Expired::Read);
@@ -150,7 +152,7 @@ async fn http<I>(
     peer: SocketAddr,
     state: &Arc<State>,
     builder: &Builder,
-    watcher: Watcher,
+    closed: Closed,
     limits: Limits,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -167,7 +169,8 @@ async fn http<I>(
         }
     });
     let conn = builder.serve_connection(TokioIo::new(Tracked::new(io, activity.clone())), service);
-    match conn::serve_until_deadline(watcher.watch(conn), &activity, limits).await {
+    let graceful = |conn: std::pin::Pin<&mut _>| auto::Connection::graceful_shutdown(conn);
+    match conn::serve_until_deadline(conn, closed, graceful, &activity, limits).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
         Err(why) => {

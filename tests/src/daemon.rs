@@ -360,6 +360,7 @@ impl Daemon {
             match notify.recv(&mut buf) {
                 Ok(n) => datagrams.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => panic!("receiving on the notify socket failed: {e}"),
             }
         }
@@ -486,7 +487,13 @@ impl Daemon {
                     }
                     // STATUS=, EXTEND_TIMEOUT_USEC= and the like: not what we wait for.
                 }
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                // EINTR: a signal handled in the test process interrupted the wait; the
+                // socket's receive timeout makes the kernel return it instead of restarting.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => panic!("receiving on the notify socket failed: {e}"),
             }
             if let Some(status) = child.try_wait().expect("polling the daemon's status") {

@@ -41,16 +41,33 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
         std::process::id(),
         TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    let result = (|| {
-        let mut file = OpenOptions::new()
+    replace_via(&temp, path, dir, contents, mode)
+}
+
+/// [`write_atomic`] through the temporary file `temp`.
+fn replace_via(temp: &Path, path: &Path, dir: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    let create = || {
+        OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode)
-            .open(&temp)?;
+            .open(temp)
+    };
+    let result = (|| {
+        let mut file = match create() {
+            // This process never made a file of this name (pid and counter are unique in
+            // it): an earlier process with the same pid (PID 1 in a container) left it when
+            // killed mid-write. Refusing would refuse at every start.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                fs::remove_file(temp)?;
+                create()?
+            }
+            created => created?,
+        };
         file.write_all(contents)?;
         file.sync_all()?;
         drop(file);
-        fs::rename(&temp, path)?;
+        fs::rename(temp, path)?;
         // The rename lives in the directory; without this fsync a crash can forget it.
         if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
             tracing::error!(
@@ -62,7 +79,7 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
         Ok(())
     })();
     if result.is_err() {
-        let _ = fs::remove_file(&temp);
+        let _ = fs::remove_file(temp);
     }
     result
 }
@@ -104,6 +121,17 @@ mod tests {
             0o600
         );
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_temp_file_left_under_the_same_name_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        let temp = dir.path().join(format!(".manifest.json{TEMP_MARKER}1.0"));
+        fs::write(&temp, "left by a process killed mid-write").unwrap();
+        replace_via(&temp, &path, dir.path(), b"new", 0o600).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "new");
+        assert!(!temp.exists());
     }
 
     #[test]

@@ -175,28 +175,48 @@ fn serve(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> ExitCode {
     if let Some(listen) = listen {
         config.listen = listen;
     }
+    // The demo secret made by this start is shown only by the banner. A start that fails
+    // before it (the port is taken, say) removes the clients file holding its hash, so that
+    // the next start makes and shows a new one rather than leaving a client nobody can use.
+    let local_setup = local_setup.as_ref();
+    let unshown = |code: ExitCode| {
+        if let Some(setup) = local_setup.filter(|s| s.new_secret.is_some()) {
+            match std::fs::remove_file(&setup.config.clients_file) {
+                Ok(()) => tracing::info!(
+                    file = %setup.config.clients_file.display(),
+                    "removed the new demo client, whose secret was never shown; the next start makes another"
+                ),
+                Err(e) => tracing::warn!(
+                    file = %setup.config.clients_file.display(),
+                    error = %e,
+                    "cannot remove the new demo client, whose secret was never shown; delete the file before the next start"
+                ),
+            }
+        }
+        code
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => return fail(1, format!("cannot start the async runtime: {e}")),
+        Err(e) => return unshown(fail(1, format!("cannot start the async runtime: {e}"))),
     };
     runtime.block_on(async move {
         let shutdown = match tokendealer_daemon::termination() {
             Ok(shutdown) => shutdown,
-            Err(e) => return fail(1, format!("cannot install signal handlers: {e}")),
+            Err(e) => return unshown(fail(1, format!("cannot install signal handlers: {e}"))),
         };
         let loaded = match tokendealer_daemon::load(config.clone()).await {
             Ok(loaded) => loaded,
-            Err(e) if e.is_config() => return fail(EX_CONFIG, e),
-            Err(e) => return fail(1, e),
+            Err(e) if e.is_config() => return unshown(fail(EX_CONFIG, e)),
+            Err(e) => return unshown(fail(1, e)),
         };
         let listeners = match Listeners::from_env_or_bind(&config) {
             Ok(listeners) => listeners,
-            Err(e) => return fail(1, e),
+            Err(e) => return unshown(fail(1, e)),
         };
-        if let Some(setup) = &local_setup {
+        if let Some(setup) = local_setup {
             let addr = listeners.http.local_addr().unwrap_or(config.listen);
             if let Err(e) = local::print_banner(setup, addr, &config.admin_socket) {
                 tracing::warn!(error = %e, "cannot print the local-mode banner");

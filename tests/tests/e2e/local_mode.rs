@@ -2,7 +2,10 @@
 //! client's secret once in a ready-to-paste `curl`, and keeps its key and clients across
 //! restarts.
 
-use std::path::{Path, PathBuf};
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+};
 
 use tokendealer_tests::{Daemon, http::Request, jwt, secret_hash};
 
@@ -181,6 +184,36 @@ fn second_start_prints_no_secret_and_reuses_key_and_clients() {
         kids,
         "the signing key changed across a restart"
     );
+    let curl = Curl {
+        url: daemon.url("/oauth/token"),
+        ..curl
+    };
+    run_curl(&daemon, &curl);
+}
+
+/// The demo secret is shown only once the port is bound. A first start that fails before
+/// (the port is taken) keeps no demo client whose secret nobody saw: the next start makes a
+/// new one and shows it.
+#[test]
+fn a_first_start_that_cannot_bind_leaves_no_unseen_demo_secret() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("binding a port to take");
+    let port = taken.local_addr().expect("the taken port").port();
+    let mut daemon = Daemon::new(vec!["--listen".into(), format!("127.0.0.1:{port}").into()]);
+    let output = daemon.start_expecting_exit();
+    assert!(!output.status.success(), "{output}");
+    assert!(
+        printed_curl(&output.stdout).is_none(),
+        "a secret was printed by a start that failed:\n{output}"
+    );
+    assert!(
+        !data_dir(&daemon).join("clients.toml").exists(),
+        "the demo client whose secret was never shown is still in clients.toml:\n{output}"
+    );
+
+    drop(taken);
+    daemon.set_args(vec!["--listen".into(), "127.0.0.1:0".into()]);
+    daemon.start();
+    let curl = first_curl(&daemon);
     let curl = Curl {
         url: daemon.url("/oauth/token"),
         ..curl

@@ -18,7 +18,7 @@ use tokendealer_shared::{
         AdminError, ClientFrame, ClientInfo, Event, Hello, KeyInfo, KeyState, MAX_PAGE,
         PROTOCOL_VERSION, Request, Response, ServerFrame, Status,
     },
-    frame::{self, FrameError},
+    frame::{self, FrameError, MAX_FRAME},
 };
 use tokio::{
     net::{UnixListener, UnixStream},
@@ -35,11 +35,13 @@ use crate::{
 
 /// How many admin connections are served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 32;
+/// How many peers that may not administer are told so at once; more are just closed.
+const MAX_REFUSALS: usize = 4;
 /// How long a new peer has to greet.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a connection may sit idle between requests.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long one request may take before the peer is told it failed.
+/// How long a read-only request may take before the peer is told it failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a frame may wait for a peer that does not read before the connection is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -105,6 +107,7 @@ fn own_uid() -> u32 {
 /// Accepts admin connections until `stop` fires; then closes those still open.
 pub async fn serve(listener: UnixListener, state: Arc<State>, stop: CancellationToken) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let tracker = TaskTracker::new();
     loop {
         // Waiting for a slot before accepting leaves excess peers in the backlog rather than
@@ -124,13 +127,33 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, stop: Cancellation
                 }
             },
         };
+        let Some((uid, allowed)) = peer(&stream, &state) else {
+            continue;
+        };
+        // A peer that may not administer gives its slot back at once: silent connections
+        // from it must not keep permitted admins waiting. It is told why on a budget of its
+        // own, or, with that spent, just closed.
+        let permit = if allowed {
+            permit
+        } else {
+            drop(permit);
+            match refusals.clone().try_acquire_owned() {
+                Ok(refusal) => refusal,
+                Err(_) => {
+                    tracing::warn!(uid, "admin connection refused: uid is not permitted");
+                    continue;
+                }
+            }
+        };
         let state = state.clone();
         let stop = stop.clone();
         tracker.spawn(async move {
             let _permit = permit;
             tokio::select! {
                 () = stop.cancelled() => {}
-                () = connection(stream, &state) => {}
+                result = converse(stream, &state, uid, allowed) => if let Err(e) = result {
+                    tracing::info!(uid, error = %e, "admin connection closed");
+                },
             }
         });
     }
@@ -138,12 +161,13 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, stop: Cancellation
     tracker.wait().await;
 }
 
-async fn connection(stream: UnixStream, state: &Arc<State>) {
+/// The peer's uid, and whether it may administer; `None` when it cannot be told.
+fn peer(stream: &UnixStream, state: &State) -> Option<(u32, bool)> {
     let cred = match stream.peer_cred() {
         Ok(cred) => cred,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read admin peer credentials; closing");
-            return;
+            return None;
         }
     };
     let uid = cred.uid();
@@ -151,9 +175,7 @@ async fn connection(stream: UnixStream, state: &Arc<State>) {
         || uid == own_uid()
         || state.config.admin_uids.contains(&uid)
         || state.config.admin_gids.contains(&cred.gid());
-    if let Err(e) = converse(stream, state, uid, allowed).await {
-        tracing::info!(uid, error = %e, "admin connection closed");
-    }
+    Some((uid, allowed))
 }
 
 async fn converse(
@@ -236,9 +258,16 @@ async fn converse(
                 if request == Request::Subscribe {
                     ticks = Some(state.stats.subscribe());
                 }
-                let response = match tokio::time::timeout(REQUEST_TIMEOUT, handle(state, request, uid)).await {
-                    Ok(response) => response,
-                    Err(_) => Response::Error(AdminError::Internal("the request timed out".into())),
+                // A change runs to its end and its real outcome is told: cut short by a
+                // timeout it would still land (the blocking write goes on), with an added
+                // client's or a rotated secret never shown. Only reads are given up on.
+                let response = if changes_state(&request) {
+                    handle(state, request, uid).await
+                } else {
+                    match tokio::time::timeout(REQUEST_TIMEOUT, handle(state, request, uid)).await {
+                        Ok(response) => response,
+                        Err(_) => Response::Error(AdminError::Internal("the request timed out".into())),
+                    }
                 };
                 send(&mut tx, &ServerFrame::Response(response)).await?;
             }
@@ -253,6 +282,14 @@ async fn converse(
             () = idle, if ticks.is_none() => return Ok(()),
         }
     }
+}
+
+/// Whether `request` changes the clients file, the keys or the daemon's state.
+fn changes_state(request: &Request) -> bool {
+    !matches!(
+        request,
+        Request::Status | Request::ListClients { .. } | Request::ListKeys | Request::Subscribe
+    )
 }
 
 /// Writes one frame, giving up on a peer that stops reading.
@@ -447,10 +484,14 @@ async fn done(state: &State, uid: u32, what: &'static str, edit: Edit) -> Respon
 
 /// Runs a clients-file edit on the blocking pool (it fsyncs) and types its failure.
 async fn apply(state: &State, edit: Edit) -> Result<(), AdminError> {
-    let clients = state.clients.clone();
-    let result = tokio::task::spawn_blocking(move || clients.edit(&edit))
-        .await
-        .map_err(|e| AdminError::Internal(e.to_string()))?;
+    let (clients, keys, token_ttl) = (state.clients.clone(), state.keys.clone(), state.token_ttl);
+    let result = tokio::task::spawn_blocking(move || {
+        let result = clients.edit(&edit);
+        crate::note_longest_ttl(&keys, &clients, token_ttl);
+        result
+    })
+    .await
+    .map_err(|e| AdminError::Internal(e.to_string()))?;
     result.map_err(|e| match e {
         WriteError::Edit(EditError::Exists(id)) => AdminError::ClientExists(id),
         WriteError::Edit(EditError::NoSuchClient(id)) => AdminError::NoSuchClient(id),
@@ -458,6 +499,12 @@ async fn apply(state: &State, edit: Edit) -> Result<(), AdminError> {
         WriteError::Edit(EditError::FileInvalid(e)) => AdminError::ClientsFileInvalid {
             file: state.clients.path().display().to_string(),
             reason: e.to_string(),
+        },
+        WriteError::Empty { .. } => AdminError::ClientsFileInvalid {
+            file: state.clients.path().display().to_string(),
+            reason: "it is empty while clients are loaded (caught mid-save?); save it again, or \
+                     leave a comment in it to mean no clients"
+                .into(),
         },
         other => {
             tracing::error!(error = %other, "clients file write failed");
@@ -492,11 +539,21 @@ fn list_clients(state: &State, after: Option<&str>, limit: u32) -> Response {
     clients.sort_unstable_by(|a, b| a.id.cmp(&b.id));
     let total = clients.len() as u64;
     let now = jiff::Timestamp::now().as_second();
+    // A page ends at `limit` clients or near the frame limit, whichever comes first: clients
+    // with long audience lists would otherwise make a page too large to send, and every
+    // listing would fail. Readers page on until `total`, so a short page costs nothing.
+    let mut bytes = 0;
     let page = clients
         .into_iter()
         .filter(|c| after.is_none_or(|a| c.id.as_str() > a))
         .take(limit.clamp(1, MAX_PAGE) as usize)
-        .map(|c| ClientInfo {
+        .enumerate()
+        .take_while(|(i, c)| {
+            bytes += encoded_size(c);
+            // The first always goes, so that a listing moves on whatever its size.
+            *i == 0 || bytes <= PAGE_BYTES
+        })
+        .map(|(_, c)| ClientInfo {
             id: c.id.clone(),
             audiences: c
                 .any_audience
@@ -518,8 +575,18 @@ fn list_clients(state: &State, after: Option<&str>, limit: u32) -> Response {
     }
 }
 
+/// How many bytes of clients a page may hold: the frame limit less room for the rest.
+const PAGE_BYTES: usize = MAX_FRAME - 64 * 1024;
+
+/// An upper bound of a client's size in a `Clients` frame: its strings, each with a length
+/// prefix of at most 10 bytes, and 64 for the numbers and flags.
+fn encoded_size(c: &Client) -> usize {
+    let strings = c.audiences.iter().chain(c.scopes.iter());
+    c.id.len() + 10 + strings.map(|s| s.len() + 10).sum::<usize>() + 11 + 64
+}
+
 fn key_infos(state: &State) -> Vec<KeyInfo> {
-    let max_age = state.keys.settings().jwks_max_age;
+    let next_may_sign_at = state.keys.next_may_sign_at();
     state
         .keys
         .load()
@@ -532,11 +599,7 @@ fn key_infos(state: &State) -> Vec<KeyInfo> {
             created: e.meta.created,
             activated: e.meta.activated,
             retire_at: e.meta.retire_at,
-            may_sign_at: (e.meta.state == KeyState::Next).then(|| {
-                e.meta
-                    .created
-                    .saturating_add(i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX))
-            }),
+            may_sign_at: next_may_sign_at.filter(|_| e.meta.state == KeyState::Next),
         })
         .collect()
 }

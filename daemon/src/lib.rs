@@ -95,6 +95,24 @@ fn key_settings(config: &Config) -> KeySettings {
 
 /// Reads (on first use: creates) the signing keys, and reads the clients file and the TLS
 /// certificate.
+/// The longest lifetime a token may have been issued with since start-up: the config's, or
+/// a client's, including one the clients file has shortened since.
+fn longest_ttl(clients: &ClientsStore, token_ttl: Duration) -> Duration {
+    clients
+        .load()
+        .iter()
+        .filter_map(|c| c.token_ttl)
+        .chain(clients.longest_ttl_served())
+        .fold(token_ttl, Duration::max)
+}
+
+/// [`State::note_longest_ttl`], for callers holding the parts.
+pub(crate) fn note_longest_ttl(keys: &KeyManager, clients: &ClientsStore, token_ttl: Duration) {
+    if let Err(e) = keys.note_longest_ttl(longest_ttl(clients, token_ttl)) {
+        tracing::error!(error = %e, "the longest token lifetime could not be recorded with the active key; key upkeep retries");
+    }
+}
+
 pub async fn load(config: Config) -> Result<Loaded, StartError> {
     let tls = config.tls.as_ref().map(http::tls::Tls::load).transpose()?;
     let (dir, settings) = (config.key_dir.clone(), key_settings(&config));
@@ -107,6 +125,15 @@ pub async fn load(config: Config) -> Result<Loaded, StartError> {
     let clients = tokio::task::spawn_blocking(move || ClientsStore::open(&clients_file))
         .await
         .map_err(|_| StartError::Interrupted)??;
+    let (keys, clients) = tokio::task::spawn_blocking({
+        let token_ttl = config.token_ttl;
+        move || {
+            note_longest_ttl(&keys, &clients, token_ttl);
+            (keys, clients)
+        }
+    })
+    .await
+    .map_err(|_| StartError::Interrupted)?;
     Ok(Loaded {
         config,
         keys,
@@ -230,18 +257,21 @@ pub struct State {
     pub conns: http::conn::ConnStats,
     pub started: Instant,
     metadata: Bytes,
-    jwks_cache_control: ::http::HeaderValue,
 }
 
 impl State {
-    /// The longest lifetime a token can be issued with now: how long a retiring key must
-    /// stay published.
+    /// The longest lifetime a token may have been issued with since start-up (a client's
+    /// `token_ttl` shortened since still has tokens out with the longer one): how long a
+    /// retiring key must stay published. Earlier runs' are kept in the key manifest.
     pub fn longest_ttl(&self) -> Duration {
-        self.clients
-            .load()
-            .iter()
-            .filter_map(|c| c.token_ttl)
-            .fold(self.token_ttl, Duration::max)
+        longest_ttl(&self.clients, self.token_ttl)
+    }
+
+    /// Records [`State::longest_ttl`] with the active key (see
+    /// [`KeyManager::note_longest_ttl`]): at start-up and after every change of the clients.
+    /// Blocking when it writes.
+    pub fn note_longest_ttl(&self) {
+        note_longest_ttl(&self.keys, &self.clients, self.token_ttl);
     }
 
     /// SIGHUP and `tokendealer reload`: the config's key settings (a new `algorithm` gets
@@ -257,6 +287,7 @@ impl State {
                     // A bad certificate does not hold the clients file back.
                     if let Some(failed) = self.reload_tls(&config) {
                         drop(self.clients.reload());
+                        self.note_longest_ttl();
                         return failed;
                     }
                 }
@@ -277,7 +308,9 @@ impl State {
                 }
             }
         }
-        self.clients.reload()
+        let outcome = self.clients.reload();
+        self.note_longest_ttl();
+        outcome
     }
 
     /// A renewed certificate and key are served from now on; on an error the previous ones
@@ -335,7 +368,6 @@ pub async fn run(
             .clone()
             .unwrap_or_else(|| issuer.clone()),
         metadata: http::build_metadata(&issuer).into(),
-        jwks_cache_control: http::jwks_cache_control(config.jwks_max_age),
         issuer,
         token_ttl: config.token_ttl,
         listen,
@@ -362,8 +394,12 @@ pub async fn run(
     ));
     let sweep_task = tokio::spawn(sweep(state.throttle.clone(), stop.clone()));
     // Without the watches the daemon still serves, and SIGHUP still reloads.
-    let clients = state.clients.clone();
-    let _clients_watch = watch::start(state.clients.path(), move || drop(clients.reload()), stop.clone())
+    let watching = state.clone();
+    let reload_clients = move || {
+        drop(watching.clients.reload());
+        watching.note_longest_ttl();
+    };
+    let _clients_watch = watch::start(state.clients.path(), reload_clients, stop.clone())
         .inspect_err(|e| tracing::error!(error = %e, "cannot watch the clients file; edits apply on SIGHUP only"))
         .ok();
     let keys = state.keys.clone();
@@ -448,22 +484,39 @@ const KEY_UPKEEP: Duration = Duration::from_secs(30);
 /// Retiring keys leave the JWKS at their time, and automatic rotations happen, with no
 /// restart and no request path involved.
 async fn key_upkeep(state: Arc<State>, stop: CancellationToken) {
+    let mut failed = false;
     loop {
         let now = jiff::Timestamp::now().as_second();
-        let wait = state
-            .keys
-            .next_expiry()
-            .map(|at| Duration::from_secs(u64::try_from(at - now).unwrap_or(0)))
-            .map_or(KEY_UPKEEP, |until| until.min(KEY_UPKEEP));
+        let wait = if failed {
+            // A due expiry stays due while upkeep fails (a full disk, a key file that cannot
+            // be read): waiting for it would retry at once, in a loop.
+            KEY_UPKEEP
+        } else {
+            state
+                .keys
+                .next_expiry()
+                .map(|at| Duration::from_secs(u64::try_from(at - now).unwrap_or(0)))
+                .map_or(KEY_UPKEEP, |until| until.min(KEY_UPKEEP))
+        };
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
         }
         let upkeep = state.clone();
-        let result =
-            tokio::task::spawn_blocking(move || upkeep.keys.maintain(upkeep.longest_ttl())).await;
-        if let Ok(Err(e)) = result {
-            tracing::error!(error = %e, "key upkeep failed; will retry");
+        let result = tokio::task::spawn_blocking(move || {
+            // The directory watch brings other daemons' key changes at once; this brings
+            // them within KEY_UPKEEP even when the watch could not be set up or missed one.
+            if let Err(e) = upkeep.keys.refresh() {
+                tracing::error!(error = %e, "a key change in the key directory was not adopted; the keys in force stay");
+            }
+            upkeep.keys.maintain(upkeep.longest_ttl())
+        })
+        .await;
+        failed = matches!(result, Ok(Err(_)) | Err(_));
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, retry_in = ?KEY_UPKEEP, "key upkeep failed"),
+            Err(e) => tracing::error!(error = %e, retry_in = ?KEY_UPKEEP, "key upkeep panicked"),
         }
     }
 }

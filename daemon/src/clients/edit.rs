@@ -422,14 +422,19 @@ fn drop_expired(clients: &mut dyn TableLike, now: Timestamp) {
         else {
             continue;
         };
-        hashes.retain(|v| {
+        let live = |v: &Value| {
             let expires = v
                 .as_inline_table()
                 .and_then(|t| t.get("expires"))
                 .and_then(Value::as_datetime)
                 .and_then(|d| d.to_string().parse::<Timestamp>().ok());
             expires.is_none_or(|e| e > now)
-        });
+        };
+        // A client whose every secret has expired keeps them: it is locked out either way,
+        // and an empty list would make the file invalid, refusing every other edit.
+        if hashes.iter().any(live) {
+            hashes.retain(live);
+        }
     }
 }
 

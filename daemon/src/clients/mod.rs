@@ -17,7 +17,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicI64, AtomicU64, Ordering},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use arc_swap::{ArcSwap, Guard};
@@ -74,6 +74,11 @@ pub enum WriteError {
     },
     #[error("the clients file kept changing while it was being written; try again")]
     Contended,
+    #[error(
+        "clients file {} is empty while clients are loaded; not editing it (save it again, or leave a comment in it to mean no clients)",
+        path.display()
+    )]
+    Empty { path: PathBuf },
 }
 
 /// What to do about a failed write, for the errors an admin can fix.
@@ -103,6 +108,19 @@ pub struct ClientsStore {
     pub reload_failures: AtomicU64,
     /// Unix seconds of the last successful load.
     pub last_success: AtomicI64,
+    /// The longest client `token_ttl` (seconds) of every registry served since start-up:
+    /// tokens may be out with it even after the file shortened it.
+    longest_ttl_served: AtomicU64,
+}
+
+/// The longest `token_ttl` among `registry`'s clients, in seconds.
+fn longest_ttl(registry: &Registry) -> u64 {
+    registry
+        .iter()
+        .filter_map(|c| c.token_ttl)
+        .map(|t| t.as_secs())
+        .max()
+        .unwrap_or(0)
 }
 
 fn now() -> i64 {
@@ -118,6 +136,7 @@ impl ClientsStore {
         let (registry, digest) =
             read(path, None, None)?.expect("a file is never the one applied before the first");
         let count = registry.len() as u64;
+        let longest = longest_ttl(&registry);
         Ok(Self {
             path: path.to_owned(),
             current: ArcSwap::from_pointee(registry),
@@ -130,7 +149,15 @@ impl ClientsStore {
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
             last_success: AtomicI64::new(now()),
+            longest_ttl_served: AtomicU64::new(longest),
         })
+    }
+
+    /// The longest client `token_ttl` served since start-up, if any client had one.
+    pub fn longest_ttl_served(&self) -> Option<Duration> {
+        Some(self.longest_ttl_served.load(Ordering::Relaxed))
+            .filter(|&secs| secs > 0)
+            .map(Duration::from_secs)
     }
 
     pub fn path(&self) -> &Path {
@@ -211,6 +238,8 @@ impl ClientsStore {
     /// clients now served.
     fn replace(&self, registry: Registry, digest: Digest) -> u64 {
         let count = registry.len() as u64;
+        self.longest_ttl_served
+            .fetch_max(longest_ttl(&registry), Ordering::Relaxed);
         *self.applied.lock().expect("applied lock") = digest;
         let replaced = self.current.swap(Arc::new(registry));
         // Let go here, so that unless a request still holds it, the replaced registry is
@@ -231,6 +260,13 @@ impl ClientsStore {
         };
         for _ in 0..WRITE_ATTEMPTS {
             let before = read_now()?;
+            // Caught between a truncating save and its write, the file is empty; an edit of
+            // it would write a file of this one change, dropping every other client.
+            if before.is_empty() && !self.current.load().is_empty() {
+                return Err(WriteError::Empty {
+                    path: self.path.clone(),
+                });
+            }
             let after = edit::apply(&before, edit, jiff::Timestamp::now())?;
             // Someone may have saved the file while we edited it; the rename would then lose
             // their change. Re-read and re-apply instead.

@@ -17,8 +17,12 @@ use crate::{State, keys::Keyring};
 
 pub fn jwks(state: &State) -> Resp {
     let mut resp = response::json(StatusCode::OK, state.keys.load().jwks());
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, state.jwks_cache_control.clone());
+    // From the settings in force: a reload may change `jwks_max_age`, and the key
+    // manager's rotation rule counts with what verifiers were told.
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        jwks_cache_control(state.keys.settings().jwks_max_age),
+    );
     resp
 }
 

@@ -31,7 +31,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use closing::{Closed, Closing};
 use conn::{Activity, Expired, Limits, Tracked};
-pub use discovery::{build_metadata, jwks_cache_control};
+pub use discovery::build_metadata;
 use response::{OAuthError, Resp};
 pub use tokendealer_shared::form;
 

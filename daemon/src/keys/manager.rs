@@ -74,6 +74,10 @@ pub struct KeyManager {
     /// The manifest `current` was built from.
     manifest: Mutex<Manifest>,
     settings: Mutex<KeySettings>,
+    /// Held through a change and through a refresh, from reading the disk to swapping in:
+    /// a refresh that read the manifest before this daemon's own change wrote a newer one
+    /// would otherwise swap the older one back in.
+    changing: Mutex<()>,
     /// Rotations made by this daemon.
     pub rotations: AtomicU64,
 }
@@ -96,7 +100,9 @@ impl KeyManager {
                 Manifest::new(vec![meta])
             }
         };
-        let changed = ensure_next(&store, &mut manifest, settings, now)? | manifest.prune(now);
+        let changed = ensure_next(&store, &mut manifest, settings, now)?
+            | manifest.serve_max_age(now, secs(settings.jwks_max_age))
+            | manifest.prune(now);
         if changed {
             store.write_manifest(&manifest)?;
         }
@@ -111,6 +117,7 @@ impl KeyManager {
             current: ArcSwap::from_pointee(keyring),
             manifest: Mutex::new(manifest),
             settings: Mutex::new(settings),
+            changing: Mutex::new(()),
             rotations: AtomicU64::new(0),
         })
     }
@@ -146,6 +153,7 @@ impl KeyManager {
         &self,
         apply: impl FnOnce(&mut Manifest, i64) -> Result<T, KeyChangeError>,
     ) -> Result<T, KeyChangeError> {
+        let _changing = self.changing.lock().expect("change lock");
         let _lock = self.store.lock()?;
         let now = now();
         let mut manifest = self
@@ -174,19 +182,26 @@ impl KeyManager {
         let rotated = self.change(|manifest, now| {
             manifest.check_rotation(now, max_age, force)?;
             let retiring = manifest.active().map(|k| k.kid.clone());
+            // Its tokens may have been issued under a longer lifetime than today's.
             let retire_at = now
-                .saturating_add(secs(longest_ttl))
+                .saturating_add(manifest.active_ttl(secs(longest_ttl)))
                 .saturating_add(secs(RETIRE_LEEWAY));
             // Generated under the lock but only after the check: a refused rotation costs nothing.
             let (next, der) =
                 SigningKey::generate(settings.alg, settings.bits).map_err(KeyStoreError::from)?;
             self.store.write_key(next.kid(), &der)?;
-            manifest.rotate(now, retire_at, StoredKey::next(&next, now));
+            // Published from when the manifest naming it is written, after the generation
+            // (seconds, for large RSA keys): the wait before it signs counts from then.
+            let published = self::now();
+            manifest.rotate(now, retire_at, StoredKey::next(&next, published));
+            manifest.note_ttl(secs(longest_ttl));
             Ok(Rotated {
                 active: manifest.active().map(|k| k.kid.clone()).unwrap_or_default(),
                 retiring: retiring.map(|kid| (kid, retire_at)),
                 next: next.kid().to_owned(),
-                next_may_sign_at: now.saturating_add(max_age),
+                next_may_sign_at: manifest
+                    .next_may_sign_at(max_age)
+                    .unwrap_or_else(|| published.saturating_add(max_age)),
             })
         })?;
         self.rotations.fetch_add(1, Relaxed);
@@ -203,7 +218,7 @@ impl KeyManager {
             let removed = manifest.revoke(kid, now, || {
                 match SigningKey::generate(settings.alg, settings.bits) {
                     Ok((next, der)) => match self.store.write_key(next.kid(), &der) {
-                        Ok(()) => Some(StoredKey::next(&next, now)),
+                        Ok(()) => Some(StoredKey::next(&next, self::now())),
                         Err(e) => {
                             generated = Err(e);
                             None
@@ -231,6 +246,7 @@ impl KeyManager {
     /// Adopts a manifest another daemon wrote. A manifest that cannot be used (corrupt, or
     /// naming an active key whose file is unreadable) is refused and the keys in force stay.
     pub fn refresh(&self) -> Result<bool, KeyStoreError> {
+        let _changing = self.changing.lock().expect("change lock");
         let Some(manifest) = self.store.read_manifest()? else {
             return Ok(false);
         };
@@ -252,7 +268,8 @@ impl KeyManager {
         let settings = self.settings();
         let (expired, rotation_due) = {
             let manifest = self.manifest.lock().expect("manifest lock");
-            let expired = manifest.keys.iter().any(|k| !k.published_at(now));
+            let expired = manifest.keys.iter().any(|k| !k.published_at(now))
+                || manifest.cached_until.is_some_and(|until| until <= now);
             let rotation_due = settings.rotate_every.is_some_and(|every| {
                 manifest.active().is_some_and(|a| {
                     a.activated.unwrap_or(a.created).saturating_add(secs(every)) <= now
@@ -271,27 +288,63 @@ impl KeyManager {
         } else if expired {
             self.change(|_, _| Ok(()))?;
         }
-        Ok(())
+        self.note_longest_ttl(longest_ttl)
     }
 
-    /// Applies a changed `algorithm` or `rsa_bits` (config reload): the next key is replaced
-    /// by one of the new kind, which signs from the rotation after next's wait. Blocking.
-    pub fn reconfigure(&self, settings: KeySettings) -> Result<(), KeyChangeError> {
-        *self.settings.lock().expect("settings lock") = settings;
-        let next_alg = self
+    /// Keeps on disk that the active key may sign tokens living `longest_ttl`, when that is
+    /// longer than recorded: a restart (or another daemon) rotating it later then still
+    /// keeps it published until they expire. Blocking when it writes.
+    pub fn note_longest_ttl(&self, longest_ttl: Duration) -> Result<(), KeyChangeError> {
+        let ttl = secs(longest_ttl);
+        let recorded = self
             .manifest
             .lock()
             .expect("manifest lock")
-            .next()
-            .map(|k| k.alg);
-        if next_alg == Some(settings.alg) {
+            .active()
+            .and_then(|a| a.longest_ttl);
+        if recorded.is_some_and(|r| r >= ttl) {
             return Ok(());
         }
+        self.change(|manifest, _| {
+            manifest.note_ttl(ttl);
+            Ok(())
+        })
+    }
+
+    /// Applies a changed `algorithm` or `rsa_bits` (config reload): the next key is replaced
+    /// by one of the new kind, which signs from the rotation after next's wait. A changed
+    /// `jwks_max_age` is served from now on; shortened, the next key still waits for the
+    /// responses cached under the longer one. Blocking.
+    pub fn reconfigure(&self, settings: KeySettings) -> Result<(), KeyChangeError> {
+        let max_age = secs(settings.jwks_max_age);
+        let (next_alg, served) = {
+            let manifest = self.manifest.lock().expect("manifest lock");
+            (manifest.next().map(|k| k.alg), manifest.jwks_max_age)
+        };
+        if next_alg == Some(settings.alg) && served == Some(max_age) {
+            *self.settings.lock().expect("settings lock") = settings;
+            return Ok(());
+        }
+        // The settings (and so the JWKS header) change only once the manifest says so: a
+        // failed change leaves the old ones in force.
         self.change(|manifest, now| {
             ensure_next(&self.store, manifest, settings, now)?;
+            // After the key generation, plus a second for the new header to be served:
+            // until then the old max-age goes out.
+            manifest.serve_max_age(self::now().saturating_add(1), max_age);
             Ok(())
         })?;
-        tracing::info!(alg = %settings.alg, "published a next key of the newly configured algorithm");
+        *self.settings.lock().expect("settings lock") = settings;
+        if next_alg != Some(settings.alg) {
+            tracing::info!(alg = %settings.alg, "published a next key of the newly configured algorithm");
+        }
+        if served.is_some_and(|s| s > max_age) {
+            tracing::info!(
+                jwks_max_age = max_age,
+                next_may_sign_at = ?self.next_may_sign_at(),
+                "jwks_max_age shortened; the next key waits until responses cached under the longer one have expired"
+            );
+        }
         Ok(())
     }
 

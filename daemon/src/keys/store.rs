@@ -40,6 +40,11 @@ pub struct StoredKey {
     pub activated: Option<i64>,
     /// For a retiring key: when it leaves the JWKS.
     pub retire_at: Option<i64>,
+    /// For the active key: the longest token lifetime (seconds) in force while it signed,
+    /// as far as known. Its retiring window covers that, even when lifetimes have been
+    /// shortened since or the daemon restarted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub longest_ttl: Option<i64>,
 }
 
 impl StoredKey {
@@ -52,6 +57,7 @@ impl StoredKey {
             created: now,
             activated: None,
             retire_at: None,
+            longest_ttl: None,
         }
     }
 
@@ -67,6 +73,13 @@ impl StoredKey {
 pub struct Manifest {
     version: u32,
     pub keys: Vec<StoredKey>,
+    /// The JWKS `max-age` (seconds) last served from this directory's keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_max_age: Option<i64>,
+    /// After `max-age` was shortened: until when responses served under the longer one may
+    /// still sit in verifiers' caches. No next key signs before then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_until: Option<i64>,
 }
 
 /// Why a rotation was not made.
@@ -95,6 +108,8 @@ impl Manifest {
         Self {
             version: MANIFEST_VERSION,
             keys,
+            jwks_max_age: None,
+            cached_until: None,
         }
     }
 
@@ -106,9 +121,49 @@ impl Manifest {
         self.keys.iter().find(|k| k.state == KeyState::Next)
     }
 
-    /// When the next key may sign: `jwks_max_age` after it was published.
+    /// When the next key may sign: `jwks_max_age` after it was published, and not before
+    /// responses cached under a longer `max-age` have expired.
     pub fn next_may_sign_at(&self, jwks_max_age: i64) -> Option<i64> {
-        self.next().map(|k| k.created.saturating_add(jwks_max_age))
+        self.next().map(|k| self.may_sign_at(k, jwks_max_age))
+    }
+
+    fn may_sign_at(&self, next: &StoredKey, jwks_max_age: i64) -> i64 {
+        let published = next.created.saturating_add(jwks_max_age);
+        self.cached_until
+            .map_or(published, |until| published.max(until))
+    }
+
+    /// Records that the JWKS is served with `max_age` from `now`. Responses served under a
+    /// longer one stay in caches until `now` plus that: the next key waits for them.
+    /// Returns whether the manifest changed.
+    pub fn serve_max_age(&mut self, now: i64, max_age: i64) -> bool {
+        let before = (self.jwks_max_age, self.cached_until);
+        if let Some(longer) = self.jwks_max_age.filter(|&old| old > max_age) {
+            let until = now.saturating_add(longer);
+            self.cached_until = Some(self.cached_until.map_or(until, |u| u.max(until)));
+        }
+        self.jwks_max_age = Some(max_age);
+        (self.jwks_max_age, self.cached_until) != before
+    }
+
+    /// Records that tokens may be issued with lifetimes up to `ttl` (seconds) by the active
+    /// key. Returns whether the manifest changed.
+    pub fn note_ttl(&mut self, ttl: i64) -> bool {
+        match self.keys.iter_mut().find(|k| k.state == KeyState::Active) {
+            Some(active) if active.longest_ttl.is_none_or(|t| t < ttl) => {
+                active.longest_ttl = Some(ttl);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The longest lifetime the active key's tokens may have: `ttl` or a longer one in
+    /// force earlier.
+    pub fn active_ttl(&self, ttl: i64) -> i64 {
+        self.active()
+            .and_then(|a| a.longest_ttl)
+            .map_or(ttl, |t| t.max(ttl))
     }
 
     /// Checks that a rotation may happen at `now`.
@@ -119,7 +174,7 @@ impl Manifest {
         force: bool,
     ) -> Result<(), RotationRefused> {
         let next = self.next().ok_or(RotationRefused::NoNext)?;
-        let possible_at = next.created.saturating_add(jwks_max_age);
+        let possible_at = self.may_sign_at(next, jwks_max_age);
         if !force && now < possible_at {
             return Err(RotationRefused::TooEarly {
                 kid: next.kid.clone(),
@@ -175,11 +230,16 @@ impl Manifest {
         Some(removed)
     }
 
-    /// Removes retiring keys whose time has passed; returns whether any were.
+    /// Removes retiring keys whose time has passed, and a `cached_until` that has; returns
+    /// whether anything was.
     pub fn prune(&mut self, now: i64) -> bool {
         let before = self.keys.len();
         self.keys.retain(|k| k.published_at(now));
-        self.keys.len() != before
+        let outlived = self.cached_until.is_some_and(|until| until <= now);
+        if outlived {
+            self.cached_until = None;
+        }
+        self.keys.len() != before || outlived
     }
 }
 
@@ -372,7 +432,47 @@ mod tests {
             created,
             activated: (state == KeyState::Active).then_some(created),
             retire_at: None,
+            longest_ttl: None,
         }
+    }
+
+    #[test]
+    fn a_shortened_max_age_holds_the_next_key_until_longer_cached_responses_expire() {
+        let mut m = Manifest::new(vec![
+            key("a", KeyState::Active, 0),
+            key("n", KeyState::Next, 0),
+        ]);
+        assert!(m.serve_max_age(0, 900), "first recorded");
+        assert!(!m.serve_max_age(10, 900), "unchanged");
+        // Shortened to a minute at t=100: responses from before may be cached until 1000.
+        assert!(m.serve_max_age(100, 60));
+        assert_eq!(m.next_may_sign_at(60), Some(1000));
+        assert!(m.check_rotation(999, 60, false).is_err());
+        assert!(m.check_rotation(1000, 60, false).is_ok());
+        // Lengthened again: nothing older is cached longer than it says.
+        assert!(m.serve_max_age(200, 900));
+        assert_eq!(m.next_may_sign_at(900), Some(1000));
+        // Once outlived, the bound goes.
+        assert!(m.prune(1000));
+        assert_eq!(m.cached_until, None);
+    }
+
+    #[test]
+    fn the_active_key_remembers_its_longest_token_lifetime() {
+        let mut m = Manifest::new(vec![
+            key("a", KeyState::Active, 0),
+            key("n", KeyState::Next, 0),
+        ]);
+        assert_eq!(m.active_ttl(3600), 3600, "nothing recorded");
+        assert!(m.note_ttl(30 * 86_400));
+        assert!(!m.note_ttl(3600), "a shorter lifetime does not lower it");
+        assert_eq!(m.active_ttl(3600), 30 * 86_400);
+        let text = serde_json::to_string(&m).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Manifest>(&text).unwrap(),
+            m,
+            "kept on disk"
+        );
     }
 
     #[test]

@@ -970,6 +970,85 @@ fn full_disk_fails_the_cli_write_and_leaves_the_file_untouched() {
     daemon.stop();
 }
 
+/// A save caught between its truncation and its write leaves the file empty; an admin edit
+/// then would write a file of that one change and drop every other client. It is refused,
+/// and the file is left for its writer to finish.
+#[test]
+fn an_admin_edit_of_an_emptied_file_is_refused_and_drops_no_client() {
+    let base = TestClient::new("base");
+    let daemon = builder().client(&base).start();
+    assert_works(&daemon, &base);
+    let path = daemon.clients_path();
+    fs::write(&path, b"").expect("emptying the clients file in place");
+
+    let output = daemon.admin(&["clients", "add", "x"]);
+    output.assert_code(1);
+    assert!(
+        output.stderr.contains("empty"),
+        "the error should say the file is empty:\n{output}"
+    );
+    assert!(
+        fs::read(&path)
+            .expect("reading the clients file")
+            .is_empty(),
+        "the emptied file was written over"
+    );
+    assert_works(&daemon, &base);
+    assert_eq!(listed_ids(&daemon), ["base"]);
+}
+
+/// Edits drop expired secret hashes on the way; a client whose every secret has expired
+/// keeps them (an empty list would make the file invalid and refuse every edit).
+#[test]
+fn a_client_whose_every_secret_has_expired_does_not_block_admin_edits() {
+    let base = TestClient::new("base");
+    let mut daemon = builder().client(&base).write();
+    let path = daemon.clients_path();
+    let expired_hash = secret_hash(&random_secret());
+    let text = format!(
+        "{}\n[clients.gone]\nsecret_hashes = [{{ hash = \"{expired_hash}\", expires = 2020-01-01T00:00:00Z }}]\n",
+        fs::read_to_string(&path).expect("reading the clients file")
+    );
+    files::write_by_rename(&path, text.as_bytes());
+    daemon.start();
+
+    let output = daemon.admin(&["clients", "add", "x", "--json"]);
+    output.assert_success();
+    let added: Value = serde_json::from_str(&output.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{output}"));
+    let secret = added["secret"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no secret:\n{output}"));
+    token_for(&daemon, "x", secret, &[]).assert_status(200);
+    assert_works(&daemon, &base);
+    let text = fs::read_to_string(&path).expect("reading the clients file");
+    assert!(
+        text.contains("[clients.gone]") && text.contains(&expired_hash),
+        "the locked-out client kept its expired secret:\n{text}"
+    );
+}
+
+/// A page of `clients list` stays under the admin frame limit however long the clients'
+/// lists are: 1000 clients with 20 audiences of 60 bytes are about 1.3 MB.
+#[test]
+fn clients_with_long_audience_lists_are_listed_whole() {
+    let audiences: Vec<String> = (0..20)
+        .map(|i| format!("https://service-{i:02}.internal.example/{}", "a".repeat(20)))
+        .collect();
+    let audiences: Vec<&str> = audiences.iter().map(String::as_str).collect();
+    let clients: Vec<TestClient> = (0..1000)
+        .map(|i| TestClient::new(&format!("c{i:04}")).audiences(&audiences))
+        .collect();
+    let mut daemon = builder().write();
+    daemon.write_clients(&clients);
+    daemon.start();
+
+    let ids = listed_ids(&daemon);
+    assert_eq!(ids.len(), 1000, "every client is listed");
+    assert_eq!(ids.first().map(String::as_str), Some("c0000"));
+    assert_eq!(ids.last().map(String::as_str), Some("c0999"));
+}
+
 // --- permissions ---
 
 /// The `WARN` lines of the daemon's log that name `path`.

@@ -255,6 +255,100 @@ fn a_retiring_key_stays_published_for_the_longest_client_ttl() {
     assert_retires_after(&daemon, 20 * 60 + RETIRE_LEEWAY_SECS);
 }
 
+/// Tokens issued under a lifetime the clients file has shortened since are still out: the
+/// key that signed them stays published for the longer lifetime, after a restart too.
+#[test]
+fn a_retiring_key_stays_published_for_a_lifetime_since_shortened() {
+    let long = TestClient::new("long-lived")
+        .audiences(&[API])
+        .token_ttl("30m");
+    let mut daemon = Daemon::builder()
+        .algorithm("ES256")
+        .config(r#"token_ttl = "10m""#)
+        .client(&long)
+        .start();
+    token(&daemon, &long);
+    daemon.write_clients(&[long.token_ttl("10m")]);
+    daemon.admin(&["reload"]).assert_success();
+    daemon.restart();
+    assert_retires_after(&daemon, 30 * 60 + RETIRE_LEEWAY_SECS);
+}
+
+/// The `max-age` of the JWKS response, in seconds.
+#[track_caller]
+fn jwks_max_age(daemon: &Daemon) -> i64 {
+    let reply = daemon.get(JWKS_PATH);
+    reply.assert_status(200);
+    let cache_control = reply
+        .header("cache-control")
+        .unwrap_or_else(|| panic!("the JWKS has no Cache-Control: {reply:?}"));
+    cache_control
+        .split(',')
+        .find_map(|d| d.trim().strip_prefix("max-age="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no max-age in `{cache_control}`"))
+}
+
+/// What `keys rotate` (without `--now`) and `keys list` say after `jwks_max_age` went from
+/// ten minutes to one second at `shortened`: the next key waits until responses cached
+/// under the ten minutes have expired, not one second after it was published.
+#[track_caller]
+fn assert_waits_for_ten_minute_caches(daemon: &Daemon, shortened: i64) {
+    assert_eq!(jwks_max_age(daemon), 1, "the JWKS says the new max-age");
+    let listed = keys::list(daemon);
+    let next = keys::only(&listed, "next");
+    let may_sign_at = next
+        .may_sign_at
+        .unwrap_or_else(|| panic!("the next key has no may_sign_at: {next:#?}"));
+    assert!(
+        may_sign_at >= shortened + 600 - CLOCK_SLACK_SECS,
+        "verifiers may hold a JWKS without the next key until {}, yet it may sign at \
+         {may_sign_at}: {next:#?}",
+        shortened + 600
+    );
+    let output = daemon.admin(&["keys", "rotate"]);
+    output.assert_code(1);
+    assert!(
+        output.stderr.contains("--now"),
+        "the refusal mentions --now:\n{output}"
+    );
+    assert_eq!(
+        keys::list(daemon),
+        listed,
+        "a refused rotation changes nothing"
+    );
+}
+
+#[test]
+fn shortening_jwks_max_age_at_a_reload_waits_out_what_verifiers_cached() {
+    let client = service_client();
+    let daemon = Daemon::builder()
+        .algorithm("ES256")
+        .config(r#"jwks_max_age = "10m""#)
+        .client(&client)
+        .start();
+    assert_eq!(jwks_max_age(&daemon), 600);
+    keys::set_config(&daemon, "jwks_max_age", r#""1s""#);
+    let shortened = now();
+    daemon.admin(&["reload"]).assert_success();
+    assert_waits_for_ten_minute_caches(&daemon, shortened);
+}
+
+#[test]
+fn shortening_jwks_max_age_across_a_restart_waits_out_what_verifiers_cached() {
+    let client = service_client();
+    let mut daemon = Daemon::builder()
+        .algorithm("ES256")
+        .config(r#"jwks_max_age = "10m""#)
+        .client(&client)
+        .start();
+    assert_eq!(jwks_max_age(&daemon), 600);
+    keys::set_config(&daemon, "jwks_max_age", r#""1s""#);
+    let shortened = now();
+    daemon.restart();
+    assert_waits_for_ten_minute_caches(&daemon, shortened);
+}
+
 #[test]
 fn rotate_without_now_is_refused_while_the_next_key_is_young() {
     let (daemon, _) = daemon_with("ES256");

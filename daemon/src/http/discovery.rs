@@ -142,24 +142,10 @@ pub fn introspect<'s>(
     req: Request<Incoming>,
     peer: std::net::SocketAddr,
 ) -> impl Future<Output = Resp> + Send + 's {
-    let (head, body) = req.into_parts();
-    let source = state.throttle.source(peer.ip(), &head.headers);
-    let checked = state
-        .throttle
-        .check(source)
-        .map_err(|t| OAuthError::too_many_requests(t.retry_after))
-        .and_then(|()| token::check_head(&head));
-    drop(head);
-    async move {
-        let answered = match checked {
-            Ok(authorization) => match response::read_body(body, state.config.read_timeout).await {
-                Ok(body) => introspection(state, authorization, &body, source),
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
-        answered.unwrap_or_else(OAuthError::into_response)
-    }
+    let answered = token::form_request(state, req, peer, move |authorization, body, source| {
+        introspection(state, authorization, body, source)
+    });
+    async move { answered.await.unwrap_or_else(OAuthError::into_response) }
 }
 
 fn introspection(

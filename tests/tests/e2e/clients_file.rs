@@ -193,6 +193,19 @@ fn line_of(text: &str, needle: &str, nth: usize) -> u64 {
     text[..offset].bytes().filter(|&b| b == b'\n').count() as u64 + 1
 }
 
+/// `clients add ID --json`, which must succeed: the secret it printed.
+#[track_caller]
+fn add_client(daemon: &Daemon, id: &str) -> String {
+    let output = daemon.admin(&["clients", "add", id, "--json"]);
+    output.assert_success();
+    let added: Value = serde_json::from_str(&output.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{output}"));
+    added["secret"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no secret:\n{output}"))
+        .to_owned()
+}
+
 /// The client ids `tokendealer clients list --json` shows.
 #[track_caller]
 fn listed_ids(daemon: &Daemon) -> Vec<String> {
@@ -774,13 +787,7 @@ fn hand_edit_saved_just_before_a_cli_write_is_kept() {
     );
     files::write_by_rename(&path, edited.as_bytes());
     let saved = Instant::now();
-    let output = daemon.admin(&["clients", "add", "svc", "--json"]);
-    output.assert_success();
-    let added: Value = serde_json::from_str(&output.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{output}"));
-    let secret = added["secret"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no secret:\n{output}"));
+    let secret = &add_client(&daemon, "svc");
 
     let text = fs::read_to_string(&path).expect("reading the clients file");
     for kept in HAND_COMMENTS
@@ -957,13 +964,7 @@ fn full_disk_fails_the_cli_write_and_leaves_the_file_untouched() {
     token_for(&daemon, "x", &random_secret(), &[]).assert_oauth_error(401, "invalid_client");
 
     fs::remove_file(&filler).expect("removing the filler");
-    let output = daemon.admin(&["clients", "add", "x", "--json"]);
-    output.assert_success();
-    let added: Value = serde_json::from_str(&output.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{output}"));
-    let secret = added["secret"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no secret:\n{output}"));
+    let secret = &add_client(&daemon, "x");
     token_for(&daemon, "x", secret, &[]).assert_status(200);
     assert_works(&daemon, &base);
     // Stopped before the tmpfs is unmounted, so nothing of the daemon's holds it.
@@ -1012,13 +1013,7 @@ fn a_client_whose_every_secret_has_expired_does_not_block_admin_edits() {
     files::write_by_rename(&path, text.as_bytes());
     daemon.start();
 
-    let output = daemon.admin(&["clients", "add", "x", "--json"]);
-    output.assert_success();
-    let added: Value = serde_json::from_str(&output.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{output}"));
-    let secret = added["secret"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no secret:\n{output}"));
+    let secret = &add_client(&daemon, "x");
     token_for(&daemon, "x", secret, &[]).assert_status(200);
     assert_works(&daemon, &base);
     let text = fs::read_to_string(&path).expect("reading the clients file");

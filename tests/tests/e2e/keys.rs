@@ -319,14 +319,18 @@ fn assert_waits_for_ten_minute_caches(daemon: &Daemon, shortened: i64) {
     );
 }
 
-#[test]
-fn shortening_jwks_max_age_at_a_reload_waits_out_what_verifiers_cached() {
-    let client = service_client();
-    let daemon = Daemon::builder()
+/// An ES256 daemon serving the JWKS with `max-age` ten minutes.
+fn ten_minute_jwks_daemon() -> Daemon {
+    Daemon::builder()
         .algorithm("ES256")
         .config(r#"jwks_max_age = "10m""#)
-        .client(&client)
-        .start();
+        .client(&service_client())
+        .start()
+}
+
+#[test]
+fn shortening_jwks_max_age_at_a_reload_waits_out_what_verifiers_cached() {
+    let daemon = ten_minute_jwks_daemon();
     assert_eq!(jwks_max_age(&daemon), 600);
     keys::set_config(&daemon, "jwks_max_age", r#""1s""#);
     let shortened = now();
@@ -336,12 +340,7 @@ fn shortening_jwks_max_age_at_a_reload_waits_out_what_verifiers_cached() {
 
 #[test]
 fn shortening_jwks_max_age_across_a_restart_waits_out_what_verifiers_cached() {
-    let client = service_client();
-    let mut daemon = Daemon::builder()
-        .algorithm("ES256")
-        .config(r#"jwks_max_age = "10m""#)
-        .client(&client)
-        .start();
+    let mut daemon = ten_minute_jwks_daemon();
     assert_eq!(jwks_max_age(&daemon), 600);
     keys::set_config(&daemon, "jwks_max_age", r#""1s""#);
     let shortened = now();

@@ -142,10 +142,13 @@ pub fn introspect<'s>(
     req: Request<Incoming>,
     peer: std::net::SocketAddr,
 ) -> impl Future<Output = Resp> + Send + 's {
-    let answered = token::form_request(state, req, peer, move |authorization, body, source| {
-        introspection(state, authorization, body, source)
-    });
-    async move { answered.await.unwrap_or_else(OAuthError::into_response) }
+    token::form_request(
+        state,
+        req,
+        peer,
+        move |authorization, body, source| introspection(state, authorization, body, source),
+        |answered| answered.unwrap_or_else(OAuthError::into_response),
+    )
 }
 
 fn introspection(

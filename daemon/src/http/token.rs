@@ -35,30 +35,36 @@ pub fn handle<'s>(
     peer: SocketAddr,
 ) -> impl Future<Output = Resp> + Send + 's {
     let started = Instant::now();
-    let issued = form_request(state, req, peer, move |authorization, body, source| {
-        issue(state, authorization, body, source, peer)
-    });
-    async move {
-        let resp = issued.await.unwrap_or_else(|e| {
-            tracing::debug!(%peer, error = e.code, status = e.status.as_u16(), "token request refused");
-            state.stats.failure(e.code);
-            e.into_response()
-        });
-        state.stats.latency.record(started.elapsed());
-        resp
-    }
+    form_request(
+        state,
+        req,
+        peer,
+        move |authorization, body, source| issue(state, authorization, body, source, peer),
+        move |issued| {
+            let resp = issued.unwrap_or_else(|e| {
+                tracing::debug!(%peer, error = e.code, status = e.status.as_u16(), "token request refused");
+                state.stats.failure(e.code);
+                e.into_response()
+            });
+            state.stats.latency.record(started.elapsed());
+            resp
+        },
+    )
 }
 
 /// A client-authenticated form request, as the token endpoint and introspection take it:
 /// refused at once when its source is throttled (before any work, hashing included), then
 /// [`check_head`], then its body is read, and `finish` (synchronous) answers from the Basic
-/// credentials, the body and the throttling source.
+/// credentials, the body and the throttling source; `respond` makes the response of that
+/// or of an earlier refusal. One future, not one awaiting another, which would hold the
+/// inner one twice.
 pub fn form_request<'s>(
     state: &'s State,
     req: Request<Incoming>,
     peer: SocketAddr,
     finish: impl FnOnce(Option<Authorization>, &[u8], IpAddr) -> Result<Resp, OAuthError> + Send + 's,
-) -> impl Future<Output = Result<Resp, OAuthError>> + Send + 's {
+    respond: impl FnOnce(Result<Resp, OAuthError>) -> Resp + Send + 's,
+) -> impl Future<Output = Resp> + Send + 's {
     let (head, body) = req.into_parts();
     let source = state.throttle.source(peer.ip(), &head.headers);
     let checked = state
@@ -68,9 +74,14 @@ pub fn form_request<'s>(
         .and_then(|()| check_head(&head));
     drop(head);
     async move {
-        let authorization = checked?;
-        let body = response::read_body(body, state.config.read_timeout).await?;
-        finish(authorization, &body, source)
+        let answered = match checked {
+            Ok(authorization) => match response::read_body(body, state.config.read_timeout).await {
+                Ok(body) => finish(authorization, &body, source),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        respond(answered)
     }
 }
 

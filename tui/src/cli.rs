@@ -12,7 +12,10 @@ use std::{
 use clap::{CommandFactory, Parser, Subcommand};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokendealer_shared::admin::{ClientInfo, MAX_PAGE, ReloadOutcome, Request, Response};
+use tokendealer_shared::{
+    admin::{ClientInfo, MAX_PAGE, ReloadOutcome, Request, Response},
+    frame::FrameError,
+};
 
 use crate::{
     client::{self, ClientError, Connection},
@@ -392,9 +395,17 @@ async fn execute(socket: &Path, command: Command, out: &Output) -> Result<(), Cl
         Command::Completions { .. } | Command::Man => unreachable!("handled above"),
         Command::Clients(ClientsCommand::Import { .. }) => {
             let clients = import.unwrap_or_default();
-            let Response::Imported { count } =
-                conn.request(Request::ImportClients { clients }).await?
-            else {
+            let total = clients.len();
+            let imported = conn.request(Request::ImportClients { clients }).await;
+            let Response::Imported { count } = (match imported {
+                // One request carries the import, so that it is all or none.
+                Err(ClientError::Frame(FrameError::TooLarge(_))) => {
+                    return Err(CliError::Input(format!(
+                        "{total} clients are more than one import carries (1 MiB, about 15 000 clients); split the file and import the parts one by one (each is all or none)"
+                    )));
+                }
+                other => other?,
+            }) else {
                 return Err(unexpected());
             };
             out.print(

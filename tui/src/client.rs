@@ -93,6 +93,10 @@ impl Connection {
     /// the greeting (permission denied) arrives here.
     pub async fn request(&mut self, request: Request) -> Result<Response, ClientError> {
         let sent = frame::write(&mut self.stream, &ClientFrame::Request(request)).await;
+        // Too large to send: nothing went out, so no answer will come.
+        if let Err(FrameError::TooLarge(n)) = sent {
+            return Err(FrameError::TooLarge(n).into());
+        }
         loop {
             // A daemon that refused us wrote its reason and closed, so the write may have
             // failed; the reason is still waiting to be read, and says more than "broken pipe".

@@ -671,6 +671,28 @@ fn clients_import_refuses_a_short_secret_unless_forced() {
     assert_only_hashes_stored(&daemon, &[&strong, weak]);
 }
 
+/// An import is one request, all or none; one too large for a frame is refused with what
+/// to do, and nothing is imported.
+#[test]
+fn clients_import_too_large_for_one_request_says_to_split_it() {
+    let daemon = Daemon::with_client(&service_client());
+    let secrets: Vec<(String, String)> = (0..40_000)
+        .map(|i| (format!("seeded-client-{i:05}"), seed_secret()))
+        .collect();
+    let seed: Vec<(&str, &str)> = secrets
+        .iter()
+        .map(|(id, secret)| (id.as_str(), secret.as_str()))
+        .collect();
+    let seed = write_seed(&daemon, &seed);
+    let file = clients_file(&daemon);
+
+    // `admin` fails the test should the tool wait for an answer that never comes.
+    let output = daemon.admin(&["clients", "import", &seed]);
+    assert_fails_with(&output, &["40000 clients", "split"]);
+    assert_eq!(clients_file(&daemon), file, "nothing was imported");
+    assert_eq!(list_json(&daemon).len(), 1);
+}
+
 /// All or none: one id that exists already stops the whole import.
 #[test]
 fn clients_import_with_an_existing_id_imports_nothing() {

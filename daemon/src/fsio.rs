@@ -28,6 +28,19 @@ pub fn is_temp_file(name: &str) -> bool {
 /// and the failure is logged as the storage fault it is (a retried fsync would prove
 /// nothing, as Linux reports a writeback error once).
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    write_atomic_if(path, contents, mode, || Ok(true)).map(drop)
+}
+
+/// [`write_atomic`], with `still` asked just before the rename, when the new file is
+/// written and synced: on `false` the new file is dropped, `path` is left as it is, and
+/// `Ok(false)` returned. A writer that read `path` to make `contents` checks here that it
+/// has not changed since, in the smallest window it can.
+pub fn write_atomic_if(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    still: impl FnOnce() -> io::Result<bool>,
+) -> io::Result<bool> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -41,11 +54,18 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
         std::process::id(),
         TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    replace_via(&temp, path, dir, contents, mode)
+    replace_via(&temp, path, dir, contents, mode, still)
 }
 
-/// [`write_atomic`] through the temporary file `temp`.
-fn replace_via(temp: &Path, path: &Path, dir: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+/// [`write_atomic_if`] through the temporary file `temp`.
+fn replace_via(
+    temp: &Path,
+    path: &Path,
+    dir: &Path,
+    contents: &[u8],
+    mode: u32,
+    still: impl FnOnce() -> io::Result<bool>,
+) -> io::Result<bool> {
     let create = || {
         OpenOptions::new()
             .write(true)
@@ -67,6 +87,9 @@ fn replace_via(temp: &Path, path: &Path, dir: &Path, contents: &[u8], mode: u32)
         file.write_all(contents)?;
         file.sync_all()?;
         drop(file);
+        if !still()? {
+            return Ok(false);
+        }
         fs::rename(temp, path)?;
         // The rename lives in the directory; without this fsync a crash can forget it.
         if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
@@ -76,9 +99,9 @@ fn replace_via(temp: &Path, path: &Path, dir: &Path, contents: &[u8], mode: u32)
                 "the file was replaced, but its directory could not be synced: the change is in effect, yet a power loss could undo it; check the disk"
             );
         }
-        Ok(())
+        Ok(true)
     })();
-    if result.is_err() {
+    if !matches!(result, Ok(true)) {
         let _ = fs::remove_file(temp);
     }
     result
@@ -129,9 +152,23 @@ mod tests {
         let path = dir.path().join("manifest.json");
         let temp = dir.path().join(format!(".manifest.json{TEMP_MARKER}1.0"));
         fs::write(&temp, "left by a process killed mid-write").unwrap();
-        replace_via(&temp, &path, dir.path(), b"new", 0o600).unwrap();
+        assert!(replace_via(&temp, &path, dir.path(), b"new", 0o600, || Ok(true)).unwrap());
         assert_eq!(fs::read_to_string(&path).unwrap(), "new");
         assert!(!temp.exists());
+    }
+
+    #[test]
+    fn a_write_whose_source_changed_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.toml");
+        fs::write(&path, "old").unwrap();
+        assert!(!write_atomic_if(&path, b"new", 0o600, || Ok(false)).unwrap());
+        assert_eq!(fs::read_to_string(&path).unwrap(), "old");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
     }
 
     #[test]

@@ -269,23 +269,20 @@ impl ClientsStore {
             }
             let after = edit::apply(&before, edit, jiff::Timestamp::now())?;
             // Someone may have saved the file while we edited it; the rename would then lose
-            // their change. Re-read and re-apply instead.
-            // Compared a chunk at a time: a second copy of a large file is not needed.
-            let unchanged =
-                same_text(&self.path, before.as_bytes()).map_err(|source| WriteError::Read {
-                    path: self.path.clone(),
-                    source,
-                })?;
-            if !unchanged {
+            // their change. Checked just before the rename (the new file written and
+            // synced), a chunk at a time (a second copy of a large file is not needed); if
+            // it changed, re-read and re-apply.
+            let written = fsio::write_atomic_if(&self.path, after.as_bytes(), 0o600, || {
+                same_text(&self.path, before.as_bytes())
+            })
+            .map_err(|source| WriteError::Write {
+                path: self.path.clone(),
+                source,
+            })?;
+            if !written {
                 tracing::info!(file = %self.path.display(), "clients file changed during a write; applying the change again");
                 continue;
             }
-            fsio::write_atomic(&self.path, after.as_bytes(), 0o600).map_err(|source| {
-                WriteError::Write {
-                    path: self.path.clone(),
-                    source,
-                }
-            })?;
             // Of a large file's two versions, only the new one is needed from here on.
             drop(before);
             let cut = CutText::new(&after);

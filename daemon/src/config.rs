@@ -198,7 +198,21 @@ impl Config {
             .transpose()?
             .unwrap_or(DEFAULT_JWKS_MAX_AGE);
         let rotate_every = match raw.rotate_every {
-            Some(v) if v.get_ref() != "off" => Some(dur(&v, "rotate_every")?),
+            Some(v) if v.get_ref() != "off" => {
+                let every = dur(&v, "rotate_every")?;
+                // A next key may sign only once verifiers' caches hold it.
+                if every < jwks_max_age {
+                    return Err(invalid(
+                        Some(v.span()),
+                        format!(
+                            "`rotate_every` ({}) is shorter than `jwks_max_age` ({}), the least time between rotations",
+                            duration::format(every),
+                            duration::format(jwks_max_age)
+                        ),
+                    ));
+                }
+                Some(every)
+            }
             _ => None,
         };
         let rsa_bits = match raw.rsa_bits {
@@ -355,6 +369,7 @@ mod tests {
             ("\ntls_cert = \"cert.pem\"\n", 2),
             ("max_connections = 0\n", 1),
             ("idle_timeout = \"0s\"\n", 1),
+            ("jwks_max_age = \"1h\"\nrotate_every = \"30m\"\n", 2),
         ] {
             let err = Config::parse(text, Some(path)).unwrap_err();
             let ConfigError::Invalid { line: Some(l), .. } = err else {

@@ -494,7 +494,7 @@ async fn key_upkeep(state: Arc<State>, stop: CancellationToken) {
         } else {
             state
                 .keys
-                .next_expiry()
+                .next_due()
                 .map(|at| Duration::from_secs(u64::try_from(at - now).unwrap_or(0)))
                 .map_or(KEY_UPKEEP, |until| until.min(KEY_UPKEEP))
         };

@@ -348,15 +348,28 @@ impl KeyManager {
         Ok(())
     }
 
-    /// The earliest time a retiring key leaves the JWKS, to wake up for it.
-    pub fn next_expiry(&self) -> Option<i64> {
+    /// The earliest time upkeep has something to do: a retiring key leaves the JWKS, or an
+    /// automatic rotation falls due (`rotate_every` after the active key began signing, and
+    /// not before the next key may sign).
+    pub fn next_due(&self) -> Option<i64> {
+        let settings = self.settings();
         let manifest = self.manifest.lock().expect("manifest lock");
-        manifest
+        let expiry = manifest
             .keys
             .iter()
             .filter(|k| k.state == KeyState::Retiring)
             .filter_map(|k| k.retire_at)
-            .min()
+            .min();
+        let rotation = settings.rotate_every.and_then(|every| {
+            let active = manifest.active()?;
+            let due = active
+                .activated
+                .unwrap_or(active.created)
+                .saturating_add(secs(every));
+            let may_sign = manifest.next_may_sign_at(secs(settings.jwks_max_age))?;
+            Some(due.max(may_sign))
+        });
+        expiry.into_iter().chain(rotation).min()
     }
 }
 

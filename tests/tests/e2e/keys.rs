@@ -36,6 +36,9 @@ const ADOPTION_DEADLINE: Duration = Duration::from_secs(1);
 /// How long `keys rotate` may go on being refused with `jwks_max_age = "1s"`.
 const ROTATE_WHEN_DUE_DEADLINE: Duration = Duration::from_secs(5);
 
+/// How long an automatic rotation due two seconds after start may take to happen.
+const AUTO_ROTATION_DEADLINE: Duration = Duration::from_secs(10);
+
 /// How long a reload by SIGHUP may take to publish the new next key.
 const SIGHUP_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -424,6 +427,41 @@ fn rotate_succeeds_once_the_next_key_is_older_than_jwks_max_age() {
         "the key signs no earlier than it may: {active:#?}, {next:#?}"
     );
     assert_eq!(kid_of(&token(&daemon, &client)), next.kid);
+}
+
+/// `rotate_every`: with no admin, the next key takes over once it is due and may sign,
+/// the old one retires, and a new next key is published.
+#[test]
+fn rotate_every_rotates_on_its_own() {
+    let client = service_client();
+    let daemon = Daemon::builder()
+        .algorithm("ES256")
+        .config("jwks_max_age = \"1s\"\nrotate_every = \"2s\"")
+        .client(&client)
+        .start();
+    let before = keys::list(&daemon);
+    let active = keys::only(&before, "active").kid.clone();
+    let next = keys::only(&before, "next").kid.clone();
+
+    let deadline = Instant::now() + AUTO_ROTATION_DEADLINE;
+    let after = loop {
+        let listed = keys::list(&daemon);
+        if keys::only(&listed, "active").kid == next {
+            break listed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no rotation {AUTO_ROTATION_DEADLINE:?} after start with rotate_every = 2s: \
+             {listed:#?}\n{}",
+            daemon.diagnostics()
+        );
+    };
+    assert_eq!(keys::only(&after, "retiring").kid, active, "{after:#?}");
+    let new_next = &keys::only(&after, "next").kid;
+    assert!(*new_next != active && *new_next != next, "{after:#?}");
+    let token = token(&daemon, &client);
+    assert_eq!(kid_of(&token), next);
+    pyjwt_verifies(&daemon, &token);
 }
 
 #[test]

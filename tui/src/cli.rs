@@ -188,13 +188,16 @@ impl Output {
         json: impl FnOnce() -> Value,
         text: impl FnOnce(&mut dyn Write) -> io::Result<()>,
     ) {
-        let mut out = io::stdout().lock();
+        // Buffered: stdout is line-buffered, and `clients list` of 100 000 clients is
+        // millions of lines, each its own write(2) otherwise.
+        let mut out = io::BufWriter::new(io::stdout().lock());
         // A closed pipe (`| head`) is not worth an error message.
         let _ = if self.json {
             writeln!(out, "{:#}", json())
         } else {
             text(&mut out)
-        };
+        }
+        .and_then(|()| out.flush());
     }
 }
 

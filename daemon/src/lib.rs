@@ -93,17 +93,12 @@ fn key_settings(config: &Config) -> KeySettings {
     }
 }
 
-/// Reads (on first use: creates) the signing keys, and reads the clients file and the TLS
-/// certificate.
 /// The longest lifetime a token may have been issued with since start-up: the config's, or
 /// a client's, including one the clients file has shortened since.
 fn longest_ttl(clients: &ClientsStore, token_ttl: Duration) -> Duration {
     clients
-        .load()
-        .iter()
-        .filter_map(|c| c.token_ttl)
-        .chain(clients.longest_ttl_served())
-        .fold(token_ttl, Duration::max)
+        .longest_ttl_served()
+        .map_or(token_ttl, |served| served.max(token_ttl))
 }
 
 /// [`State::note_longest_ttl`], for callers holding the parts.
@@ -113,6 +108,8 @@ pub(crate) fn note_longest_ttl(keys: &KeyManager, clients: &ClientsStore, token_
     }
 }
 
+/// Reads (on first use: creates) the signing keys, and reads the clients file and the TLS
+/// certificate.
 pub async fn load(config: Config) -> Result<Loaded, StartError> {
     let tls = config.tls.as_ref().map(http::tls::Tls::load).transpose()?;
     let (dir, settings) = (config.key_dir.clone(), key_settings(&config));
@@ -121,19 +118,14 @@ pub async fn load(config: Config) -> Result<Loaded, StartError> {
         tokio::task::spawn_blocking(move || KeyManager::open(KeyStore::open(&dir)?, settings))
             .await
             .map_err(|_| StartError::Interrupted)??;
-    let clients_file = config.clients_file.clone();
-    let clients = tokio::task::spawn_blocking(move || ClientsStore::open(&clients_file))
-        .await
-        .map_err(|_| StartError::Interrupted)??;
-    let (keys, clients) = tokio::task::spawn_blocking({
-        let token_ttl = config.token_ttl;
-        move || {
-            note_longest_ttl(&keys, &clients, token_ttl);
-            (keys, clients)
-        }
+    let (clients_file, token_ttl) = (config.clients_file.clone(), config.token_ttl);
+    let (keys, clients) = tokio::task::spawn_blocking(move || {
+        let clients = ClientsStore::open(&clients_file)?;
+        note_longest_ttl(&keys, &clients, token_ttl);
+        Ok::<_, StartError>((keys, clients))
     })
     .await
-    .map_err(|_| StartError::Interrupted)?;
+    .map_err(|_| StartError::Interrupted)??;
     Ok(Loaded {
         config,
         keys,
@@ -512,12 +504,17 @@ async fn key_upkeep(state: Arc<State>, stop: CancellationToken) {
             upkeep.keys.maintain(upkeep.longest_ttl())
         })
         .await;
-        failed = matches!(result, Ok(Err(_)) | Err(_));
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, retry_in = ?KEY_UPKEEP, "key upkeep failed"),
-            Err(e) => tracing::error!(error = %e, retry_in = ?KEY_UPKEEP, "key upkeep panicked"),
-        }
+        failed = match result {
+            Ok(Ok(())) => false,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, retry_in = ?KEY_UPKEEP, "key upkeep failed");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, retry_in = ?KEY_UPKEEP, "key upkeep panicked");
+                true
+            }
+        };
     }
 }
 

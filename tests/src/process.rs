@@ -27,6 +27,17 @@ pub struct Output {
 }
 
 impl Output {
+    /// The `secret` an acknowledged `clients add --json` or `rotate-secret --json` printed.
+    #[track_caller]
+    pub fn printed_secret(&self) -> String {
+        let printed: serde_json::Value = serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{self}"));
+        printed["secret"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no `secret` printed:\n{self}"))
+            .to_owned()
+    }
+
     /// The exit code; `None` when a signal ended the process.
     pub fn code(&self) -> Option<i32> {
         self.status.code()

@@ -198,12 +198,7 @@ fn line_of(text: &str, needle: &str, nth: usize) -> u64 {
 fn add_client(daemon: &Daemon, id: &str) -> String {
     let output = daemon.admin(&["clients", "add", id, "--json"]);
     output.assert_success();
-    let added: Value = serde_json::from_str(&output.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{output}"));
-    added["secret"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no secret:\n{output}"))
-        .to_owned()
+    output.printed_secret()
 }
 
 /// The client ids `tokendealer clients list --json` shows.
@@ -881,13 +876,7 @@ fn sigkill_during_cli_writes_loses_no_acknowledged_client() {
         for attempt in attempts {
             if attempt.output.status.success() {
                 typical_add = (typical_add * 3 + attempt.took) / 4;
-                let added: Value = serde_json::from_str(&attempt.output.stdout)
-                    .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", attempt.output));
-                let secret = added["secret"]
-                    .as_str()
-                    .unwrap_or_else(|| panic!("no secret:\n{}", attempt.output))
-                    .to_owned();
-                new.push((attempt.id, secret));
+                new.push((attempt.id, attempt.output.printed_secret()));
             } else {
                 // Cut off by the kill: the client may or may not be in the file, but the
                 // tool must fail the usual way, not crash.

@@ -150,17 +150,6 @@ fn listed_ids(daemon: &Daemon) -> Vec<String> {
         .collect()
 }
 
-/// The `secret` an acknowledged `clients add --json` or `rotate-secret --json` printed.
-#[track_caller]
-fn printed_secret(output: &Output) -> String {
-    let printed: Value = serde_json::from_str(&output.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{output}"));
-    printed["secret"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no `secret` printed:\n{output}"))
-        .to_owned()
-}
-
 /// The one key of `state` in `(kid, state)` pairs from the manifest.
 #[track_caller]
 fn kid_in<'a>(keys: &'a [(String, String)], state: &str) -> &'a str {
@@ -343,7 +332,7 @@ impl Interrupted for SecretRotations {
         let old = self.current.take().expect("a rotation was issued");
         let old_reply = token_for(daemon, &old.id, &old.secret);
         if output.status.success() {
-            let new = old.secret(&printed_secret(output));
+            let new = old.secret(&output.printed_secret());
             assert_eq!(
                 token_for(daemon, &new.id, &new.secret).status,
                 200,
@@ -408,7 +397,7 @@ impl Interrupted for ClientAdds {
     fn check(&mut self, daemon: &Daemon, output: &Output, clients: Option<usize>, context: &str) {
         if output.status.success() {
             let client =
-                TestClient::new(&format!("added-{}", self.issued)).secret(&printed_secret(output));
+                TestClient::new(&format!("added-{}", self.issued)).secret(&output.printed_secret());
             let reply = token_for(daemon, &client.id, &client.secret);
             assert_eq!(
                 reply.status, 200,
@@ -912,7 +901,7 @@ fn assert_failed_clients_writes_change_nothing(fault: &str, names: &str) {
     // Nothing is left stuck: with the fault gone, the same change is made.
     let output = daemon.admin(&["clients", "add", NEWCOMER, "--json"]);
     output.assert_success();
-    token_for(&daemon, NEWCOMER, &printed_secret(&output)).assert_status(200);
+    token_for(&daemon, NEWCOMER, &output.printed_secret()).assert_status(200);
 }
 
 #[test]

@@ -58,6 +58,8 @@ struct RawConfig {
     max_connections: Option<Spanned<u32>>,
     read_timeout: Option<Spanned<String>>,
     idle_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    metrics_by_client: bool,
 }
 
 /// The validated configuration.
@@ -91,6 +93,10 @@ pub struct Config {
     pub read_timeout: Duration,
     /// How long a kept-alive connection may sit with no request before it is closed.
     pub idle_timeout: Duration,
+    /// Whether `/metrics` counts tokens per client, naming each client that got one.
+    /// Off by default: the endpoint is unauthenticated, and client ids are not to be
+    /// learned from outside (the token endpoint answers the same for unknown clients).
+    pub metrics_by_client: bool,
 }
 
 /// Where the HTTP listener's certificate chain and private key are (PEM files).
@@ -303,6 +309,7 @@ impl Config {
             max_connections,
             read_timeout,
             idle_timeout,
+            metrics_by_client: raw.metrics_by_client,
         })
     }
 }

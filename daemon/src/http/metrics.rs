@@ -16,7 +16,7 @@ use crate::State;
 /// Everything a scrape shows, copied out of the live counters.
 #[derive(Debug)]
 struct Snapshot {
-    issued_by_client: Vec<(String, u64)>,
+    issued: Issued,
     failures_by_code: Vec<(&'static str, u64)>,
     latency: (f64, u64, Vec<(f64, u64)>),
     clients: u64,
@@ -33,13 +33,23 @@ struct Snapshot {
 
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        counters_by(
-            &mut encoder,
-            "tokendealer_tokens_issued",
-            "Access tokens issued, by client.",
-            "client",
-            &self.issued_by_client,
-        )?;
+        match &self.issued {
+            Issued::ByClient(by_client) => counters_by(
+                &mut encoder,
+                "tokendealer_tokens_issued",
+                "Access tokens issued, by client.",
+                "client",
+                by_client,
+            )?,
+            Issued::Total(total) => {
+                ConstCounter::new(*total).encode(encoder.encode_descriptor(
+                    "tokendealer_tokens_issued",
+                    "Access tokens issued.",
+                    None,
+                    MetricType::Counter,
+                )?)?;
+            }
+        }
         counters_by(
             &mut encoder,
             "tokendealer_token_failures",
@@ -148,6 +158,13 @@ impl Collector for Snapshot {
     }
 }
 
+/// Tokens issued: one counter, or (`metrics_by_client`) one per client that got a token.
+#[derive(Debug)]
+enum Issued {
+    Total(u64),
+    ByClient(Vec<(String, u64)>),
+}
+
 /// One counter family with a single label: a counter per `(label value, count)`.
 fn counters_by<V: AsRef<str>>(
     encoder: &mut DescriptorEncoder<'_>,
@@ -165,18 +182,24 @@ fn counters_by<V: AsRef<str>>(
 }
 
 pub(super) fn metrics(state: &State) -> Resp {
-    let registry = state.clients.load();
-    let mut issued_by_client: Vec<(String, u64)> = registry
-        .iter()
-        .filter_map(|c| {
-            let n = c.counters.issued.load(Relaxed);
-            (n > 0).then(|| (c.id.clone(), n))
-        })
-        .collect();
-    drop(registry);
-    issued_by_client.sort_unstable();
+    let issued = if state.config.metrics_by_client {
+        let registry = state.clients.load();
+        let mut by_client: Vec<(String, u64)> = registry
+            .iter()
+            .filter_map(|c| {
+                let n = c.counters.issued.load(Relaxed);
+                (n > 0).then(|| (c.id.clone(), n))
+            })
+            .collect();
+        drop(registry);
+        by_client.sort_unstable();
+        Issued::ByClient(by_client)
+    } else {
+        // Counted apart from the clients, so removing one does not make it go backwards.
+        Issued::Total(state.stats.issued.load(Relaxed))
+    };
     let snapshot = Snapshot {
-        issued_by_client,
+        issued,
         failures_by_code: state.stats.failures_by_code().to_vec(),
         latency: state.stats.latency.prometheus(),
         clients: state.clients.load().len() as u64,

@@ -255,6 +255,7 @@ async fn converse(
                     Some(Ok(None)) | None => return Ok(()),
                     Some(Err(e)) => return Err(e),
                 };
+                tracing::debug!(uid, request = request.name(), "admin request");
                 if request == Request::Subscribe {
                     ticks = Some(state.stats.subscribe());
                 }

@@ -100,6 +100,27 @@ pub enum Request {
     Subscribe,
 }
 
+impl Request {
+    /// The request's name, for logs: unlike its `Debug` form it carries no client data.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Status => "status",
+            Self::ListClients { .. } => "list clients",
+            Self::AddClient { .. } => "add client",
+            Self::RotateSecret { .. } => "rotate secret",
+            Self::DisableClient { .. } => "disable client",
+            Self::EnableClient { .. } => "enable client",
+            Self::RemoveClient { .. } => "remove client",
+            Self::ImportClients { .. } => "import clients",
+            Self::ListKeys => "list keys",
+            Self::RotateKey { .. } => "rotate key",
+            Self::RevokeKey { .. } => "revoke key",
+            Self::Reload => "reload",
+            Self::Subscribe => "subscribe",
+        }
+    }
+}
+
 /// A response to one [`Request`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {

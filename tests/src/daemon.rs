@@ -27,6 +27,10 @@ use crate::{
 /// building, and RSA key generation in a debug build is not instant.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long [`Daemon::wait_for_log`] waits for a log line.
+pub const LOG_TIMEOUT: Duration = Duration::from_secs(30);
+const LOG_POLL: Duration = Duration::from_millis(20);
+
 /// How long the daemon may take to exit after SIGTERM.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -42,6 +46,7 @@ pub struct DaemonBuilder {
     without_issuer: bool,
     extra_config: Vec<String>,
     clients: Vec<TestClient>,
+    log_level: Option<String>,
 }
 
 impl DaemonBuilder {
@@ -63,6 +68,13 @@ impl DaemonBuilder {
     #[must_use]
     pub fn config(mut self, toml: &str) -> Self {
         self.extra_config.push(toml.to_owned());
+        self
+    }
+
+    /// The daemon's log level (`TOKENDEALER_LOG`), e.g. `debug`.
+    #[must_use]
+    pub fn log_level(mut self, level: &str) -> Self {
+        self.log_level = Some(level.to_owned());
         self
     }
 
@@ -99,6 +111,9 @@ impl DaemonBuilder {
         }
         daemon.write_file("config.toml", &config);
         daemon.write_clients(&self.clients);
+        if let Some(level) = self.log_level {
+            daemon.set_env("TOKENDEALER_LOG", &level);
+        }
         daemon.set_args(vec![
             "--config".into(),
             dir.join("config.toml").into(),
@@ -144,6 +159,7 @@ struct RunLog {
 pub struct Daemon {
     dir: TempDir,
     args: Vec<OsString>,
+    env: Vec<(String, String)>,
     cwd: PathBuf,
     child: Option<Child>,
     ready: Option<Ready>,
@@ -186,6 +202,7 @@ impl Daemon {
             cwd: dir.path().to_path_buf(),
             dir,
             args,
+            env: Vec::new(),
             child: None,
             ready: None,
             notify: None,
@@ -198,6 +215,12 @@ impl Daemon {
     /// Replaces the command line arguments (for the next start).
     pub fn set_args(&mut self, args: Vec<OsString>) {
         self.args = args;
+    }
+
+    /// Sets an environment variable for the next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
     }
 
     /// Sets the working directory for the next start (default: the temporary directory).
@@ -410,6 +433,26 @@ impl Daemon {
             .unwrap_or_default()
     }
 
+    /// Reads the current run's log until `done` accepts it and returns it; after
+    /// [`LOG_TIMEOUT`] fails the test with `what` (what the test waited for) and the log.
+    #[track_caller]
+    pub fn wait_for_log(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + LOG_TIMEOUT;
+        loop {
+            let log = self.stderr();
+            if done(&log) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not log {what} within {LOG_TIMEOUT:?}:\n{}",
+                self.diagnostics()
+            );
+            // A file has nothing to wait on; re-read it a little later.
+            std::thread::sleep(LOG_POLL);
+        }
+    }
+
     /// The command, stdout and stderr of the current (or last) run.
     pub fn diagnostics(&self) -> String {
         format!(
@@ -462,6 +505,7 @@ impl Daemon {
             .env_remove("TOKENDEALER_SOCKET")
             // Plain log lines in failure output.
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(File::create(&stdout).expect("creating the daemon's stdout file"))
             .stderr(File::create(&stderr).expect("creating the daemon's stderr file"));

@@ -274,3 +274,46 @@ fn waits_for_a_daemon_that_is_not_running_yet() {
         |s| connected(s) && s.contains(&listening),
     );
 }
+
+/// How many admin requests named `name` (`list clients`, `list keys`) the daemon logged.
+fn requests(log: &str, name: &str) -> usize {
+    log.matches(&format!("request=\"{name}\"")).count()
+}
+
+#[test]
+fn lists_the_clients_only_while_the_clients_screen_shows() {
+    // Listing every client is the one refresh whose cost grows with the registry; the
+    // overview and the keys screen do not show the list, so they do not read it.
+    let client = TestClient::new("listed").audiences(&[AUDIENCE]);
+    let daemon = Daemon::builder().log_level("debug").client(&client).start();
+    let tmux = dashboard(daemon.admin_socket());
+    tmux.wait_until("`connected` in the status bar", connected);
+    let log = daemon.wait_for_log("two refresh rounds", |log| requests(log, "list keys") >= 2);
+    assert_eq!(
+        requests(&log, "list clients"),
+        0,
+        "the overview listed the clients:\n{log}"
+    );
+
+    // On the clients screen the list is read at once, and again every refresh.
+    tmux.send_keys(&["2"]);
+    tmux.wait_until("the client in the clients table", |s| {
+        client_row(s, "listed").is_some()
+    });
+    daemon.wait_for_log("a second listing of the clients", |log| {
+        requests(log, "list clients") >= 2
+    });
+
+    // Back on the overview, the listing stops (one sent just before may still arrive).
+    tmux.send_keys(&["1"]);
+    tmux.wait_until("the overview", |s| !s.contains("Clients: ") && connected(s));
+    let log = daemon.stderr();
+    let (listed, rounds) = (requests(&log, "list clients"), requests(&log, "list keys"));
+    let log = daemon.wait_for_log("two more refresh rounds", |log| {
+        requests(log, "list keys") >= rounds + 2
+    });
+    assert!(
+        requests(&log, "list clients") <= listed + 1,
+        "the clients were listed after the overview came back:\n{log}"
+    );
+}

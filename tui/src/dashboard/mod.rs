@@ -12,9 +12,9 @@ pub mod ui;
 use std::{io, path::PathBuf};
 
 use ratatui::crossterm::event::{self, Event};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
-use app::{App, Msg};
+use app::{App, Msg, Screen};
 
 /// Runs the dashboard until the user quits. The terminal is restored on the way out, on
 /// error and on panic (ratatui's hook) alike.
@@ -23,8 +23,11 @@ pub async fn run(socket: PathBuf) -> io::Result<()> {
     let mut app = App::new(socket.display().to_string(), color);
     let (events_tx, mut events) = mpsc::channel::<Msg>(256);
     let (actions_tx, actions) = mpsc::channel(16);
+    // Listing every client is the one read whose cost grows with the registry; the link
+    // keeps the list fresh only while it is on screen.
+    let (clients_shown_tx, clients_shown) = watch::channel(false);
 
-    tokio::spawn(link::run(socket, events_tx.clone(), actions));
+    tokio::spawn(link::run(socket, events_tx.clone(), actions, clients_shown));
     // crossterm's reads block; a plain thread keeps them off the async loop. It ends with
     // the process.
     std::thread::spawn(move || {
@@ -58,6 +61,10 @@ pub async fn run(socket: PathBuf) -> io::Result<()> {
                 }
                 next = events.try_recv().ok();
             }
+            clients_shown_tx.send_if_modified(|shown| {
+                let now = app.screen == Screen::Clients;
+                std::mem::replace(shown, now) != now
+            });
             if app.quit {
                 return Ok(());
             }

@@ -518,13 +518,22 @@ async fn key_upkeep(state: Arc<State>, stop: CancellationToken) {
     }
 }
 
-/// Forgets throttling state that no longer matters, once a minute.
+/// Forgets throttling state that no longer matters, every 10 s: an attack from many
+/// addresses or with many ids then holds memory for seconds of its traffic, not minutes
+/// (most of its entries are one failure, forgotten after a few seconds). On a blocking
+/// thread: walking a map of millions of entries would stall a worker.
 async fn sweep(throttle: Arc<throttle::Throttle>, stop: CancellationToken) {
-    const EVERY: Duration = Duration::from_secs(60);
+    const EVERY: Duration = Duration::from_secs(10);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(EVERY) => throttle.sweep(),
+            () = tokio::time::sleep(EVERY) => {
+                let throttle = throttle.clone();
+                // A panic in it is a bug to see in the log, not a reason to stop sweeping.
+                if let Err(e) = tokio::task::spawn_blocking(move || throttle.sweep()).await {
+                    tracing::error!(error = %e, "throttle sweep failed");
+                }
+            }
         }
     }
 }

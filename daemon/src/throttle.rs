@@ -14,10 +14,18 @@
 //!   one id runs each address out quickly. The id itself is never locked: its real caller,
 //!   from an address without failures, keeps getting tokens.
 //! * The source address is the TCP peer, or — when the peer is one of `trusted_proxies` — the
-//!   nearest `X-Forwarded-For` entry that is not itself a trusted proxy.
+//!   nearest `X-Forwarded-For` entry that is not itself a trusted proxy. IPv4 peers of a
+//!   dual-stack listener (`::ffff:a.b.c.d`) are IPv4 addresses here. An IPv6 source is
+//!   counted by its /64, the least one host is given: an attacker does not get a fresh
+//!   burst from each of the 2^64 addresses of its network.
+//! * The address is checked again just before the secret is, so requests sent together
+//!   before a block (their bodies held back) are refused as they come in, not all tried.
+//! * Only ids that could be registered are counted per id: a malformed one (too long,
+//!   another character) cannot be a client, and would otherwise let each failure store up
+//!   to the 16 KiB of a body.
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, Ipv6Addr},
     num::NonZeroU32,
     sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     time::{Duration, Instant},
@@ -31,6 +39,7 @@ use governor::{
 };
 use http::HeaderMap;
 use ipnet::IpNet;
+use tokendealer_shared::clients_file::check_client_id;
 
 /// Failures an address may make before it is throttled.
 pub const ADDRESS_BURST: u32 = 20;
@@ -89,6 +98,9 @@ impl Throttle {
 
     /// The address a request comes from, seen through trusted proxies only.
     pub fn source(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        // `::ffff:10.0.0.1` from a dual-stack listener is 10.0.0.1: the IPv4 networks of
+        // `trusted_proxies` contain it, and it is one address, not two.
+        let peer = peer.to_canonical();
         let trusted = |ip: &IpAddr| self.trusted_proxies.iter().any(|net| net.contains(ip));
         if !trusted(&peer) {
             return peer;
@@ -100,7 +112,7 @@ impl Throttle {
                 return source;
             };
             for hop in value.rsplit(',') {
-                match hop.trim().parse::<IpAddr>() {
+                match hop.trim().parse::<IpAddr>().map(|ip| ip.to_canonical()) {
                     Ok(ip) if trusted(&ip) => source = ip,
                     Ok(ip) => return ip,
                     Err(_) => return source,
@@ -110,11 +122,13 @@ impl Throttle {
         source
     }
 
-    /// Before any work: is this address currently refused?
+    /// Before any work, and again just before the secret is checked: is this address
+    /// currently refused?
     pub fn check(&self, address: IpAddr) -> Result<(), Throttled> {
         if !self.any_blocked.load(Relaxed) {
             return Ok(());
         }
+        let address = counted(address);
         let Some(until) = self.blocked.get(&address).map(|u| *u) else {
             return Ok(());
         };
@@ -132,10 +146,13 @@ impl Throttle {
     /// Counts a failed authentication of `client_id` from `address`. `Err` means the failure
     /// is to be answered 429 rather than 401.
     pub fn failure(&self, address: IpAddr, client_id: Option<&str>) -> Result<(), Throttled> {
+        let address = counted(address);
         let clock = self.by_address.clock();
         let guarded = match client_id {
-            Some(id) => self.by_client.check_key(&id.to_owned()).err(),
-            None => None,
+            Some(id) if check_client_id(id).is_ok() => {
+                self.by_client.check_key(&id.to_owned()).err()
+            }
+            _ => None,
         };
         let cost = if guarded.is_some() { GUARDED_COST } else { 1 };
         let by_address = match self
@@ -171,14 +188,25 @@ impl Throttle {
         self.by_address.shrink_to_fit();
         self.by_client.shrink_to_fit();
         let now = Instant::now();
-        // Cleared before the sweep and set again if anything is left, so that an address
-        // blocked meanwhile (which sets it itself) is never hidden for longer than the
-        // sweep takes.
-        self.any_blocked.store(false, Relaxed);
         self.blocked.retain(|_, until| *until > now);
-        if !self.blocked.is_empty() {
-            self.any_blocked.store(true, Relaxed);
+        // Cleared only when nothing is left, and the map looked at again after clearing:
+        // an address blocked meanwhile sets the flag itself after inserting, so whichever
+        // order the two run in, the flag ends up set while the map holds a block.
+        if self.blocked.is_empty() {
+            self.any_blocked.store(false, Relaxed);
+            if !self.blocked.is_empty() {
+                self.any_blocked.store(true, Relaxed);
+            }
         }
+    }
+}
+
+/// The address failures are counted by: an IPv6 address's /64 (the least a host is
+/// given; RFC 4291 interface identifiers are the low 64 bits), an IPv4 address itself.
+fn counted(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        v4 => v4,
     }
 }
 
@@ -231,6 +259,69 @@ mod tests {
         assert!(allowed <= ADDRESS_BURST - GUARDED_COST, "{allowed}");
         // The real caller's address has no failures: nothing stops it.
         assert!(t.check(ip("192.0.2.50")).is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_network_shares_one_budget() {
+        let t = Throttle::new(vec![]);
+        // Each failure from another address of the same /64.
+        for i in 0..ADDRESS_BURST {
+            let a = IpAddr::V6(Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                0,
+                1,
+                0,
+                0,
+                0,
+                u16::try_from(i).unwrap() + 1,
+            ));
+            assert!(t.failure(a, None).is_ok());
+        }
+        let fresh = ip("2001:db8:0:1:ffff:ffff:ffff:ffff");
+        assert!(
+            t.failure(fresh, None).is_err(),
+            "a fresh address of the /64"
+        );
+        assert!(t.check(fresh).is_err());
+        assert!(
+            t.check(ip("2001:db8:0:2::1")).is_ok(),
+            "the next /64 is another host"
+        );
+    }
+
+    #[test]
+    fn malformed_ids_are_not_counted_per_id() {
+        let t = Throttle::new(vec![]);
+        let long = "x".repeat(tokendealer_shared::clients_file::MAX_CLIENT_ID_LEN + 1);
+        for (i, id) in [long.as_str(), "a b", ""].into_iter().enumerate() {
+            assert!(
+                t.failure(
+                    IpAddr::from([192, 0, 2, u8::try_from(i).unwrap()]),
+                    Some(id)
+                )
+                .is_ok()
+            );
+        }
+        assert_eq!(t.by_client.len(), 0, "nothing stored per id");
+        assert!(t.failure(ip("192.0.2.9"), Some("svc-1")).is_ok());
+        assert_eq!(t.by_client.len(), 1);
+    }
+
+    #[test]
+    fn a_dual_stack_peer_is_its_ipv4_address() {
+        let t = Throttle::new(vec!["127.0.0.1/32".parse().unwrap()]);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "::ffff:203.0.113.7".parse().unwrap());
+        assert_eq!(
+            t.source(ip("::ffff:127.0.0.1"), &headers),
+            ip("203.0.113.7"),
+            "the mapped peer is the trusted proxy; the mapped hop is IPv4"
+        );
+        assert_eq!(
+            t.source(ip("::ffff:192.0.2.1"), &HeaderMap::new()),
+            ip("192.0.2.1")
+        );
     }
 
     #[test]

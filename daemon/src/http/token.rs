@@ -175,8 +175,8 @@ pub fn check_head(head: &http::request::Parts) -> Result<Option<Authorization>, 
 pub fn parse_params(body: &[u8]) -> Result<Params<'_>, OAuthError> {
     Params::parse(body).map_err(|e| match e {
         ParamsError::Malformed(m) => OAuthError::invalid_request(m.0),
-        ParamsError::Repeated(name) => {
-            OAuthError::invalid_request(format!("parameter `{name}` is included more than once"))
+        ParamsError::Repeated(_) | ParamsError::TooMany => {
+            OAuthError::invalid_request(e.to_string())
         }
     })
 }
@@ -234,6 +234,12 @@ pub fn authenticate<'r>(
         Credentials::Post { id, secret } => (*id, *secret, false),
         Credentials::Missing { challenge } => return Err(OAuthError::invalid_client(*challenge)),
     };
+    // Checked when the request came in too; a request that came in with others before its
+    // address was blocked, its body held back, must not get its guess tried after it.
+    state
+        .throttle
+        .check(source)
+        .map_err(|t| OAuthError::too_many_requests(t.retry_after))?;
     registry.authenticate(id, secret, now).ok_or_else(|| {
         if let Some(known) = registry.get(id) {
             known.counters.failures.fetch_add(1, Relaxed);

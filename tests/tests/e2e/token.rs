@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use serde_json::{Value, json};
 use tokendealer_tests::{
     Auth, Daemon, ISSUER, Reply, TestClient,
+    conn::RawConn,
     http::{self, Request},
     jwt,
 };
@@ -674,4 +675,140 @@ fn repeated_failures_are_throttled_with_retry_after() {
         retry_after.parse::<u64>().is_ok_and(|s| s > 0),
         "`Retry-After` must be a positive number of seconds:\n{throttled}"
     );
+}
+
+/// Sends wrong secrets for `id` until one is answered 429 (the address or, with
+/// `forwarded_for`, the forwarded source is blocked); each request goes through `post`.
+#[track_caller]
+fn fail_until_blocked(daemon: &Daemon, id: &str, forwarded_for: Option<&str>) {
+    const ATTEMPTS: usize = 200;
+    let mut headers = vec![
+        ("content-type", FORM.to_owned()),
+        ("authorization", http::basic_header(id, "not-the-secret")),
+    ];
+    headers.extend(forwarded_for.map(|ip| ("x-forwarded-for", ip.to_owned())));
+    let blocked = (0..ATTEMPTS).any(|_| {
+        let reply = daemon.request(Request {
+            method: "POST",
+            url: daemon.url(TOKEN),
+            headers: headers.clone(),
+            body: Some(http::form_body(&[GRANT]).into_bytes()),
+        });
+        match reply.status {
+            401 => false,
+            429 => true,
+            _ => panic!("a wrong secret got neither 401 nor 429:\n{reply}"),
+        }
+    });
+    assert!(blocked, "{ATTEMPTS} failed logins were never throttled");
+}
+
+/// `POST /oauth/token` with the right secret, from `forwarded_for` through the proxy.
+#[track_caller]
+fn token_via(daemon: &Daemon, client: &TestClient, forwarded_for: &str) -> Reply {
+    daemon.request(Request {
+        method: "POST",
+        url: daemon.url(TOKEN),
+        headers: vec![
+            ("content-type", FORM.to_owned()),
+            (
+                "authorization",
+                http::basic_header(&client.id, &client.secret),
+            ),
+            ("x-forwarded-for", forwarded_for.to_owned()),
+        ],
+        body: Some(http::form_body(&[GRANT]).into_bytes()),
+    })
+}
+
+#[test]
+fn a_request_let_in_before_its_address_was_blocked_is_refused_when_its_body_comes() {
+    // Many requests sent at once, bodies held back until the address is blocked, must not
+    // all get their guess tried: the address is checked again just before the secret.
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let body = http::form_body(&[GRANT]);
+    let head = format!(
+        "POST {TOKEN} HTTP/1.1\r\nHost: x\r\nContent-Type: {FORM}\r\nAuthorization: {}\r\n\
+         Content-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        http::basic_header(&client.id, &client.secret),
+        body.len()
+    );
+    let mut held = RawConn::open(daemon.addr());
+    // `100 Continue` comes when the daemon waits for the body: the head was let in.
+    held.request(head.as_bytes()).assert_status(100);
+
+    fail_until_blocked(&daemon, "someone", None);
+    held.send(body.as_bytes());
+    let reply = held.read_response(body.as_bytes());
+    reply.assert_status(429);
+    assert!(reply.header("retry-after").is_some(), "{reply}");
+}
+
+#[test]
+fn ipv4_callers_of_a_dual_stack_listener_are_ipv4_addresses() {
+    // On `[::]`, IPv4 peers arrive as `::ffff:a.b.c.d`: still the trusted IPv4 proxy, whose
+    // forwarded addresses are each throttled alone.
+    let client = service_client();
+    let mut daemon = Daemon::builder()
+        .config("trusted_proxies = [\"127.0.0.1/32\"]")
+        .client(&client)
+        .write();
+    let config = daemon.config_path();
+    daemon.set_args(vec![
+        "--config".into(),
+        config.into(),
+        "--listen".into(),
+        "[::]:0".into(),
+    ]);
+    daemon.start();
+    assert!(daemon.addr().is_ipv6(), "listening on {}", daemon.addr());
+    let ipv4 = std::net::SocketAddr::from(([127, 0, 0, 1], daemon.addr().port()));
+    let url = |path: &str| format!("http://{ipv4}{path}");
+    let post = |forwarded_for: &str, secret: &str| {
+        daemon.request(Request {
+            method: "POST",
+            url: url(TOKEN),
+            headers: vec![
+                ("content-type", FORM.to_owned()),
+                ("authorization", http::basic_header(&client.id, secret)),
+                ("x-forwarded-for", forwarded_for.to_owned()),
+            ],
+            body: Some(http::form_body(&[GRANT]).into_bytes()),
+        })
+    };
+    let blocked = (0..200).any(|_| post("203.0.113.1", "not-the-secret").status == 429);
+    assert!(blocked, "the attacker behind the proxy was never throttled");
+    post("203.0.113.1", &client.secret).assert_status(429);
+    // Another caller behind the same proxy is not the attacker.
+    post("203.0.113.2", &client.secret).assert_status(200);
+}
+
+#[test]
+fn an_ipv6_source_is_throttled_by_its_64() {
+    // A fresh address from the same /64 gets no fresh budget; the next /64 is another host.
+    let client = service_client();
+    let daemon = Daemon::builder()
+        .config("trusted_proxies = [\"127.0.0.1/32\"]")
+        .client(&client)
+        .start();
+    fail_until_blocked(&daemon, "someone", Some("2001:db8:0:1::1"));
+    token_via(&daemon, &client, "2001:db8:0:1:ffff:ffff:ffff:fffe").assert_status(429);
+    token_via(&daemon, &client, "2001:db8:0:2::1").assert_status(200);
+}
+
+#[test]
+fn a_form_of_too_many_parameters_is_refused() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let many: Vec<(String, String)> = (0..65).map(|i| (format!("p{i}"), "v".into())).collect();
+    let mut params: Vec<(&str, &str)> =
+        many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let reply = daemon.token_request(Auth::Basic(&client.id, &client.secret), &params);
+    reply.assert_oauth_error(400, "invalid_request");
+    // Unknown parameters are ignored (RFC 6749 §3.2) up to the limit.
+    params.truncate(60);
+    daemon
+        .token_request(Auth::Basic(&client.id, &client.secret), &params)
+        .assert_status(200);
 }

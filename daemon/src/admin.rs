@@ -109,6 +109,11 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, stop: Cancellation
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let tracker = TaskTracker::new();
+    // Where peers connect: its group and mode can vouch for a peer's group membership.
+    let socket_file = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_owned));
     loop {
         // Waiting for a slot before accepting leaves excess peers in the backlog rather than
         // holding an unbounded number of open connections.
@@ -127,7 +132,7 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, stop: Cancellation
                 }
             },
         };
-        let Some((uid, allowed)) = peer(&stream, &state) else {
+        let Some((uid, allowed)) = peer(&stream, socket_file.as_deref(), &state) else {
             continue;
         };
         // A peer that may not administer gives its slot back at once: silent connections
@@ -162,7 +167,7 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, stop: Cancellation
 }
 
 /// The peer's uid, and whether it may administer; `None` when it cannot be told.
-fn peer(stream: &UnixStream, state: &State) -> Option<(u32, bool)> {
+fn peer(stream: &UnixStream, socket_file: Option<&Path>, state: &State) -> Option<(u32, bool)> {
     let cred = match stream.peer_cred() {
         Ok(cred) => cred,
         Err(e) => {
@@ -171,11 +176,28 @@ fn peer(stream: &UnixStream, state: &State) -> Option<(u32, bool)> {
         }
     };
     let uid = cred.uid();
+    let gids = &state.config.admin_gids;
     let allowed = uid == 0
         || uid == own_uid()
         || state.config.admin_uids.contains(&uid)
-        || state.config.admin_gids.contains(&cred.gid());
+        || gids.contains(&cred.gid())
+        || socket_file.is_some_and(|path| connecting_takes_membership(path, gids));
     Some((uid, allowed))
+}
+
+/// Whether connecting through the socket file at `path` took membership of one of `gids`:
+/// the file belongs to root or to us, its group is one of them with read and write, and
+/// other users have no access. Then the kernel checked every peer against all of its
+/// groups when it connected, supplementary ones included (`usermod -aG`), which
+/// SO_PEERCRED cannot tell: it carries the primary gid only.
+fn connecting_takes_membership(path: &Path, gids: &[u32]) -> bool {
+    !gids.is_empty()
+        && fs::metadata(path).is_ok_and(|file| {
+            (file.uid() == 0 || file.uid() == own_uid())
+                && gids.contains(&file.gid())
+                && file.mode() & 0o060 == 0o060
+                && file.mode() & 0o007 == 0
+        })
 }
 
 async fn converse(

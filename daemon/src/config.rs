@@ -52,6 +52,8 @@ struct RawConfig {
     #[serde(default)]
     admin_gids: Vec<u32>,
     #[serde(default)]
+    admin_groups: Vec<Spanned<String>>,
+    #[serde(default)]
     trusted_proxies: Vec<Spanned<String>>,
     tls_cert: Option<Spanned<PathBuf>>,
     tls_key: Option<Spanned<PathBuf>>,
@@ -82,6 +84,8 @@ pub struct Config {
     pub default_audience: Option<String>,
     /// Besides root and the daemon's own uid, who may use the admin socket.
     pub admin_uids: Vec<u32>,
+    /// Groups whose members may use the admin socket: `admin_gids` and the gids of the
+    /// `admin_groups` names, resolved when the config is read.
     pub admin_gids: Vec<u32>,
     /// Peers whose `X-Forwarded-For` is believed when throttling.
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -234,6 +238,28 @@ impl Config {
             })
             .transpose()?;
 
+        let mut admin_gids = raw.admin_gids;
+        for name in &raw.admin_groups {
+            match nix::unistd::Group::from_name(name.get_ref()) {
+                Ok(Some(group)) => admin_gids.push(group.gid.as_raw()),
+                Ok(None) => {
+                    return Err(invalid(
+                        Some(name.span()),
+                        format!("`admin_groups`: there is no group \"{}\"", name.get_ref()),
+                    ));
+                }
+                Err(e) => {
+                    return Err(invalid(
+                        Some(name.span()),
+                        format!(
+                            "`admin_groups`: cannot look up group \"{}\": {e}",
+                            name.get_ref()
+                        ),
+                    ));
+                }
+            }
+        }
+
         let trusted_proxies = raw
             .trusted_proxies
             .iter()
@@ -303,7 +329,7 @@ impl Config {
             rsa_bits,
             default_audience,
             admin_uids: raw.admin_uids,
-            admin_gids: raw.admin_gids,
+            admin_gids,
             trusted_proxies,
             tls,
             max_connections,

@@ -21,7 +21,6 @@ pub mod throttle;
 pub mod watch;
 
 use std::{
-    future::Future,
     io,
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -335,12 +334,8 @@ impl State {
     }
 }
 
-/// Serves until `shutdown` completes; SIGHUP reloads the clients file meanwhile.
-pub async fn run(
-    loaded: Loaded,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()>,
-) -> io::Result<()> {
+/// Serves until SIGTERM or SIGINT; SIGHUP reloads meanwhile.
+pub async fn run(loaded: Loaded, listeners: Listeners, mut signals: Signals) -> io::Result<()> {
     let Loaded {
         config,
         keys,
@@ -374,8 +369,6 @@ pub async fn run(
         config,
     });
 
-    // Installed before READY, so a SIGHUP sent as soon as we are ready is never lost.
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let stop = CancellationToken::new();
     let http_task = tokio::spawn(http::serve(listeners.http, state.clone(), stop.clone()));
     let admin_task = tokio::spawn(admin::serve(listeners.admin, state.clone(), stop.clone()));
@@ -391,9 +384,12 @@ pub async fn run(
         drop(watching.clients.reload());
         watching.note_longest_ttl();
     };
-    let _clients_watch = watch::start(state.clients.path(), reload_clients, stop.clone())
+    let _clients_watch = watch::start(state.clients.path(), reload_clients.clone(), stop.clone())
         .inspect_err(|e| tracing::error!(error = %e, "cannot watch the clients file; edits apply on SIGHUP only"))
         .ok();
+    // An edit saved between the start-up load and the watch would otherwise wait for the
+    // next one. Unchanged, the file costs a read.
+    tokio::task::spawn_blocking(reload_clients);
     let keys = state.keys.clone();
     let manifest = state.config.key_dir.join("manifest.json");
     let _keys_watch = watch::start(
@@ -419,16 +415,30 @@ pub async fn run(
     systemd::ready(&state);
     let notify_task = tokio::spawn(systemd::keepalive(state.clone()));
 
-    tokio::pin!(shutdown);
+    // A reload runs beside this loop, so that a stop signal is acted on while it runs (a
+    // reload stuck on a file system must not keep the daemon from stopping). SIGHUPs that
+    // arrive during a reload make one more after it.
+    let start_reload = |state: &Arc<State>| {
+        tracing::info!("SIGHUP: reloading the config's key and TLS settings and the clients file");
+        systemd::reloading();
+        let reloading = state.clone();
+        tokio::task::spawn_blocking(move || drop(reloading.reload()))
+    };
+    let mut reload: Option<tokio::task::JoinHandle<()>> = None;
+    let mut reload_again = false;
     loop {
         tokio::select! {
-            () = &mut shutdown => break,
-            _ = hangup.recv() => {
-                tracing::info!("SIGHUP: reloading the clients file");
-                systemd::reloading();
-                let reloading = state.clone();
-                let _ = tokio::task::spawn_blocking(move || reloading.reload()).await;
+            () = signals.stop.next() => break,
+            _ = signals.hangup.recv() => match reload {
+                Some(_) => reload_again = true,
+                None => reload = Some(start_reload(&state)),
+            },
+            _ = async { reload.as_mut().expect("guarded").await }, if reload.is_some() => {
+                reload = None;
                 systemd::ready(&state);
+                if std::mem::take(&mut reload_again) {
+                    reload = Some(start_reload(&state));
+                }
             }
         }
     }
@@ -437,7 +447,12 @@ pub async fn run(
     notify_task.abort();
     systemd::stopping();
     stop.cancel();
-    let _ = tokio::join!(http_task, admin_task, tick_task, sweep_task, upkeep_task);
+    tokio::select! {
+        _ = async { tokio::join!(http_task, admin_task, tick_task, sweep_task, upkeep_task) } => {}
+        () = signals.stop.next() => {
+            tracing::warn!("second stop signal: exiting without finishing the requests in flight");
+        }
+    }
     if !admin_inherited {
         admin::unlink(&state.admin_socket);
     }
@@ -538,17 +553,43 @@ async fn sweep(throttle: Arc<throttle::Throttle>, stop: CancellationToken) {
     }
 }
 
-/// Installs the SIGTERM and SIGINT handlers now, and returns a future that completes when
-/// either arrives. Call it before announcing readiness, so that no early signal kills the
-/// process with its default action instead of draining it.
-pub fn termination() -> io::Result<impl Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
+/// The signals the daemon acts on. Installed by [`Signals::install`] before any slow
+/// start-up work (RSA key generation, a large clients file), so that none arriving then
+/// kills the process with its default action: SIGTERM and SIGINT stop it (a second one
+/// during the drain stops it at once), SIGHUP reloads (one received during start-up
+/// reloads once the daemon is ready, picking up what changed meanwhile).
+#[derive(Debug)]
+pub struct Signals {
+    stop: StopSignals,
+    hangup: tokio::signal::unix::Signal,
+}
+
+#[derive(Debug)]
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Completes at the next SIGTERM or SIGINT.
+    async fn next(&mut self) {
         tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
+            _ = self.term.recv() => tracing::info!("SIGTERM received"),
+            _ = self.int.recv() => tracing::info!("SIGINT received"),
         }
-    })
+    }
+}
+
+impl Signals {
+    /// Installs the handlers now. Call it first thing in the runtime.
+    pub fn install() -> io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            stop: StopSignals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            },
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
 }

@@ -203,8 +203,8 @@ fn serve(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> ExitCode {
         Err(e) => return unshown(fail(1, format!("cannot start the async runtime: {e}"))),
     };
     runtime.block_on(async move {
-        let shutdown = match tokendealer_daemon::termination() {
-            Ok(shutdown) => shutdown,
+        let signals = match tokendealer_daemon::Signals::install() {
+            Ok(signals) => signals,
             Err(e) => return unshown(fail(1, format!("cannot install signal handlers: {e}"))),
         };
         let loaded = match tokendealer_daemon::load(config.clone()).await {
@@ -222,7 +222,7 @@ fn serve(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> ExitCode {
                 tracing::warn!(error = %e, "cannot print the local-mode banner");
             }
         }
-        match tokendealer_daemon::run(loaded, listeners, shutdown).await {
+        match tokendealer_daemon::run(loaded, listeners, signals).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(1, e),
         }

@@ -273,7 +273,14 @@ impl Daemon {
     /// Starts the daemon and waits for `READY=1`; fails the test if it exits first.
     #[track_caller]
     pub fn start(&mut self) {
-        match self.launch() {
+        self.start_with(|_| {});
+    }
+
+    /// Starts the daemon and waits for `READY=1` as [`Daemon::start`] does, running
+    /// `during_startup` with its pid as soon as it is spawned.
+    #[track_caller]
+    pub fn start_with(&mut self, during_startup: impl FnOnce(u32)) {
+        match self.launch(during_startup) {
             Launch::Ready(ready) => self.ready = Some(ready),
             Launch::Exited(status) => panic!(
                 "tokendealerd exited ({status}) before it signalled READY=1:\n{}",
@@ -286,7 +293,7 @@ impl Daemon {
     /// printed. Fails the test if it signals `READY=1` instead.
     #[track_caller]
     pub fn start_expecting_exit(&mut self) -> Output {
-        match self.launch() {
+        match self.launch(|_| {}) {
             Launch::Exited(status) => Output {
                 command: self.log.command.clone(),
                 status,
@@ -393,6 +400,37 @@ impl Daemon {
         datagrams
     }
 
+    /// Waits until the daemon sends a datagram with the line `line` (e.g. `STOPPING=1`) on
+    /// `NOTIFY_SOCKET`; the datagrams read meanwhile are gone for [`Daemon::notifications`].
+    #[track_caller]
+    pub fn wait_for_notification(&self, line: &str) {
+        let notify = self.notify.as_ref().expect("the daemon signalled READY=1");
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut seen = Vec::new();
+        loop {
+            match notify.recv(&mut buf) {
+                Ok(n) => {
+                    let datagram = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    if datagram.lines().any(|l| l == line) {
+                        return;
+                    }
+                    seen.push(datagram);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => panic!("receiving on the notify socket failed: {e}"),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no `{line}` on the notify socket within {STOP_TIMEOUT:?}; received {seen:?}"
+            );
+        }
+    }
+
     fn ready(&self) -> &Ready {
         self.ready
             .as_ref()
@@ -472,7 +510,7 @@ impl Daemon {
         text
     }
 
-    fn launch(&mut self) -> Launch {
+    fn launch(&mut self, just_spawned: impl FnOnce(u32)) -> Launch {
         assert!(self.child.is_none(), "the daemon is already running");
         self.runs += 1;
         self.notify = None;
@@ -518,6 +556,7 @@ impl Daemon {
             .spawn()
             .unwrap_or_else(|e| panic!("could not start {}: {e}", self.log.command));
         let child = self.child.insert(child);
+        just_spawned(child.id());
 
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut buf = vec![0u8; 64 * 1024];

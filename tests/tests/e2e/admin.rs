@@ -847,6 +847,82 @@ fn admin_gids_lets_a_listed_group_in() {
     admin_as_nobody(daemon.admin_socket(), &["status"]).assert_success();
 }
 
+#[test]
+fn admin_groups_names_a_group_whose_members_are_let_in() {
+    // `nogroup` is NOBODY's group on Debian and Ubuntu; the name is looked up at start.
+    let daemon = Daemon::builder()
+        .client(&service_client())
+        .config("admin_groups = [\"nogroup\"]")
+        .start();
+    open_socket_to_everyone(&daemon);
+    admin_as_nobody(daemon.admin_socket(), &["status"]).assert_success();
+}
+
+/// A gid for the tests below that no user here has as primary group.
+const ADMIN_GROUP: u32 = 4242;
+
+/// `tokendealer --socket … ARGS` as uid and primary gid [`NOBODY`], with `groups` as its
+/// supplementary groups (as `usermod -aG` gives them).
+fn admin_as_nobody_in(socket: &Path, groups: &[u32], args: &[&str]) -> Output {
+    let groups: Vec<String> = groups.iter().map(u32::to_string).collect();
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--regid={NOBODY}"))
+        .arg(format!("--groups={}", groups.join(",")))
+        .arg(bins::tokendealer())
+        .arg("--socket")
+        .arg(socket)
+        .args(args);
+    admin_command(cmd)
+}
+
+/// The socket file as `tokendealer-admin.socket` makes it: `root:GROUP`, mode 0660 (the
+/// directories above traversable).
+fn socket_file_for_group(daemon: &Daemon, group: u32, mode: u32) {
+    open_socket_to_everyone(daemon);
+    std::os::unix::fs::chown(daemon.admin_socket(), Some(0), Some(group))
+        .expect("giving the admin socket to the group");
+    fs::set_permissions(daemon.admin_socket(), fs::Permissions::from_mode(mode))
+        .expect("setting the admin socket's mode");
+}
+
+#[test]
+fn a_supplementary_member_of_an_admin_group_is_let_in_through_its_socket_file() {
+    // SO_PEERCRED carries the primary gid only; the socket file, open to the group alone,
+    // is what tells that the peer is a member: the kernel checked all its groups.
+    let daemon = Daemon::builder()
+        .client(&service_client())
+        .config(&format!("admin_gids = [{ADMIN_GROUP}]"))
+        .start();
+    socket_file_for_group(&daemon, ADMIN_GROUP, 0o660);
+    admin_as_nobody_in(daemon.admin_socket(), &[ADMIN_GROUP], &["status"]).assert_success();
+    let added = admin_as_nobody_in(
+        daemon.admin_socket(),
+        &[ADMIN_GROUP],
+        &["clients", "add", "by-member"],
+    );
+    added.assert_success();
+    assert!(listed(&daemon, "by-member").is_some());
+
+    // Open to everyone, the file vouches for nobody: the peer is checked by its ids alone.
+    fs::set_permissions(daemon.admin_socket(), fs::Permissions::from_mode(0o666))
+        .expect("opening the admin socket to everyone");
+    let output = admin_as_nobody_in(daemon.admin_socket(), &[ADMIN_GROUP], &["status"]);
+    assert_fails_with(&output, &["permission denied", &NOBODY.to_string()]);
+}
+
+#[test]
+fn a_socket_file_of_a_group_that_is_not_an_admin_group_vouches_for_nobody() {
+    let daemon = Daemon::builder()
+        .client(&service_client())
+        .config(&format!("admin_gids = [{ADMIN_GROUP}]"))
+        .start();
+    let other = ADMIN_GROUP + 1;
+    socket_file_for_group(&daemon, other, 0o660);
+    let output = admin_as_nobody_in(daemon.admin_socket(), &[other], &["status"]);
+    assert_fails_with(&output, &["permission denied", &NOBODY.to_string()]);
+}
+
 // --- peers that break the protocol ---
 
 /// After a peer broke the protocol: a connection greeted before it still answers, the tool

@@ -77,6 +77,15 @@ fn invalid_duration_exits_78_naming_file_and_line() {
     assert_refused_at_start(r#"token_ttl = "soon""#);
 }
 
+#[test]
+fn an_unknown_admin_group_exits_78_naming_it() {
+    let mut daemon = daemon_with_line6(r#"admin_groups = ["no-such-group-here"]"#);
+    let output = daemon.start_expecting_exit();
+    output.assert_code(EX_CONFIG);
+    assert_names_file_and_line(&output, &daemon.config_path(), 6);
+    assert!(output.stderr.contains("no-such-group-here"), "{output}");
+}
+
 /// `deny_unknown_fields`: a typo is an error, not a silent default.
 #[test]
 fn unknown_key_exits_78_naming_it() {

@@ -1,15 +1,21 @@
 //! SIGTERM: requests in flight finish, idle connections do not hold the daemon up, the exit
-//! status is 0 and the admin socket is gone.
+//! status is 0 and the admin socket is gone; a second stop signal cuts the drain short; no
+//! handled signal kills the daemon while it starts.
 
 use std::{
+    fs,
     io::{Read, Write},
     net::TcpStream,
+    time::{Duration, Instant},
 };
 
-use nix::sys::signal::Signal;
-use tokendealer_tests::{Daemon, http};
+use nix::{sys::signal::Signal, unistd::Pid};
+use tokendealer_tests::{Daemon, TestClient, http};
 
 use crate::service_client;
+
+/// How long the daemon drains requests in flight after a stop signal (README, Signals).
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 #[test]
 fn sigterm_exits_zero_and_removes_the_admin_socket() {
@@ -61,10 +67,9 @@ fn read_head(stream: &mut TcpStream) -> String {
 /// `Expect: 100-continue` makes the request provably in flight: the server sends
 /// `100 Continue` only once the handler starts reading the body. We signal then, and only
 /// afterwards send the body; the token must still arrive.
-#[test]
-fn sigterm_lets_an_in_flight_request_finish() {
-    let client = service_client();
-    let mut daemon = Daemon::with_client(&client);
+/// A token request provably in flight: its head sent with `Expect: 100-continue` and the
+/// `100 Continue` read, its body (returned) not sent yet.
+fn request_in_flight(daemon: &Daemon, client: &TestClient) -> (TcpStream, &'static str) {
     let body = "grant_type=client_credentials";
     let mut stream = http::connect(daemon.addr());
     let head = format!(
@@ -80,6 +85,14 @@ fn sigterm_lets_an_in_flight_request_finish() {
         .expect("writing the request head");
     let interim = read_head(&mut stream);
     assert_eq!(http::raw_status(&interim), 100, "{interim}");
+    (stream, body)
+}
+
+#[test]
+fn sigterm_lets_an_in_flight_request_finish() {
+    let client = service_client();
+    let mut daemon = Daemon::with_client(&client);
+    let (mut stream, body) = request_in_flight(&daemon, &client);
 
     daemon.signal(Signal::SIGTERM);
     stream
@@ -107,4 +120,60 @@ fn an_idle_keep_alive_connection_does_not_hold_shutdown() {
     let status = daemon.stop();
     assert!(status.success(), "exit status after SIGTERM: {status}");
     drop(stream);
+}
+
+#[test]
+fn a_second_stop_signal_ends_the_drain_at_once() {
+    let client = service_client();
+    let mut daemon = Daemon::with_client(&client);
+    // Its body never comes: the drain would wait for it until its deadline.
+    let (stream, _) = request_in_flight(&daemon, &client);
+    daemon.signal(Signal::SIGTERM);
+    daemon.wait_for_notification("STOPPING=1");
+    let second = Instant::now();
+    daemon.signal(Signal::SIGINT);
+    let status = daemon.wait_exit();
+    let took = second.elapsed();
+    assert!(status.success(), "exit status after two signals: {status}");
+    assert!(
+        took < DRAIN_DEADLINE / 2,
+        "exited {took:?} after the second signal, as if it had waited out the drain"
+    );
+    drop(stream);
+}
+
+/// Whether the process catches `signal` (its bit in `SigCgt` of /proc/PID/status).
+fn catches(pid: u32, signal: Signal) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (signal as i32 - 1)) != 0)
+}
+
+#[test]
+fn a_sighup_while_starting_is_not_fatal() {
+    // A 4096-bit key generated at the first start takes a while; a SIGHUP then (a config
+    // management run, `systemctl reload` racing a start) must not kill the daemon.
+    let client = service_client();
+    let mut daemon = Daemon::builder()
+        .config("rsa_bits = 4096")
+        .client(&client)
+        .write();
+    daemon.start_with(|pid| {
+        // Until it catches SIGTERM, the process has not set up its handlers at all, and
+        // any signal would kill it through no fault of its own.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !catches(pid, Signal::SIGTERM) {
+            assert!(
+                Instant::now() < deadline,
+                "tokendealerd never caught SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let pid = Pid::from_raw(i32::try_from(pid).expect("a pid fits an i32"));
+        nix::sys::signal::kill(pid, Signal::SIGHUP).expect("sending SIGHUP");
+    });
+    daemon.access_token(&client, &[]);
 }

@@ -384,7 +384,7 @@ pub async fn run(loaded: Loaded, listeners: Listeners, mut signals: Signals) -> 
         drop(watching.clients.reload());
         watching.note_longest_ttl();
     };
-    let _clients_watch = watch::start(state.clients.path(), reload_clients.clone(), stop.clone())
+    let _clients_watch = watch::start(state.clients.path(), reload_clients.clone(), &stop)
         .inspect_err(|e| tracing::error!(error = %e, "cannot watch the clients file; edits apply on SIGHUP only"))
         .ok();
     // An edit saved between the start-up load and the watch would otherwise wait for the
@@ -399,7 +399,7 @@ pub async fn run(loaded: Loaded, listeners: Listeners, mut signals: Signals) -> 
                 tracing::error!(error = %e, "a key change in the key directory was not adopted; the keys in force stay");
             }
         },
-        stop.clone(),
+        &stop,
     )
     .inspect_err(|e| tracing::error!(error = %e, "cannot watch the key directory; key changes by other daemons apply at restart"))
     .ok();

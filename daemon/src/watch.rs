@@ -6,9 +6,15 @@
 //! volume swaps its `..data` symlink. Events are filtered by name, debounced, and each burst
 //! becomes one reload of the whole file; reloads of a large file are spaced out (see
 //! `RELOAD_SHARE`).
+//!
+//! What inotify cannot follow is caught by a look every [`POLL`]: the file's identity and
+//! times (through a symlink, so an edit of a target in another directory counts), and the
+//! directory's own: a directory replaced (`mv dir.new dir`) is watched again.
 
 use std::{
     ffi::OsStr,
+    fs,
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -18,9 +24,7 @@ use notify::{
     EventKind, RecursiveMode,
     event::{AccessKind, AccessMode},
 };
-use notify_debouncer_full::{
-    DebounceEventResult, DebouncedEvent, Debouncer, RecommendedCache, new_debouncer,
-};
+use notify_debouncer_full::{DebounceEventResult, DebouncedEvent, new_debouncer};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +45,37 @@ const RELOAD_SHARE: u32 = 40;
 /// The longest a save waits for the spacing above, whatever the last reload took.
 const MAX_PAUSE: Duration = Duration::from_millis(400);
 
+/// How often the file and its directory are looked at for what inotify missed.
+const POLL: Duration = Duration::from_secs(5);
+
+/// What tells one version of a file (or directory) from another without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    /// Following symlinks; `None` when there is nothing there (or it cannot be read).
+    fn of(path: &Path) -> Option<Self> {
+        fs::metadata(path).ok().map(|m| Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+
+    /// The same directory: a change of its entries (its times) is not a replacement.
+    fn same_inode(a: Option<Self>, b: Option<Self>) -> bool {
+        a.map(|s| (s.dev, s.ino)) == b.map(|s| (s.dev, s.ino))
+    }
+}
+
 /// How long after the start of a reload that took `took` the next may start.
 fn pause_after(took: Duration) -> Duration {
     took.saturating_mul(RELOAD_SHARE).min(MAX_PAUSE)
@@ -48,7 +83,7 @@ fn pause_after(took: Duration) -> Duration {
 
 /// The running watch; dropping it stops watching.
 pub struct Watch {
-    _debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
+    _stop: tokio_util::sync::DropGuard,
 }
 
 impl std::fmt::Debug for Watch {
@@ -62,7 +97,7 @@ impl std::fmt::Debug for Watch {
 pub fn start(
     path: &Path,
     reload: impl Fn() + Send + Sync + 'static,
-    stop: CancellationToken,
+    stop: &CancellationToken,
 ) -> notify::Result<Watch> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
@@ -71,6 +106,7 @@ pub fn start(
     let name = path.file_name().map(OsStr::to_owned).unwrap_or_default();
     // Capacity one: a pending reload already covers every event that arrives before it runs.
     let (tx, mut rx) = mpsc::channel::<()>(1);
+    let polled = tx.clone();
     let mut debouncer =
         new_debouncer(
             DEBOUNCE,
@@ -94,11 +130,36 @@ pub fn start(
     tracing::debug!(dir = %dir.display(), file = %path.display(), "watching");
 
     let reload = Arc::new(reload);
+    let path = path.to_owned();
+    // Dropping the returned `Watch` stops the task, and with it the debouncer it owns.
+    let stop = stop.child_token();
+    let guard = stop.clone().drop_guard();
     tokio::spawn(async move {
         let mut next = tokio::time::Instant::now();
+        let mut file_seen = Stamp::of(&path);
+        let mut dir_seen = Stamp::of(&dir);
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
+                _ = poll.tick() => {
+                    let dir_now = Stamp::of(&dir);
+                    if !Stamp::same_inode(dir_now, dir_seen) {
+                        // The watch followed the old directory's inode away (or it went).
+                        let _ = debouncer.unwatch(&dir);
+                        match debouncer.watch(&dir, RecursiveMode::NonRecursive) {
+                            Ok(()) => {
+                                tracing::info!(dir = %dir.display(), "directory replaced; watching the new one");
+                                dir_seen = dir_now;
+                            }
+                            Err(e) => tracing::debug!(dir = %dir.display(), error = %e, "cannot watch the directory yet"),
+                        }
+                    }
+                    if Stamp::of(&path) != file_seen {
+                        let _ = polled.try_send(());
+                    }
+                }
                 event = rx.recv() => {
                     if event.is_none() { break }
                     // Events that come meanwhile wait in the channel: one reload covers them.
@@ -109,6 +170,8 @@ pub fn start(
                     // An event queued during the pause is covered by the reload about to
                     // read the file; one arriving from here on is kept for the next.
                     let _ = rx.try_recv();
+                    // Taken before the read, so a save during it is seen by the next look.
+                    file_seen = Stamp::of(&path);
                     let started = tokio::time::Instant::now();
                     let reload = reload.clone();
                     let _ = tokio::task::spawn_blocking(move || reload()).await;
@@ -117,13 +180,15 @@ pub fn start(
             }
         }
     });
-    Ok(Watch {
-        _debouncer: debouncer,
-    })
+    Ok(Watch { _stop: guard })
 }
 
 /// Whether an event may have changed what the clients file's path resolves to.
 fn relevant(event: &DebouncedEvent, name: &OsStr) -> bool {
+    // The kernel's queue overflowed: anything may have happened.
+    if event.need_rescan() {
+        return true;
+    }
     if let EventKind::Access(kind) = event.kind {
         // Opening or reading changes nothing; closing after a write does.
         if !matches!(kind, AccessKind::Close(AccessMode::Write)) {
@@ -203,5 +268,15 @@ mod tests {
         ));
         let temp = format!("/etc/td/.clients.toml{}1.0", fsio::TEMP_MARKER);
         assert!(!relevant(&event(modify, &temp), name));
+    }
+
+    #[test]
+    fn an_overflowed_queue_is_relevant() {
+        // notify reports an inotify overflow as an event with no path and the rescan flag.
+        let overflow = DebouncedEvent::new(
+            notify::Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan),
+            Instant::now(),
+        );
+        assert!(relevant(&overflow, OsStr::new("clients.toml")));
     }
 }

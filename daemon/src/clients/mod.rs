@@ -86,7 +86,12 @@ fn write_hint(e: &std::io::Error) -> &'static str {
     match e.raw_os_error() {
         Some(28) => " (free space on its file system, then try again)",
         Some(30) => " (its file system is read-only; make it writable or edit the file elsewhere)",
-        Some(13 | 1) => " (the daemon's user needs write access to the file's directory)",
+        Some(13) => " (the daemon's user needs write access to the file's directory)",
+        // rename(2) over a file of another user in a sticky directory, like the packaged
+        // /etc/tokendealer (1770), after the file was replaced by root.
+        Some(1) => {
+            " (in a sticky directory the daemon replaces only a file its user owns: chown the file to it)"
+        }
         _ => "",
     }
 }
@@ -252,8 +257,11 @@ impl ClientsStore {
     /// file was last loaded is kept: the edit is applied to the file as it is now.
     pub fn edit(&self, edit: &Edit) -> Result<(), WriteError> {
         let _writing = self.write_lock.lock().expect("write lock");
+        // A symlinked file (kept in git, or managed by configuration management) is written
+        // where the link points: replacing the link with a file would cut it loose.
+        let target = fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
         let read_now = || {
-            fs::read_to_string(&self.path).map_err(|source| WriteError::Read {
+            fs::read_to_string(&target).map_err(|source| WriteError::Read {
                 path: self.path.clone(),
                 source,
             })
@@ -272,8 +280,8 @@ impl ClientsStore {
             // their change. Checked just before the rename (the new file written and
             // synced), a chunk at a time (a second copy of a large file is not needed); if
             // it changed, re-read and re-apply.
-            let written = fsio::write_atomic_if(&self.path, after.as_bytes(), 0o600, || {
-                same_text(&self.path, before.as_bytes())
+            let written = fsio::write_atomic_if(&target, after.as_bytes(), 0o600, || {
+                same_text(&target, before.as_bytes())
             })
             .map_err(|source| WriteError::Write {
                 path: self.path.clone(),

@@ -39,6 +39,10 @@ use tokendealer_tests::{
 /// for a busy machine.
 const APPLY_WITHIN: Duration = Duration::from_secs(1);
 
+/// How soon an edit inotify cannot follow (a directory replaced, the target of a symlink in
+/// another directory) must be live: the daemon looks every 5 s; the rest is slack.
+const POLLED_WITHIN: Duration = Duration::from_secs(8);
+
 /// How long a `clients add` may take to report back before the crash test gives up on it.
 const CLI_REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -260,13 +264,20 @@ impl Edit {
     /// `save` writes the edited text; both changes must be live within a second of it.
     #[track_caller]
     fn assert_followed(&self, daemon: &Daemon, save: impl FnOnce(&[u8])) {
+        self.assert_followed_within(daemon, APPLY_WITHIN, save);
+    }
+
+    /// `save` writes the edited text; both changes must be live `within` of it.
+    #[track_caller]
+    fn assert_followed_within(&self, daemon: &Daemon, within: Duration, save: impl FnOnce(&[u8])) {
         assert_works(daemon, &self.stable);
         assert_works(daemon, &self.leaving);
         assert_refused(daemon, &self.arriving);
         save(self.after().as_bytes());
         let saved = Instant::now();
-        works_within(daemon, &self.arriving, saved);
-        refused_within(daemon, &self.leaving, saved);
+        await_status(daemon, &self.arriving, 200, saved + within);
+        await_status(daemon, &self.leaving, 401, saved + within)
+            .assert_oauth_error(401, "invalid_client");
         assert_works(daemon, &self.stable);
     }
 }
@@ -315,6 +326,78 @@ fn kubernetes_volume_swap_is_live_within_a_second() {
         !daemon.dir().join("volume/..2026_01_01_a").exists(),
         "the update removes the old data directory, so only the new one can be read"
     );
+}
+
+/// The clients file in a directory of its own under the daemon's, holding `text`.
+fn clients_in_subdirectory(daemon: &Daemon, dir: &str, text: &str) -> std::path::PathBuf {
+    let dir = daemon.dir().join(dir);
+    fs::create_dir_all(&dir).expect("creating the clients directory");
+    let path = dir.join("clients.toml");
+    files::write_by_rename(&path, text.as_bytes());
+    files::set_mode(&path, 0o600);
+    path
+}
+
+#[test]
+fn a_replaced_directory_is_followed() {
+    // `mv etc.new etc`: the watch stays on the old directory's inode; the daemon notices the
+    // directory changed and watches the new one.
+    let edit = Edit::new();
+    let mut daemon = builder().write();
+    let path = clients_in_subdirectory(&daemon, "etc", &edit.before());
+    files::use_clients_file(&daemon, &path);
+    daemon.start();
+    assert_works(&daemon, &edit.leaving);
+    let staged = clients_in_subdirectory(&daemon, "etc.new", &edit.after());
+    let old = daemon.dir().join("etc.old");
+    fs::rename(path.parent().expect("a directory"), &old).expect("moving etc away");
+    fs::rename(
+        staged.parent().expect("a directory"),
+        path.parent().expect("a directory"),
+    )
+    .expect("moving etc.new into place");
+    let saved = Instant::now();
+    await_status(&daemon, &edit.arriving, 200, saved + POLLED_WITHIN);
+    await_status(&daemon, &edit.leaving, 401, saved + POLLED_WITHIN);
+
+    // And edits in the new directory are followed as quickly as ever.
+    let later = TestClient::new("later");
+    files::write_by_rename(
+        &path,
+        files::clients_text([&edit.stable, &edit.arriving, &later]).as_bytes(),
+    );
+    works_within(&daemon, &later, Instant::now());
+}
+
+#[test]
+fn an_edit_of_a_symlink_target_elsewhere_is_followed() {
+    // clients.toml links to a file in another directory (kept in a git checkout, say); an
+    // edit there changes no entry of the watched directory.
+    let edit = Edit::new();
+    let mut daemon = builder().write();
+    let target = clients_in_subdirectory(&daemon, "checkout", &edit.before());
+    let link = daemon.dir().join("etc").join("clients.toml");
+    fs::create_dir_all(link.parent().expect("a directory")).expect("creating etc");
+    symlink(&target, &link).expect("linking clients.toml");
+    files::use_clients_file(&daemon, &link);
+    daemon.start();
+    edit.assert_followed_within(&daemon, POLLED_WITHIN, |text| {
+        files::write_in_place(&target, text);
+    });
+
+    // An admin edit writes through the link: it stays a link, and the target changes.
+    daemon
+        .admin(&["clients", "add", "through-link"])
+        .assert_success();
+    assert!(
+        fs::symlink_metadata(&link)
+            .expect("the link's metadata")
+            .file_type()
+            .is_symlink(),
+        "the admin edit replaced the link with a file"
+    );
+    let text = fs::read_to_string(&target).expect("reading the target");
+    assert!(text.contains("[clients.through-link]"), "{text}");
 }
 
 #[test]

@@ -154,11 +154,8 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, stop: Cancellation
         let stop = stop.clone();
         tracker.spawn(async move {
             let _permit = permit;
-            tokio::select! {
-                () = stop.cancelled() => {}
-                result = converse(stream, &state, uid, allowed) => if let Err(e) = result {
-                    tracing::info!(uid, error = %e, "admin connection closed");
-                },
+            if let Err(e) = converse(stream, &state, uid, allowed, &stop).await {
+                tracing::info!(uid, error = %e, "admin connection closed");
             }
         });
     }
@@ -200,31 +197,38 @@ fn connecting_takes_membership(path: &Path, gids: &[u32]) -> bool {
         })
 }
 
+/// One admin connection. `stop` ends it between requests only: a request being handled
+/// when the daemon stops is answered first (a change lands either way, and an added
+/// client's secret exists nowhere but in that answer).
 async fn converse(
     stream: UnixStream,
     state: &Arc<State>,
     uid: u32,
     allowed: bool,
+    stop: &CancellationToken,
 ) -> Result<(), FrameError> {
     let (mut rx, mut tx) = stream.into_split();
-    let hello =
-        match tokio::time::timeout(HELLO_TIMEOUT, frame::read::<ClientFrame, _>(&mut rx)).await {
-            Ok(Ok(Some(ClientFrame::Hello(hello)))) => hello,
-            Ok(Ok(Some(ClientFrame::Request(_)))) => {
-                return Err(FrameError::Io(io::Error::new(
-                    ErrorKind::InvalidData,
-                    "request before hello",
-                )));
-            }
-            Ok(Ok(None)) => return Ok(()),
-            Ok(Err(e)) => return Err(e),
-            Err(_) => {
-                return Err(FrameError::Io(io::Error::new(
-                    ErrorKind::TimedOut,
-                    "no hello in time",
-                )));
-            }
-        };
+    let greeting = tokio::select! {
+        () = stop.cancelled() => return Ok(()),
+        greeting = tokio::time::timeout(HELLO_TIMEOUT, frame::read::<ClientFrame, _>(&mut rx)) => greeting,
+    };
+    let hello = match greeting {
+        Ok(Ok(Some(ClientFrame::Hello(hello)))) => hello,
+        Ok(Ok(Some(ClientFrame::Request(_)))) => {
+            return Err(FrameError::Io(io::Error::new(
+                ErrorKind::InvalidData,
+                "request before hello",
+            )));
+        }
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            return Err(FrameError::Io(io::Error::new(
+                ErrorKind::TimedOut,
+                "no hello in time",
+            )));
+        }
+    };
     // Our greeting goes first whatever follows: its layout is frozen, so any version of the
     // tool can read it and explain a mismatch.
     send(&mut tx, &ServerFrame::Hello(Hello::current())).await?;
@@ -268,6 +272,7 @@ async fn converse(
     loop {
         let idle = tokio::time::sleep(IDLE_TIMEOUT);
         tokio::select! {
+            () = stop.cancelled() => return Ok(()),
             frame = frames.recv() => {
                 let request = match frame {
                     Some(Ok(Some(ClientFrame::Request(request)))) => request,

@@ -1299,3 +1299,56 @@ fn a_next_key_file_damaged_before_a_start_is_never_promoted() {
         independently_verified(&daemon, &issuing, &context);
     }
 }
+
+// --- a stop signal during an admin change ---
+
+#[test]
+fn a_change_in_progress_when_the_daemon_stops_is_answered() {
+    // The rename that commits an added client is held up; SIGTERM comes meanwhile. The
+    // change lands either way, so its answer, which holds the only copy of the secret, must
+    // reach the tool before the daemon exits.
+    let mut daemon = builder().client(&issuing_client()).start();
+    let pid = faults::daemon_pid(&daemon);
+    let strace = Strace::attach(
+        pid,
+        &trace_file(&daemon),
+        &[
+            "-e",
+            &format!("trace={RENAMES}"),
+            "-e",
+            &format!("inject={RENAMES}:delay_enter=2s"),
+        ],
+    );
+    let pending = faults::spawn_admin(&daemon, &["clients", "add", "mid-stop", "--json"]);
+    // The staged file is there from its write until its rename: the change is under way.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !staged_clients_file(&daemon) {
+        assert!(
+            Instant::now() < deadline,
+            "the add never staged a clients file"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    daemon.signal(Signal::SIGTERM);
+    let (output, _) = pending.finish();
+    output.assert_success();
+    let secret = output.printed_secret();
+    let trace = strace.wait_end();
+    let status = daemon.wait_exit();
+    assert!(status.success(), "exit status: {status}; trace:\n{trace}");
+
+    daemon.start();
+    daemon.access_token(&TestClient::new("mid-stop").secret(&secret), &[]);
+}
+
+/// Whether a staged (temporary) clients file is in the daemon's directory.
+fn staged_clients_file(daemon: &Daemon) -> bool {
+    fs::read_dir(daemon.dir())
+        .expect("listing the daemon's directory")
+        .filter_map(Result::ok)
+        .any(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with(".clients.toml") && name != ".clients.toml"
+        })
+}

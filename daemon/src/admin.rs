@@ -289,7 +289,7 @@ async fn converse(
                 // A change runs to its end and its real outcome is told: cut short by a
                 // timeout it would still land (the blocking write goes on), with an added
                 // client's or a rotated secret never shown. Only reads are given up on.
-                let response = if changes_state(&request) {
+                let response = if request.changes_state() {
                     handle(state, request, uid).await
                 } else {
                     match tokio::time::timeout(REQUEST_TIMEOUT, handle(state, request, uid)).await {
@@ -310,14 +310,6 @@ async fn converse(
             () = idle, if ticks.is_none() => return Ok(()),
         }
     }
-}
-
-/// Whether `request` changes the clients file, the keys or the daemon's state.
-fn changes_state(request: &Request) -> bool {
-    !matches!(
-        request,
-        Request::Status | Request::ListClients { .. } | Request::ListKeys | Request::Subscribe
-    )
 }
 
 /// Writes one frame, giving up on a peer that stops reading.

@@ -101,6 +101,16 @@ pub enum Request {
 }
 
 impl Request {
+    /// Whether it changes the clients file, the keys or the daemon's state (rather than
+    /// only reading them). A change is never given up on half-way by either side: it
+    /// lands either way, and its answer may hold a secret shown nowhere else.
+    pub fn changes_state(&self) -> bool {
+        !matches!(
+            self,
+            Self::Status | Self::ListClients { .. } | Self::ListKeys | Self::Subscribe
+        )
+    }
+
     /// The request's name, for logs: unlike its `Debug` form it carries no client data.
     pub fn name(&self) -> &'static str {
         match self {

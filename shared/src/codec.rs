@@ -8,9 +8,9 @@ use crate::frame::MAX_FRAME;
 /// Why a frame body could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
-    #[error("message could not be encoded")]
+    #[error("message could not be encoded: {0}")]
     Encode(#[source] bincode::error::EncodeError),
-    #[error("message could not be decoded")]
+    #[error("message could not be decoded: {0}")]
     Decode(#[source] bincode::error::DecodeError),
     #[error("message has {0} trailing bytes after its end")]
     Trailing(usize),

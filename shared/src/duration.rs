@@ -9,6 +9,11 @@ pub struct DurationError {
     pub input: String,
 }
 
+/// Whole seconds, rounded up: a period asked for (a secret's overlap) is never cut short.
+pub fn secs_rounded_up(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
 /// Parses a positive duration.
 pub fn parse(input: &str) -> Result<Duration, DurationError> {
     match humantime::parse_duration(input.trim()) {

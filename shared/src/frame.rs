@@ -11,7 +11,7 @@ pub const MAX_FRAME: usize = 1 << 20;
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    #[error("connection error")]
+    #[error("connection error: {0}")]
     Io(#[from] std::io::Error),
     #[error("frame of {0} bytes is over the {MAX_FRAME}-byte limit")]
     TooLarge(usize),

@@ -28,7 +28,8 @@ use crate::{
 pub struct Args {
     /// The daemon's admin socket [default: /run/tokendealer/admin.sock if it exists, else
     /// ./tokendealer-data/admin.sock].
-    #[arg(long, global = true, env = "TOKENDEALER_SOCKET", value_name = "PATH")]
+    /// Also from $TOKENDEALER_SOCKET (an empty value counts as unset).
+    #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
@@ -183,21 +184,44 @@ struct Output {
 }
 
 impl Output {
+    /// Prints a result; a closed pipe (`| head`) is not worth an error message.
     fn print(
         &self,
         json: impl FnOnce() -> Value,
         text: impl FnOnce(&mut dyn Write) -> io::Result<()>,
     ) {
+        let _ = self.write(json, text);
+    }
+
+    /// Prints a result that holds a secret, which exists nowhere else: failing to print it
+    /// is an error that says how to get another.
+    fn print_secret(
+        &self,
+        id: &str,
+        json: impl FnOnce() -> Value,
+        text: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<(), CliError> {
+        self.write(json, text).map_err(|e| {
+            CliError::Input(format!(
+                "the new secret of `{id}` could not be printed ({e}) and is stored nowhere; get another with `tokendealer clients rotate-secret {id} --keep-old 0`"
+            ))
+        })
+    }
+
+    fn write(
+        &self,
+        json: impl FnOnce() -> Value,
+        text: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<()> {
         // Buffered: stdout is line-buffered, and `clients list` of 100 000 clients is
         // millions of lines, each its own write(2) otherwise.
         let mut out = io::BufWriter::new(io::stdout().lock());
-        // A closed pipe (`| head`) is not worth an error message.
-        let _ = if self.json {
+        if self.json {
             writeln!(out, "{:#}", json())
         } else {
             text(&mut out)
         }
-        .and_then(|()| out.flush());
+        .and_then(|()| out.flush())
     }
 }
 
@@ -209,9 +233,16 @@ async fn execute(socket: &Path, command: Command, out: &Output) -> Result<(), Cl
     // Generated from the same definitions as the parser, so they never drift from it.
     match &command {
         Command::Completions { shell } => {
-            let mut cmd = Args::command();
-            clap_complete::generate(*shell, &mut cmd, "tokendealer", &mut io::stdout());
-            return Ok(());
+            // Into a buffer first: clap_complete panics on a failed write.
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Args::command(), "tokendealer", &mut script);
+            let mut out = io::stdout().lock();
+            return match out.write_all(&script).and_then(|()| out.flush()) {
+                Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(CliError::Input(format!(
+                    "cannot write the completion script: {e}"
+                ))),
+                _ => Ok(()),
+            };
         }
         Command::Man => {
             return match clap_mangen::Man::new(Args::command()).render(&mut io::stdout()) {
@@ -247,11 +278,20 @@ async fn execute(socket: &Path, command: Command, out: &Output) -> Result<(), Cl
                 || render::reload_json(&outcome),
                 |w| writeln!(w, "{}", render::reload_text(&outcome)),
             );
-            if let ReloadOutcome::Failed { reason, .. } = &outcome {
-                // The reason names the file (config, certificate or clients) and the line.
+            if let ReloadOutcome::Failed {
+                file, line, reason, ..
+            } = &outcome
+            {
+                let line = line.map(|l| format!(" line {l}")).unwrap_or_default();
+                // A config or certificate reason names its file itself.
+                let place = if reason.contains(file.as_str()) {
+                    String::new()
+                } else {
+                    format!("{file}{line}: ")
+                };
                 let _ = writeln!(
                     io::stderr(),
-                    "tokendealer: reload failed: {reason}; the daemon keeps serving with what it had"
+                    "tokendealer: reload failed: {place}{reason}; the daemon keeps serving with what it had"
                 );
                 return Err(CliError::Reported);
             }
@@ -344,7 +384,8 @@ async fn execute(socket: &Path, command: Command, out: &Output) -> Result<(), Cl
             let Response::ClientAdded { id, secret } = conn.request(request).await? else {
                 return Err(unexpected());
             };
-            out.print(
+            out.print_secret(
+                &id,
                 || json!({ "id": id, "secret": secret }),
                 |w| {
                     writeln!(
@@ -353,12 +394,12 @@ async fn execute(socket: &Path, command: Command, out: &Output) -> Result<(), Cl
                     )?;
                     writeln!(w, "{secret}")
                 },
-            );
+            )?;
         }
         Command::Clients(ClientsCommand::RotateSecret { id, keep_old }) => {
             let request = Request::RotateSecret {
                 id,
-                keep_old_secs: keep_old.as_secs(),
+                keep_old_secs: tokendealer_shared::duration::secs_rounded_up(keep_old),
             };
             let Response::SecretRotated {
                 id,
@@ -368,7 +409,8 @@ async fn execute(socket: &Path, command: Command, out: &Output) -> Result<(), Cl
             else {
                 return Err(unexpected());
             };
-            out.print(
+            out.print_secret(
+                &id,
                 || json!({ "id": id, "secret": secret, "old_valid_until": old_valid_until.map(render::time) }),
                 |w| {
                     writeln!(
@@ -381,7 +423,7 @@ async fn execute(socket: &Path, command: Command, out: &Output) -> Result<(), Cl
                         None => writeln!(w, "the old secret no longer works"),
                     }
                 },
-            );
+            )?;
         }
         Command::Clients(ClientsCommand::Disable { id }) => {
             let request = Request::DisableClient { id: id.clone() };

@@ -1,6 +1,9 @@
 //! The admin-socket client: connect, greet, ask.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use tokendealer_shared::{
     admin::{AdminError, ClientFrame, Hello, PROTOCOL_VERSION, Request, Response, ServerFrame},
@@ -18,6 +21,13 @@ pub const LOCAL_SOCKET: &str = "tokendealer-data/admin.sock";
 pub enum ClientError {
     #[error("no tokendealer daemon at {} (is it running?)", .0.display())]
     NotRunning(PathBuf),
+    #[error(
+        "no permission to use {}: join the group that owns it (e.g. `sudo usermod -aG tokendealer-admin $USER`, then log in again) or run as root",
+        .0.display()
+    )]
+    NoPermission(PathBuf),
+    #[error("the daemon at {} did not answer within {} s (is it stopped or overloaded?)", path.display(), .waited.as_secs())]
+    TimedOut { path: PathBuf, waited: Duration },
     #[error("cannot connect to {}: {source}", path.display())]
     Connect {
         path: PathBuf,
@@ -38,10 +48,15 @@ pub enum ClientError {
     Refused(AdminError),
 }
 
-/// The socket to use: `--socket`, else `$TOKENDEALER_SOCKET` (clap fills `explicit` from
-/// both), else the system socket if it exists, else local mode's.
+/// The socket to use: `--socket`, else `$TOKENDEALER_SOCKET` unless empty, else the system
+/// socket if it exists, else local mode's.
 pub fn discover(explicit: Option<PathBuf>) -> PathBuf {
-    explicit.unwrap_or_else(|| {
+    let from_env = || {
+        std::env::var_os("TOKENDEALER_SOCKET")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    explicit.or_else(from_env).unwrap_or_else(|| {
         if Path::new(SYSTEM_SOCKET).exists() {
             PathBuf::from(SYSTEM_SOCKET)
         } else {
@@ -50,29 +65,49 @@ pub fn discover(explicit: Option<PathBuf>) -> PathBuf {
     })
 }
 
+/// How long the daemon may take to greet: it answers at once unless it is stopped.
+const GREETING_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a read-only request may take (listing 100 000 clients takes a fraction of a
+/// second). Changes are waited for however long they take: their outcome is what matters.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A greeted connection to the daemon.
 #[derive(Debug)]
 pub struct Connection {
     stream: UnixStream,
+    path: PathBuf,
 }
 
 impl Connection {
     /// Connects and exchanges greetings.
     pub async fn open(path: &Path) -> Result<Self, ClientError> {
         let mut stream = UnixStream::connect(path).await.map_err(|source| {
-            use std::io::ErrorKind::{ConnectionRefused, NotFound};
+            use std::io::ErrorKind::{ConnectionRefused, NotFound, PermissionDenied};
             match source.kind() {
                 NotFound | ConnectionRefused => ClientError::NotRunning(path.to_owned()),
+                PermissionDenied => ClientError::NoPermission(path.to_owned()),
                 _ => ClientError::Connect {
                     path: path.to_owned(),
                     source,
                 },
             }
         })?;
-        frame::write(&mut stream, &ClientFrame::Hello(Hello::current())).await?;
-        match frame::read::<ServerFrame, _>(&mut stream).await? {
+        let timed_out = || ClientError::TimedOut {
+            path: path.to_owned(),
+            waited: GREETING_TIMEOUT,
+        };
+        let greeting = tokio::time::timeout(GREETING_TIMEOUT, async {
+            frame::write(&mut stream, &ClientFrame::Hello(Hello::current())).await?;
+            frame::read::<ServerFrame, _>(&mut stream).await
+        })
+        .await
+        .map_err(|_| timed_out())?;
+        match greeting? {
             Some(ServerFrame::Hello(hello)) if hello.protocol_version == PROTOCOL_VERSION => {
-                Ok(Self { stream })
+                Ok(Self {
+                    stream,
+                    path: path.to_owned(),
+                })
             }
             Some(ServerFrame::Hello(hello)) => Err(ClientError::Mismatch {
                 daemon: hello.protocol_version,
@@ -92,6 +127,18 @@ impl Connection {
     /// Sends one request and waits for its response. A refusal the daemon sends right after
     /// the greeting (permission denied) arrives here.
     pub async fn request(&mut self, request: Request) -> Result<Response, ClientError> {
+        if request.changes_state() {
+            return self.exchange(request).await;
+        }
+        tokio::time::timeout(READ_TIMEOUT, self.exchange(request))
+            .await
+            .map_err(|_| ClientError::TimedOut {
+                path: self.path.clone(),
+                waited: READ_TIMEOUT,
+            })?
+    }
+
+    async fn exchange(&mut self, request: Request) -> Result<Response, ClientError> {
         let sent = frame::write(&mut self.stream, &ClientFrame::Request(request)).await;
         // Too large to send: nothing went out, so no answer will come.
         if let Err(FrameError::TooLarge(n)) = sent {

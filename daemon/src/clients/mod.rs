@@ -196,7 +196,14 @@ impl ClientsStore {
                 self.reload_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, "clients file not loaded; still serving the previous clients");
                 let (line, reason) = match &e {
-                    LoadError::Invalid { source, .. } => (source.line(), source.to_string()),
+                    LoadError::Invalid { source, .. } => {
+                        // The outcome carries the line apart; the reason need not repeat it.
+                        let (line, text) = (source.line(), source.to_string());
+                        let reason = line
+                            .and_then(|l| text.strip_prefix(&format!("line {l}: ")))
+                            .map_or_else(|| text.clone(), str::to_owned);
+                        (line, reason)
+                    }
                     LoadError::Read { source, .. } if source.kind() == ErrorKind::NotFound => {
                         (None, "the file is missing".to_owned())
                     }

@@ -110,3 +110,76 @@ fn reload_of_a_broken_file_fails_and_keeps_the_old_clients() {
     assert_eq!(output.code(), Some(1), "a failed reload exits 1:\n{output}");
     daemon.access_token(&client, &[]);
 }
+
+/// `tokendealer --socket … ARGS` with its stdout on /dev/full: every write fails.
+fn admin_writing_to_a_full_disk(daemon: &Daemon, args: &[&str]) -> tokendealer_tests::Output {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"exec "$@" > /dev/full"#)
+        .arg("sh")
+        .arg(bins::tokendealer())
+        .arg("--socket")
+        .arg(daemon.admin_socket())
+        .args(args);
+    admin_command(cmd)
+}
+
+#[test]
+fn a_secret_that_cannot_be_printed_is_an_error_that_says_how_to_get_another() {
+    // The secret exists nowhere else: a tool that lost it must not say all went well.
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    for (args, id) in [
+        (&["clients", "add", "unprinted"][..], "unprinted"),
+        (
+            &["clients", "rotate-secret", client.id.as_str()][..],
+            client.id.as_str(),
+        ),
+    ] {
+        let output = admin_writing_to_a_full_disk(&daemon, args);
+        output.assert_code(1);
+        assert!(
+            output.stderr.contains("could not be printed")
+                && output.stderr.contains(&format!("rotate-secret {id}")),
+            "{output}"
+        );
+    }
+    // Other output that cannot be written is an error too, if no secret is lost by it.
+    let output = admin_writing_to_a_full_disk(&daemon, &["completions", "bash"]);
+    output.assert_code(1);
+    assert!(output.stderr.contains("cannot write"), "{output}");
+}
+
+#[test]
+fn an_empty_tokendealer_socket_counts_as_unset() {
+    // Local mode: with the variable empty, the tool finds ./tokendealer-data/admin.sock.
+    let daemon = Daemon::local_mode();
+    let mut cmd = Command::new(bins::tokendealer());
+    cmd.arg("status")
+        .current_dir(daemon.dir())
+        .env("TOKENDEALER_SOCKET", "")
+        .env("NO_COLOR", "1");
+    let output = tokendealer_tests::process::run(cmd);
+    output.assert_success();
+    assert!(
+        output.stdout.contains(&daemon.addr().to_string()),
+        "{output}"
+    );
+}
+
+#[test]
+fn the_dashboard_without_a_terminal_says_what_to_do() {
+    // setsid: no controlling terminal to fall back on, as under cron or a CI runner.
+    let daemon = Daemon::with_client(&service_client());
+    let mut cmd = Command::new("setsid");
+    cmd.arg(bins::tokendealer())
+        .arg("--socket")
+        .arg(daemon.admin_socket())
+        .stdin(std::process::Stdio::null());
+    let output = admin_command(cmd);
+    output.assert_code(1);
+    assert!(
+        output.stderr.contains("run it in a terminal") && output.stderr.lines().count() == 1,
+        "{output}"
+    );
+}

@@ -317,3 +317,35 @@ fn lists_the_clients_only_while_the_clients_screen_shows() {
         "the clients were listed after the overview came back:\n{log}"
     );
 }
+
+#[test]
+fn sigterm_gives_the_terminal_back() {
+    let daemon = Daemon::with_client(&TestClient::new("any"));
+    let tmux = dashboard(daemon.admin_socket());
+    tmux.wait_until("`connected` in the status bar", connected);
+    // The pane runs the wrapper shell; the dashboard is its child.
+    let shell = tmux.pane_format("#{pane_pid}");
+    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+        .expect("the wrapper's children");
+    let pid: i32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no dashboard process under the wrapper ({children:?})"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("sending SIGTERM to the dashboard");
+    let screen = tmux.wait_for("dashboard exited");
+    assert!(
+        screen.contains(CLEAN_EXIT),
+        "expected `{CLEAN_EXIT}`:\n{}",
+        framed(&screen)
+    );
+    assert_eq!(
+        tmux.pane_format("alternate screen #{alternate_on}, cursor shown #{cursor_flag}"),
+        "alternate screen 0, cursor shown 1",
+        "the dashboard left the terminal in the wrong state"
+    );
+}

@@ -118,6 +118,8 @@ pub enum Msg {
     Link(LinkEvent),
     /// Nothing changed but the terminal (a resize).
     Redraw,
+    /// A signal asks the program to end (SIGTERM, SIGHUP, SIGQUIT).
+    Quit,
 }
 
 /// News from the daemon link.
@@ -160,6 +162,9 @@ pub struct App {
     pub history: VecDeque<StatsTick>,
     pub long_window: bool,
     pub selected_client: usize,
+    /// The client under the cursor: it stays under it when the rows move (a refresh, a new
+    /// rate order, a client added above it).
+    selected_id: Option<String>,
     pub selected_key: usize,
     pub sort: SortKey,
     pub sort_descending: bool,
@@ -185,6 +190,7 @@ impl App {
             history: VecDeque::with_capacity(HISTORY),
             long_window: false,
             selected_client: 0,
+            selected_id: None,
             selected_key: 0,
             sort: SortKey::Id,
             sort_descending: false,
@@ -211,6 +217,17 @@ impl App {
             })
     }
 
+    /// Tokens per second of every client active in the last tick.
+    fn client_rates(&self) -> HashMap<&str, u64> {
+        self.last_tick().map_or_else(HashMap::new, |t| {
+            let ms = t.interval_ms.max(1);
+            t.clients
+                .iter()
+                .map(|c| (c.id.as_str(), c.issued * 1000 / ms))
+                .collect()
+        })
+    }
+
     /// The clients table as shown: filtered, then sorted.
     pub fn visible_clients(&self) -> Vec<&ClientInfo> {
         let needle = self.filter.to_lowercase();
@@ -226,16 +243,17 @@ impl App {
                     || c.scopes.iter().any(|s| s.to_lowercase().contains(&needle))
             })
             .collect();
-        let rates: HashMap<&str, u64> = rows
-            .iter()
-            .map(|c| (c.id.as_str(), self.client_rate(&c.id)))
-            .collect();
+        // Looked up once per client, not once per comparison (a scan of the tick each).
+        let rates = if self.sort == SortKey::Rate {
+            self.client_rates()
+        } else {
+            HashMap::new()
+        };
+        let rate = |c: &ClientInfo| rates.get(c.id.as_str()).copied().unwrap_or(0);
         rows.sort_by(|a, b| {
             let order = match self.sort {
                 SortKey::Id => a.id.cmp(&b.id),
-                SortKey::Rate => rates[a.id.as_str()]
-                    .cmp(&rates[b.id.as_str()])
-                    .then_with(|| a.id.cmp(&b.id)),
+                SortKey::Rate => rate(a).cmp(&rate(b)).then_with(|| a.id.cmp(&b.id)),
                 SortKey::Total => a.issued.cmp(&b.issued).then_with(|| a.id.cmp(&b.id)),
                 SortKey::LastIssued => a
                     .last_issued
@@ -265,6 +283,10 @@ impl App {
                 None
             }
             Msg::Redraw => None,
+            Msg::Quit => {
+                self.quit = true;
+                None
+            }
             Msg::Key(key) if key.kind == KeyEventKind::Release => None,
             Msg::Key(key) => self.key(key),
         }
@@ -277,14 +299,14 @@ impl App {
                 self.connection = Connection::Disconnected(why);
                 if matches!(self.dialog, Some(Dialog::Working(_))) {
                     self.dialog = Some(Dialog::Failed(
-                        "the daemon went away before answering".into(),
+                        "the daemon went away before answering; the change may have been made: look once it is back".into(),
                     ));
                 }
             }
             LinkEvent::Status(status) => self.status = Some(*status),
             LinkEvent::Clients(clients) => {
                 self.clients = clients;
-                self.clamp_selection();
+                self.follow_selection();
             }
             LinkEvent::Keys(keys) => {
                 self.keys = keys;
@@ -295,6 +317,9 @@ impl App {
                     self.history.pop_front();
                 }
                 self.history.push_back(tick);
+                if self.sort == SortKey::Rate && self.screen == Screen::Clients {
+                    self.follow_selection();
+                }
             }
             LinkEvent::Done(Ok(Outcome::ClientAdded { id, secret })) => {
                 self.dialog = Some(Dialog::Secret {
@@ -325,9 +350,18 @@ impl App {
         }
     }
 
-    fn clamp_selection(&mut self) {
-        let len = self.visible_clients().len();
-        self.selected_client = self.selected_client.min(len.saturating_sub(1));
+    /// Puts the cursor back on the selected client after the rows changed, or, when it is
+    /// gone (removed, filtered out), keeps the row number within the table.
+    fn follow_selection(&mut self) {
+        let rows = self.visible_clients();
+        let found = self
+            .selected_id
+            .as_deref()
+            .and_then(|id| rows.iter().position(|c| c.id == id));
+        let index = found.unwrap_or_else(|| self.selected_client.min(rows.len().saturating_sub(1)));
+        let id = rows.get(index).map(|c| c.id.clone());
+        self.selected_client = index;
+        self.selected_id = id;
     }
 
     fn key(&mut self, key: KeyEvent) -> Option<Request> {
@@ -355,7 +389,7 @@ impl App {
                 KeyCode::Char(c) => self.filter.push(c),
                 _ => {}
             }
-            self.selected_client = 0;
+            self.follow_selection();
             return None;
         }
         match key.code {
@@ -384,17 +418,23 @@ impl App {
             (Screen::Overview, KeyCode::Char('t')) => self.long_window = !self.long_window,
             (Screen::Clients, KeyCode::Up | KeyCode::Char('k')) => {
                 self.selected_client = self.selected_client.saturating_sub(1);
+                self.selected_id = self.selected_client_id();
             }
             (Screen::Clients, KeyCode::Down | KeyCode::Char('j')) => {
                 let last = self.visible_clients().len().saturating_sub(1);
                 self.selected_client = (self.selected_client + 1).min(last);
+                self.selected_id = self.selected_client_id();
             }
             (Screen::Clients, KeyCode::Char('s')) => {
                 self.sort = self.sort.next();
                 // Activity reads best busiest-first; ids alphabetically.
                 self.sort_descending = self.sort != SortKey::Id;
+                self.follow_selection();
             }
-            (Screen::Clients, KeyCode::Char('S')) => self.sort_descending = !self.sort_descending,
+            (Screen::Clients, KeyCode::Char('S')) => {
+                self.sort_descending = !self.sort_descending;
+                self.follow_selection();
+            }
             (Screen::Clients, KeyCode::Char('/')) => self.filtering = true,
             (Screen::Clients, KeyCode::Char('a')) if connected => {
                 self.dialog = Some(Dialog::AddClient {
@@ -593,7 +633,17 @@ impl App {
                 KeyCode::Enter | KeyCode::Esc => (None, None),
                 _ => (Some(Dialog::Secret { id, secret, note }), None),
             },
-            Dialog::Working(what) => (Some(Dialog::Working(what)), None),
+            // Esc stops the waiting, not the action: its answer, when it comes, is shown.
+            Dialog::Working(what) => match key.code {
+                KeyCode::Esc => {
+                    self.notice = Some(format!(
+                        "{} (still waiting for the daemon's answer)",
+                        what.trim_end_matches('…')
+                    ));
+                    (None, None)
+                }
+                _ => (Some(Dialog::Working(what)), None),
+            },
             Dialog::Failed(_) => (None, None),
         };
         self.dialog = next;
@@ -641,7 +691,7 @@ fn parse_overlap(text: &str) -> Result<u64, String> {
     match text.trim() {
         "0" => Ok(0),
         t => duration::parse(t)
-            .map(|d| d.as_secs())
+            .map(duration::secs_rounded_up)
             .map_err(|e| format!("overlap: {e} (or 0 to stop the old secret now)")),
     }
 }
@@ -683,6 +733,32 @@ mod tests {
             client("c", 1),
         ])));
         app
+    }
+
+    #[test]
+    fn the_cursor_stays_on_its_client_when_the_rows_move() {
+        let mut app = connected();
+        app.screen = Screen::Clients;
+        app.update(key(KeyCode::Char('j')));
+        assert_eq!(app.selected_client_id().as_deref(), Some("b"));
+        // Two clients registered elsewhere sort above it.
+        app.update(Msg::Link(LinkEvent::Clients(vec![
+            client("a", 9),
+            client("aa", 0),
+            client("ab", 0),
+            client("b", 5),
+            client("c", 1),
+        ])));
+        assert_eq!(app.selected_client_id().as_deref(), Some("b"));
+        app.update(key(KeyCode::Char('x')));
+        assert_eq!(app.dialog, Some(Dialog::RemoveClient { id: "b".into() }));
+        app.update(key(KeyCode::Esc));
+        // Gone: the cursor keeps its row, on whatever client is there now.
+        app.update(Msg::Link(LinkEvent::Clients(vec![
+            client("a", 9),
+            client("c", 1),
+        ])));
+        assert_eq!(app.selected_client_id().as_deref(), Some("c"));
     }
 
     #[test]

@@ -285,12 +285,16 @@ async fn route(
             }
         }
         (Pending::Action(done), response) => {
-            // After a change, show it without waiting for the next refresh.
-            if !matches!(response, Response::Error(_)) {
-                send(tx, pending, Request::ListKeys, Pending::Keys).await?;
-                if clients_shown {
-                    listing.start(tx, pending).await?;
-                }
+            // After a change, show it without waiting for the next refresh. Best effort:
+            // the answer (it may hold a secret shown nowhere else) is delivered even if the
+            // daemon went away after giving it; the reader then reports the closed link.
+            if !matches!(response, Response::Error(_))
+                && send(tx, pending, Request::ListKeys, Pending::Keys)
+                    .await
+                    .is_ok()
+                && clients_shown
+            {
+                let _ = listing.start(tx, pending).await;
             }
             Some(LinkEvent::Done(outcome(response, done)))
         }

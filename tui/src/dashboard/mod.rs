@@ -30,6 +30,7 @@ pub async fn run(socket: PathBuf) -> io::Result<()> {
     tokio::spawn(link::run(socket, events_tx.clone(), actions, clients_shown));
     // crossterm's reads block; a plain thread keeps them off the async loop. It ends with
     // the process.
+    let keys_tx = events_tx.clone();
     std::thread::spawn(move || {
         loop {
             let msg = match event::read() {
@@ -40,13 +41,35 @@ pub async fn run(socket: PathBuf) -> io::Result<()> {
                 Err(_) => return,
             };
             let msg = msg.unwrap_or(Msg::Redraw);
-            if events_tx.blocking_send(msg).is_err() {
+            if keys_tx.blocking_send(msg).is_err() {
                 return;
             }
         }
     });
 
-    let mut terminal = ratatui::init();
+    // Signals that end a terminal program (the terminal closed, `kill`) quit as `q` does,
+    // so that the terminal is given back as it was.
+    for kind in [
+        tokio::signal::unix::SignalKind::terminate(),
+        tokio::signal::unix::SignalKind::hangup(),
+        tokio::signal::unix::SignalKind::quit(),
+    ] {
+        let mut signal = tokio::signal::unix::signal(kind)?;
+        let events = events_tx.clone();
+        tokio::spawn(async move {
+            if signal.recv().await.is_some() {
+                let _ = events.send(Msg::Quit).await;
+            }
+        });
+    }
+    drop(events_tx);
+
+    let mut terminal = ratatui::try_init().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot take over the terminal ({e}); run it in a terminal, or use a subcommand such as `tokendealer status`"),
+        )
+    })?;
     let result = async {
         loop {
             terminal.draw(|frame| ui::draw(frame, &app))?;

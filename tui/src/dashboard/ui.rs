@@ -233,9 +233,17 @@ fn list(items: &[String]) -> String {
 fn draw_clients(frame: &mut Frame<'_>, app: &App, area: Rect) {
     let [table_area, hint] =
         Layout::vertical([Constraint::Min(3), Constraint::Length(1)]).areas(area);
-    let rows: Vec<Row<'_>> = app
-        .visible_clients()
-        .into_iter()
+    let clients = app.visible_clients();
+    let count = clients.len();
+    // Rows are made only for the window on screen (borders and header take three lines),
+    // scrolled as the table itself would scroll to keep the selection in view: a registry
+    // of 100 000 clients is not 100 000 rows built every second.
+    let height = usize::from(table_area.height.saturating_sub(3)).max(1);
+    let first = app.selected_client.saturating_sub(height - 1);
+    let rows: Vec<Row<'_>> = clients
+        .iter()
+        .skip(first)
+        .take(height)
         .map(|c| {
             let state = if c.disabled {
                 Cell::from("disabled").style(style(app, Color::Red))
@@ -259,7 +267,6 @@ fn draw_clients(frame: &mut Frame<'_>, app: &App, area: Rect) {
             ])
         })
         .collect();
-    let count = rows.len();
     let header = Row::new([
         "ID",
         "AUDIENCES",
@@ -298,7 +305,8 @@ fn draw_clients(frame: &mut Frame<'_>, app: &App, area: Rect) {
         .block(Block::bordered().title(title))
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
         .highlight_symbol("> ");
-    let mut state = TableState::default().with_selected((count > 0).then_some(app.selected_client));
+    let mut state =
+        TableState::default().with_selected((count > 0).then_some(app.selected_client - first));
     frame.render_stateful_widget(table, table_area, &mut state);
     frame.render_widget(
         Line::from(" a register · r rotate secret · d disable/enable · x remove · / filter · s sort · S reverse"),

@@ -349,3 +349,23 @@ fn sigterm_gives_the_terminal_back() {
         "the dashboard left the terminal in the wrong state"
     );
 }
+
+#[test]
+fn a_stopped_daemon_is_not_shown_as_connected() {
+    let daemon = Daemon::with_client(&TestClient::new("any"));
+    let tmux = dashboard(daemon.admin_socket());
+    tmux.wait_until("`connected` in the status bar", connected);
+    daemon.signal(nix::sys::signal::Signal::SIGSTOP);
+    let screen = tmux.wait_until(
+        "`disconnected — retrying (…)` in the status bar",
+        disconnected,
+    );
+    daemon.signal(nix::sys::signal::Signal::SIGCONT);
+    assert!(
+        status_bar(&screen).contains("sent nothing")
+            || status_bar(&screen).contains("did not answer"),
+        "the status bar says why:\n{}",
+        framed(&screen)
+    );
+    tmux.wait_until("`connected` again in the status bar", connected);
+}

@@ -20,6 +20,9 @@ use crate::client::Connection;
 
 /// Between connection attempts.
 const RETRY: Duration = Duration::from_secs(1);
+/// A subscribed daemon sends a stats tick every second: this long without a frame, it is
+/// stopped or stuck, and the link starts over rather than show it as connected.
+const SILENCE: Duration = Duration::from_secs(5);
 /// How often the status and the keys are re-read, and at most how often the clients are.
 const REFRESH: Duration = Duration::from_secs(2);
 /// A clients listing is repeated no sooner than this many times its own duration after it
@@ -203,8 +206,12 @@ async fn session(
     // The first tick, at once, lists the clients if they are shown; a change of screen
     // while disconnected needs nothing more.
     clients_shown.borrow_and_update();
+    let mut last_heard = Instant::now();
     loop {
         tokio::select! {
+            () = tokio::time::sleep_until(last_heard + SILENCE) => {
+                return Err(format!("the daemon sent nothing for {} s", SILENCE.as_secs()));
+            }
             _ = refresh.tick() => {
                 // Skip a round rather than pile requests up behind a slow daemon.
                 if pending.len() < 4 {
@@ -227,6 +234,7 @@ async fn session(
                 send(&mut tx, &mut pending, action, Pending::Action(done)).await?;
             }
             frame = frames.recv() => {
+                last_heard = Instant::now();
                 let frame = match frame {
                     Some(Ok(Some(frame))) => frame,
                     Some(Ok(None)) | None => return Err("the daemon closed the connection".into()),

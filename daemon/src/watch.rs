@@ -7,7 +7,7 @@
 //! becomes one reload of the whole file; reloads of a large file are spaced out (see
 //! `RELOAD_SHARE`).
 //!
-//! What inotify cannot follow is caught by a look every [`POLL`]: the file's identity and
+//! What inotify cannot follow is caught by a look every 5 s (`POLL`): the file's identity and
 //! times (through a symlink, so an edit of a target in another directory counts), and the
 //! directory's own: a directory replaced (`mv dir.new dir`) is watched again.
 

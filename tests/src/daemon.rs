@@ -417,11 +417,7 @@ impl Daemon {
                     }
                     seen.push(datagram);
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                    ) => {}
+                Err(e) if receive_again(&e) => {}
                 Err(e) => panic!("receiving on the notify socket failed: {e}"),
             }
             assert!(
@@ -570,13 +566,7 @@ impl Daemon {
                     }
                     // STATUS=, EXTEND_TIMEOUT_USEC= and the like: not what we wait for.
                 }
-                // EINTR: a signal handled in the test process interrupted the wait; the
-                // socket's receive timeout makes the kernel return it instead of restarting.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                    ) => {}
+                Err(e) if receive_again(&e) => {}
                 Err(e) => panic!("receiving on the notify socket failed: {e}"),
             }
             if let Some(status) = child.try_wait().expect("polling the daemon's status") {
@@ -738,6 +728,16 @@ impl Drop for Daemon {
             eprintln!("kept {} for inspection", self.dir().display());
         }
     }
+}
+
+/// Whether a receive on the notify socket only ran out of its slice (or was interrupted by
+/// a signal handled in the test process: with a receive timeout set, the kernel returns
+/// EINTR instead of restarting) and is to be tried again.
+fn receive_again(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+    )
 }
 
 fn parse_ready(datagram: &str) -> Ready {

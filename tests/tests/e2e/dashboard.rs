@@ -127,6 +127,27 @@ fn shown_secret(screen: &str) -> String {
     secret.to_owned()
 }
 
+/// After the dashboard exited (`screen` shows the wrapper's report): exit status 0, the tty
+/// back in canonical mode with echo, the main screen untouched, the cursor shown.
+#[track_caller]
+fn assert_terminal_given_back(tmux: &Tmux, screen: &str) {
+    assert!(
+        screen.contains(CLEAN_EXIT),
+        "expected `{CLEAN_EXIT}`:\n{}",
+        framed(screen)
+    );
+    assert!(
+        !screen.contains("q quit"),
+        "the dashboard drew on the main screen, not only the alternate one:\n{}",
+        framed(screen)
+    );
+    assert_eq!(
+        tmux.pane_format("alternate screen #{alternate_on}, cursor shown #{cursor_flag}"),
+        "alternate screen 0, cursor shown 1",
+        "the dashboard left the terminal in the wrong state"
+    );
+}
+
 /// The `kid` in a token's header.
 #[track_caller]
 fn kid_of(token: &str) -> String {
@@ -237,21 +258,7 @@ fn registers_a_client_rotates_the_keys_and_rides_out_a_daemon_restart() {
     // `q` quits and gives the terminal back as it was.
     tmux.send_keys(&["q"]);
     let screen = tmux.wait_for("dashboard exited");
-    assert!(
-        screen.contains(CLEAN_EXIT),
-        "expected `{CLEAN_EXIT}`:\n{}",
-        framed(&screen)
-    );
-    assert!(
-        !screen.contains("q quit"),
-        "the dashboard drew on the main screen, not only the alternate one:\n{}",
-        framed(&screen)
-    );
-    assert_eq!(
-        tmux.pane_format("alternate screen #{alternate_on}, cursor shown #{cursor_flag}"),
-        "alternate screen 0, cursor shown 1",
-        "the dashboard left the terminal in the wrong state"
-    );
+    assert_terminal_given_back(&tmux, &screen);
     // CLEAN_EXIT already carries the dashboard's exit status, printed by the wrapper; tmux's
     // own record of the wrapper's status is not reliable enough to wait on.
 }
@@ -338,16 +345,7 @@ fn sigterm_gives_the_terminal_back() {
     )
     .expect("sending SIGTERM to the dashboard");
     let screen = tmux.wait_for("dashboard exited");
-    assert!(
-        screen.contains(CLEAN_EXIT),
-        "expected `{CLEAN_EXIT}`:\n{}",
-        framed(&screen)
-    );
-    assert_eq!(
-        tmux.pane_format("alternate screen #{alternate_on}, cursor shown #{cursor_flag}"),
-        "alternate screen 0, cursor shown 1",
-        "the dashboard left the terminal in the wrong state"
-    );
+    assert_terminal_given_back(&tmux, &screen);
 }
 
 #[test]

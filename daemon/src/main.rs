@@ -202,7 +202,7 @@ fn serve(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return unshown(fail(1, format!("cannot start the async runtime: {e}"))),
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let signals = match tokendealer_daemon::Signals::install() {
             Ok(signals) => signals,
             Err(e) => return unshown(fail(1, format!("cannot install signal handlers: {e}"))),
@@ -226,5 +226,9 @@ fn serve(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(1, e),
         }
-    })
+    });
+    // Dropping the runtime would wait for every blocking task, and a reload stuck on a hung
+    // file system would keep a stopped daemon from exiting. Whatever is left gets a moment.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
 }

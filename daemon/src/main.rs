@@ -207,6 +207,7 @@ fn serve(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> ExitCode {
             Ok(signals) => signals,
             Err(e) => return unshown(fail(1, format!("cannot install signal handlers: {e}"))),
         };
+        tokendealer_daemon::systemd::starting();
         let loaded = match tokendealer_daemon::load(config.clone()).await {
             Ok(loaded) => loaded,
             Err(e) if e.is_config() => return unshown(fail(EX_CONFIG, e)),

@@ -31,6 +31,14 @@ pub fn ready(state: &State) {
     ]);
 }
 
+/// A STATUS= line while starting, sent once the signal handlers are in: key generation and
+/// a large clients file can take seconds, and `systemctl status` then says what is going on.
+pub fn starting() {
+    send(&[NotifyState::Custom(
+        "STATUS=starting: loading the signing keys and the clients file",
+    )]);
+}
+
 /// RELOADING=1 with MONOTONIC_USEC=, which systemd 253+ requires beside it.
 pub fn reloading() {
     match NotifyState::monotonic_usec_now() {

@@ -29,7 +29,6 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long [`Daemon::wait_for_log`] waits for a log line.
 pub const LOG_TIMEOUT: Duration = Duration::from_secs(30);
-const LOG_POLL: Duration = Duration::from_millis(20);
 
 /// How long the daemon may take to exit after SIGTERM.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -277,7 +276,8 @@ impl Daemon {
     }
 
     /// Starts the daemon and waits for `READY=1` as [`Daemon::start`] does, running
-    /// `during_startup` with its pid as soon as it is spawned.
+    /// `during_startup` with its pid when it reports that it is starting (a `STATUS=`
+    /// datagram before `READY=1`, sent once its signal handlers are in).
     #[track_caller]
     pub fn start_with(&mut self, during_startup: impl FnOnce(u32)) {
         match self.launch(during_startup) {
@@ -467,24 +467,14 @@ impl Daemon {
             .unwrap_or_default()
     }
 
-    /// Reads the current run's log until `done` accepts it and returns it; after
-    /// [`LOG_TIMEOUT`] fails the test with `what` (what the test waited for) and the log.
+    /// Reads the current run's log until `done` accepts it and returns it, looking again
+    /// whenever the log grows; after [`LOG_TIMEOUT`] fails the test with `what` (what the
+    /// test waited for) and the log.
     #[track_caller]
     pub fn wait_for_log(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + LOG_TIMEOUT;
-        loop {
-            let log = self.stderr();
-            if done(&log) {
-                return log;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon did not log {what} within {LOG_TIMEOUT:?}:\n{}",
-                self.diagnostics()
-            );
-            // A file has nothing to wait on; re-read it a little later.
-            std::thread::sleep(LOG_POLL);
-        }
+        let what = format!("the daemon logging {what}");
+        crate::files::wait_in(self.dir(), &what, LOG_TIMEOUT, || done(&self.stderr()));
+        self.stderr()
     }
 
     /// The command, stdout and stderr of the current (or last) run.
@@ -506,7 +496,7 @@ impl Daemon {
         text
     }
 
-    fn launch(&mut self, just_spawned: impl FnOnce(u32)) -> Launch {
+    fn launch(&mut self, starting: impl FnOnce(u32)) -> Launch {
         assert!(self.child.is_none(), "the daemon is already running");
         self.runs += 1;
         self.notify = None;
@@ -552,7 +542,7 @@ impl Daemon {
             .spawn()
             .unwrap_or_else(|e| panic!("could not start {}: {e}", self.log.command));
         let child = self.child.insert(child);
-        just_spawned(child.id());
+        let mut starting = Some(starting);
 
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut buf = vec![0u8; 64 * 1024];
@@ -563,6 +553,13 @@ impl Daemon {
                     if datagram.lines().any(|line| line == "READY=1") {
                         self.notify = Some(notify);
                         return Launch::Ready(parse_ready(&datagram));
+                    }
+                    if datagram
+                        .lines()
+                        .any(|line| line.starts_with("STATUS=starting"))
+                        && let Some(starting) = starting.take()
+                    {
+                        starting(child.id());
                     }
                     // STATUS=, EXTEND_TIMEOUT_USEC= and the like: not what we wait for.
                 }

@@ -8,7 +8,11 @@ use std::{
     os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _, symlink},
     path::{Path, PathBuf},
     process::Command,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
 };
 
 use tempfile::TempDir;
@@ -19,6 +23,32 @@ use crate::{Daemon, TestClient, clients::toml_string};
 pub const DAEMON_TEMP_MARKER: &str = ".tokendealer-tmp.";
 
 static EDIT_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Waits until `done` holds, looking again each time something in `dir` changes (inotify:
+/// a file created, written, renamed), not at intervals; after `timeout` fails the test with
+/// `what` (what it waited for).
+#[track_caller]
+pub fn wait_in(dir: &Path, what: &str, timeout: Duration, done: impl Fn() -> bool) {
+    use notify::{RecursiveMode, Watcher as _};
+    let (tx, changes) = mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |_| {
+        let _ = tx.send(());
+    })
+    .unwrap_or_else(|e| panic!("watching {} failed: {e}", dir.display()));
+    watcher
+        .watch(dir, RecursiveMode::NonRecursive)
+        .unwrap_or_else(|e| panic!("watching {} failed: {e}", dir.display()));
+    // Checked after the watch is in place, so no change between the two is missed.
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero() && changes.recv_timeout(left).is_ok(),
+            "{what} did not happen within {timeout:?} (in {})",
+            dir.display()
+        );
+    }
+}
 
 /// The text of a clients file holding these clients.
 pub fn clients_text<'a>(clients: impl IntoIterator<Item = &'a TestClient>) -> String {

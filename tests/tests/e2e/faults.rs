@@ -1321,14 +1321,12 @@ fn a_change_in_progress_when_the_daemon_stops_is_answered() {
     );
     let pending = faults::spawn_admin(&daemon, &["clients", "add", "mid-stop", "--json"]);
     // The staged file is there from its write until its rename: the change is under way.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !staged_clients_file(&daemon) {
-        assert!(
-            Instant::now() < deadline,
-            "the add never staged a clients file"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
+    files::wait_in(
+        daemon.dir(),
+        "a staged clients file",
+        Duration::from_secs(30),
+        || staged_clients_file(&daemon),
+    );
     daemon.signal(Signal::SIGTERM);
     let (output, _) = pending.finish();
     output.assert_success();
@@ -1349,6 +1347,6 @@ fn staged_clients_file(daemon: &Daemon) -> bool {
         .any(|entry| {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            name.starts_with(".clients.toml") && name != ".clients.toml"
+            name.starts_with(".clients.toml") && name.contains(files::DAEMON_TEMP_MARKER)
         })
 }

@@ -160,7 +160,14 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, stop: Cancellation
         });
     }
     tracker.close();
-    tracker.wait().await;
+    // A change being written is answered before its connection ends; but a reload stuck on
+    // a hung file system, or a peer that stopped reading, must not hold the stop forever.
+    if tokio::time::timeout(crate::http::DRAIN_DEADLINE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("admin connections still busy at the drain deadline; closing them");
+    }
 }
 
 /// The peer's uid, and whether it may administer; `None` when it cannot be told.
@@ -187,6 +194,9 @@ fn peer(stream: &UnixStream, socket_file: Option<&Path>, state: &State) -> Optio
 /// other users have no access. Then the kernel checked every peer against all of its
 /// groups when it connected, supplementary ones included (`usermod -aG`), which
 /// SO_PEERCRED cannot tell: it carries the primary gid only.
+///
+/// Not with a POSIX ACL on the file: its group bits are then the ACL's mask, and a named
+/// user entry could let in someone in none of the groups.
 fn connecting_takes_membership(path: &Path, gids: &[u32]) -> bool {
     !gids.is_empty()
         && fs::metadata(path).is_ok_and(|file| {
@@ -195,6 +205,16 @@ fn connecting_takes_membership(path: &Path, gids: &[u32]) -> bool {
                 && file.mode() & 0o060 == 0o060
                 && file.mode() & 0o007 == 0
         })
+        && !has_acl(path)
+}
+
+/// Whether the file carries an access ACL. An error other than "no ACL" or "no ACL support
+/// here" counts as yes: the file then vouches for nobody.
+fn has_acl(path: &Path) -> bool {
+    match rustix::fs::getxattr(path, "system.posix_acl_access", &mut [0u8; 0]) {
+        Ok(_) => true,
+        Err(e) => !matches!(e, rustix::io::Errno::NODATA | rustix::io::Errno::NOTSUP),
+    }
 }
 
 /// One admin connection. `stop` ends it between requests only: a request being handled
@@ -381,11 +401,7 @@ async fn handle(state: &Arc<State>, request: Request, uid: u32) -> Response {
         }
         Request::Reload => {
             tracing::info!(uid, "admin: reload");
-            crate::systemd::reloading();
-            let reloading = state.clone();
-            let outcome = tokio::task::spawn_blocking(move || reloading.reload()).await;
-            crate::systemd::ready(state);
-            match outcome {
+            match state.reload_announced().await {
                 Ok(outcome) => Response::Reloaded(outcome),
                 Err(e) => Response::Error(AdminError::Internal(e.to_string())),
             }

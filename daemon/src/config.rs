@@ -103,6 +103,13 @@ pub struct Config {
     pub metrics_by_client: bool,
 }
 
+/// Whether `admin_groups` names are looked up (NSS) while a config is read.
+#[derive(Debug, Clone, Copy)]
+enum Groups {
+    Resolve,
+    Skip,
+}
+
 /// Where the HTTP listener's certificate chain and private key are (PEM files).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -130,15 +137,30 @@ pub enum ConfigError {
 impl Config {
     /// Reads and validates a config file. Relative paths in it are relative to its directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::read(path, Groups::Resolve)
+    }
+
+    /// [`Config::load`] for a reload, which applies only the key and TLS settings: the
+    /// `admin_groups` names are not looked up (NSS may be briefly unreachable, and the
+    /// admin groups in force are the ones resolved at start).
+    pub fn load_for_reload(path: &Path) -> Result<Self, ConfigError> {
+        Self::read(path, Groups::Skip)
+    }
+
+    fn read(path: &Path, groups: Groups) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, Some(path))
+        Self::parse_with(&text, Some(path), groups)
     }
 
     /// Validates config text; `path` names it in errors and anchors relative paths.
     pub fn parse(text: &str, path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::parse_with(text, path, Groups::Resolve)
+    }
+
+    fn parse_with(text: &str, path: Option<&Path>, groups: Groups) -> Result<Self, ConfigError> {
         let shown = path.map_or_else(|| PathBuf::from("<config>"), Path::to_owned);
         let invalid =
             |span: Option<std::ops::Range<usize>>, message: String| ConfigError::Invalid {
@@ -239,7 +261,11 @@ impl Config {
             .transpose()?;
 
         let mut admin_gids = raw.admin_gids;
-        for name in &raw.admin_groups {
+        let names = match groups {
+            Groups::Resolve => raw.admin_groups.as_slice(),
+            Groups::Skip => &[],
+        };
+        for name in names {
             match nix::unistd::Group::from_name(name.get_ref()) {
                 Ok(Some(group)) => admin_gids.push(group.gid.as_raw()),
                 Ok(None) => {
@@ -267,6 +293,7 @@ impl Config {
                 let text = v.get_ref();
                 text.parse::<ipnet::IpNet>()
                     .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map(canonical_net)
                     .map_err(|_| {
                         invalid(
                             Some(v.span()),
@@ -340,6 +367,19 @@ impl Config {
     }
 }
 
+/// `::ffff:a.b.c.d/n` (n ≥ 96) is the IPv4 network `a.b.c.d/(n − 96)`: peers of a
+/// dual-stack listener are compared as IPv4 addresses, so the mapped form would match none.
+fn canonical_net(net: ipnet::IpNet) -> ipnet::IpNet {
+    match net {
+        ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => v6
+            .addr()
+            .to_ipv4_mapped()
+            .and_then(|v4| ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).ok())
+            .map_or(net, ipnet::IpNet::V4),
+        _ => net,
+    }
+}
+
 /// RFC 8414 §2: an `http(s)` URL with no query or fragment.
 fn check_issuer(issuer: &str) -> Result<(), String> {
     let rest = issuer
@@ -366,6 +406,24 @@ fn line_of(text: &str, offset: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mapped_ipv4_proxies_are_ipv4_networks() {
+        let c = Config::parse(
+            "trusted_proxies = [\"::ffff:10.0.0.5\", \"::ffff:10.1.0.0/112\", \"2001:db8::/32\"]\n",
+            None,
+        )
+        .unwrap();
+        let nets: Vec<String> = c.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(nets, ["10.0.0.5/32", "10.1.0.0/16", "2001:db8::/32"]);
+    }
+
+    #[test]
+    fn a_reload_does_not_look_up_admin_groups() {
+        let text = "admin_groups = [\"no-such-group-here\"]\n";
+        assert!(Config::parse(text, None).is_err());
+        assert!(Config::parse_with(text, None, Groups::Skip).is_ok());
+    }
 
     #[test]
     fn empty_config_is_all_defaults() {

@@ -247,6 +247,9 @@ pub struct State {
     pub tls: Option<http::tls::Tls>,
     pub conns: http::conn::ConnStats,
     pub started: Instant,
+    /// Reloads running now (SIGHUP and `tokendealer reload` may overlap): systemd hears
+    /// RELOADING=1 when the first starts and READY=1 when the last ends.
+    reloads_running: std::sync::atomic::AtomicUsize,
     metadata: Bytes,
 }
 
@@ -265,12 +268,42 @@ impl State {
         note_longest_ttl(&self.keys, &self.clients, self.token_ttl);
     }
 
+    /// [`State::reload`] on the blocking pool, announced to systemd (RELOADING=1 … READY=1,
+    /// once for overlapping reloads). SIGHUP and `tokendealer reload` both come here.
+    pub async fn reload_announced(
+        self: &Arc<Self>,
+    ) -> Result<ReloadOutcome, tokio::task::JoinError> {
+        struct Running<'s>(&'s Arc<State>);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                if self
+                    .0
+                    .reloads_running
+                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+                    == 1
+                {
+                    systemd::ready(self.0);
+                }
+            }
+        }
+        if self
+            .reloads_running
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            == 0
+        {
+            systemd::reloading();
+        }
+        let _running = Running(self);
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || state.reload()).await
+    }
+
     /// SIGHUP and `tokendealer reload`: the config's key settings (a new `algorithm` gets
     /// its next key now and signs after the next rotation), then the clients file. Other
     /// config changes need a restart. Blocking.
     pub fn reload(&self) -> ReloadOutcome {
         if let Some(path) = &self.config.path {
-            match Config::load(path) {
+            match Config::load_for_reload(path) {
                 Ok(config) => {
                     if let Err(e) = self.keys.reconfigure(key_settings(&config)) {
                         tracing::error!(error = %e, "the new key settings could not be applied");
@@ -366,6 +399,7 @@ pub async fn run(loaded: Loaded, listeners: Listeners, mut signals: Signals) -> 
         tls,
         conns: http::conn::ConnStats::default(),
         started: Instant::now(),
+        reloads_running: std::sync::atomic::AtomicUsize::new(0),
         config,
     });
 
@@ -420,9 +454,8 @@ pub async fn run(loaded: Loaded, listeners: Listeners, mut signals: Signals) -> 
     // arrive during a reload make one more after it.
     let start_reload = |state: &Arc<State>| {
         tracing::info!("SIGHUP: reloading the config's key and TLS settings and the clients file");
-        systemd::reloading();
-        let reloading = state.clone();
-        tokio::task::spawn_blocking(move || drop(reloading.reload()))
+        let state = state.clone();
+        tokio::spawn(async move { drop(state.reload_announced().await) })
     };
     let mut reload: Option<tokio::task::JoinHandle<()>> = None;
     let mut reload_again = false;
@@ -435,7 +468,6 @@ pub async fn run(loaded: Loaded, listeners: Listeners, mut signals: Signals) -> 
             },
             _ = async { reload.as_mut().expect("guarded").await }, if reload.is_some() => {
                 reload = None;
-                systemd::ready(&state);
                 if std::mem::take(&mut reload_again) {
                     reload = Some(start_reload(&state));
                 }

@@ -27,7 +27,10 @@
 use std::{
     net::{IpAddr, Ipv6Addr},
     num::NonZeroU32,
-    sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    sync::atomic::{
+        AtomicBool, AtomicU64,
+        Ordering::{Relaxed, SeqCst},
+    },
     time::{Duration, Instant},
 };
 
@@ -167,7 +170,7 @@ impl Throttle {
         if let Some(wait) = by_address {
             let wait = wait.max(Duration::from_secs(1));
             self.blocked.insert(address, Instant::now() + wait);
-            self.any_blocked.store(true, Relaxed);
+            self.any_blocked.store(true, SeqCst);
             return Err(Throttled { retry_after: wait });
         }
         if let Some(not_until) = guarded {
@@ -191,11 +194,12 @@ impl Throttle {
         self.blocked.retain(|_, until| *until > now);
         // Cleared only when nothing is left, and the map looked at again after clearing:
         // an address blocked meanwhile sets the flag itself after inserting, so whichever
-        // order the two run in, the flag ends up set while the map holds a block.
+        // order the two run in, the flag ends up set while the map holds a block. SeqCst
+        // on the stores: one total order for the two writers, on any CPU.
         if self.blocked.is_empty() {
-            self.any_blocked.store(false, Relaxed);
+            self.any_blocked.store(false, SeqCst);
             if !self.blocked.is_empty() {
-                self.any_blocked.store(true, Relaxed);
+                self.any_blocked.store(true, SeqCst);
             }
         }
     }

@@ -48,6 +48,11 @@ const MAX_PAUSE: Duration = Duration::from_millis(400);
 /// How often the file and its directory are looked at for what inotify missed.
 const POLL: Duration = Duration::from_secs(5);
 
+/// While the watched directory is missing after it went, how often, and for how long, its
+/// successor is looked for before falling back to [`POLL`].
+const REWATCH_SOON: Duration = Duration::from_millis(100);
+const REWATCH_SOON_FOR: Duration = Duration::from_secs(10);
+
 /// What tells one version of a file (or directory) from another without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
@@ -107,13 +112,23 @@ pub fn start(
     // Capacity one: a pending reload already covers every event that arrives before it runs.
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let polled = tx.clone();
-    let mut debouncer =
-        new_debouncer(
-            DEBOUNCE,
-            None,
-            move |result: DebounceEventResult| match result {
+    // The directory itself removed or moved: its watch is gone with it, and a new directory
+    // in its place (even one given the same inode number) must be watched afresh.
+    let (gone_tx, mut gone) = mpsc::channel::<()>(1);
+    // A new directory gets a new watcher, not the old one watching again: the old one's
+    // bookkeeping of the removed watch can outlive the new watch of the same path.
+    let watched_dir = dir.clone();
+    let watch_dir = move || -> notify::Result<_> {
+        let (tx, gone_tx, watched) = (tx.clone(), gone_tx.clone(), watched_dir.clone());
+        let name = name.clone();
+        let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
+            match result {
                 Ok(events) => {
                     if events.iter().any(|e| relevant(e, &name)) {
+                        let _ = tx.try_send(());
+                    }
+                    if events.iter().any(|e| dir_gone(e, &watched)) {
+                        let _ = gone_tx.try_send(());
                         let _ = tx.try_send(());
                     }
                 }
@@ -124,39 +139,65 @@ pub fn start(
                     // After an error (e.g. an inotify queue overflow) events may have been lost.
                     let _ = tx.try_send(());
                 }
-            },
-        )?;
-    debouncer.watch(&dir, RecursiveMode::NonRecursive)?;
+            }
+        })?;
+        debouncer.watch(&watched_dir, RecursiveMode::NonRecursive)?;
+        Ok(debouncer)
+    };
+    let mut watching = watch_dir()?;
     tracing::debug!(dir = %dir.display(), file = %path.display(), "watching");
 
     let reload = Arc::new(reload);
     let path = path.to_owned();
-    // Dropping the returned `Watch` stops the task, and with it the debouncer it owns.
+    // Dropping the returned `Watch` stops the task, and with it the watcher it owns.
     let stop = stop.child_token();
     let guard = stop.clone().drop_guard();
     tokio::spawn(async move {
         let mut next = tokio::time::Instant::now();
         let mut file_seen = Stamp::of(&path);
         let mut dir_seen = Stamp::of(&dir);
+        let mut rewatch = false;
+        // After the directory went, look for its successor often for a while: a `mv` or a
+        // `mkdir` puts it back within moments, and edits in it should not wait for POLL.
+        let mut soon_until = tokio::time::Instant::now();
         let mut poll = tokio::time::interval(POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
+                _ = gone.recv() => {
+                    rewatch = true;
+                    soon_until = tokio::time::Instant::now() + REWATCH_SOON_FOR;
+                    poll.reset_immediately();
+                }
                 _ = poll.tick() => {
-                    let dir_now = Stamp::of(&dir);
-                    if !Stamp::same_inode(dir_now, dir_seen) {
+                    // On the blocking pool: a hung file system must not stall a worker.
+                    let (d, p) = (dir.clone(), path.clone());
+                    let Ok((dir_now, file_now)) =
+                        tokio::task::spawn_blocking(move || (Stamp::of(&d), Stamp::of(&p))).await
+                    else {
+                        continue;
+                    };
+                    if rewatch || !Stamp::same_inode(dir_now, dir_seen) {
                         // The watch followed the old directory's inode away (or it went).
-                        let _ = debouncer.unwatch(&dir);
-                        match debouncer.watch(&dir, RecursiveMode::NonRecursive) {
-                            Ok(()) => {
+                        match watch_dir() {
+                            Ok(new) => {
                                 tracing::info!(dir = %dir.display(), "directory replaced; watching the new one");
+                                drop(std::mem::replace(&mut watching, new));
                                 dir_seen = dir_now;
+                                rewatch = false;
+                                // Whatever was saved before the new watch was in place.
+                                let _ = polled.try_send(());
                             }
-                            Err(e) => tracing::debug!(dir = %dir.display(), error = %e, "cannot watch the directory yet"),
+                            Err(e) => {
+                                tracing::debug!(dir = %dir.display(), error = %e, "cannot watch the directory yet");
+                                if tokio::time::Instant::now() < soon_until {
+                                    poll.reset_after(REWATCH_SOON);
+                                }
+                            }
                         }
                     }
-                    if Stamp::of(&path) != file_seen {
+                    if file_now != file_seen {
                         let _ = polled.try_send(());
                     }
                 }
@@ -170,17 +211,33 @@ pub fn start(
                     // An event queued during the pause is covered by the reload about to
                     // read the file; one arriving from here on is kept for the next.
                     let _ = rx.try_recv();
-                    // Taken before the read, so a save during it is seen by the next look.
-                    file_seen = Stamp::of(&path);
                     let started = tokio::time::Instant::now();
-                    let reload = reload.clone();
-                    let _ = tokio::task::spawn_blocking(move || reload()).await;
+                    let (reload, p) = (reload.clone(), path.clone());
+                    // The stamp is taken before the read, so a save during it is seen by the
+                    // next look.
+                    if let Ok(stamp) = tokio::task::spawn_blocking(move || {
+                        let stamp = Stamp::of(&p);
+                        reload();
+                        stamp
+                    })
+                    .await
+                    {
+                        file_seen = stamp;
+                    }
                     next = started + pause_after(started.elapsed());
                 }
             }
         }
     });
     Ok(Watch { _stop: guard })
+}
+
+/// Whether an event says the watched directory itself was removed or moved away.
+fn dir_gone(event: &DebouncedEvent, dir: &Path) -> bool {
+    matches!(
+        event.kind,
+        EventKind::Remove(_) | EventKind::Modify(notify::event::ModifyKind::Name(_))
+    ) && event.paths.iter().any(|p| p == dir)
 }
 
 /// Whether an event may have changed what the clients file's path resolves to.

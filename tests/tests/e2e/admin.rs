@@ -788,15 +788,7 @@ fn open_socket_to_everyone(daemon: &Daemon) {
 
 /// `tokendealer --socket … ARGS` run as uid and gid [`NOBODY`] with no supplementary groups.
 fn admin_as_nobody(socket: &Path, args: &[&str]) -> Output {
-    let mut cmd = Command::new("setpriv");
-    cmd.arg(format!("--reuid={NOBODY}"))
-        .arg(format!("--regid={NOBODY}"))
-        .arg("--clear-groups")
-        .arg(bins::tokendealer())
-        .arg("--socket")
-        .arg(socket)
-        .args(args);
-    admin_command(cmd)
+    admin_as_nobody_in(socket, &[], args)
 }
 
 #[test]
@@ -862,13 +854,17 @@ fn admin_groups_names_a_group_whose_members_are_let_in() {
 const ADMIN_GROUP: u32 = 4242;
 
 /// `tokendealer --socket … ARGS` as uid and primary gid [`NOBODY`], with `groups` as its
-/// supplementary groups (as `usermod -aG` gives them).
+/// supplementary groups (as `usermod -aG` gives them; none when empty).
 fn admin_as_nobody_in(socket: &Path, groups: &[u32], args: &[&str]) -> Output {
     let groups: Vec<String> = groups.iter().map(u32::to_string).collect();
     let mut cmd = Command::new("setpriv");
     cmd.arg(format!("--reuid={NOBODY}"))
         .arg(format!("--regid={NOBODY}"))
-        .arg(format!("--groups={}", groups.join(",")))
+        .arg(if groups.is_empty() {
+            "--clear-groups".to_owned()
+        } else {
+            format!("--groups={}", groups.join(","))
+        })
         .arg(bins::tokendealer())
         .arg("--socket")
         .arg(socket)
@@ -908,6 +904,27 @@ fn a_supplementary_member_of_an_admin_group_is_let_in_through_its_socket_file() 
     fs::set_permissions(daemon.admin_socket(), fs::Permissions::from_mode(0o666))
         .expect("opening the admin socket to everyone");
     let output = admin_as_nobody_in(daemon.admin_socket(), &[ADMIN_GROUP], &["status"]);
+    assert_fails_with(&output, &["permission denied", &NOBODY.to_string()]);
+}
+
+#[test]
+fn a_socket_file_with_an_acl_vouches_for_nobody() {
+    // With an ACL the group bits are its mask: a named user entry can open the file to
+    // someone in no admin group.
+    let daemon = Daemon::builder()
+        .client(&service_client())
+        .config(&format!("admin_gids = [{ADMIN_GROUP}]"))
+        .start();
+    socket_file_for_group(&daemon, ADMIN_GROUP, 0o660);
+    let output = tokendealer_tests::process::run({
+        let mut cmd = Command::new("setfacl");
+        cmd.arg("-m")
+            .arg(format!("u:{NOBODY}:rw"))
+            .arg(daemon.admin_socket());
+        cmd
+    });
+    output.assert_success();
+    let output = admin_as_nobody(daemon.admin_socket(), &["status"]);
     assert_fails_with(&output, &["permission denied", &NOBODY.to_string()]);
 }
 

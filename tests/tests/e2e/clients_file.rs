@@ -370,6 +370,30 @@ fn a_replaced_directory_is_followed() {
 }
 
 #[test]
+fn a_directory_deleted_and_made_again_is_followed() {
+    // `rm -rf etc; mkdir etc`: the new directory may even get the old one's inode number;
+    // the watch went with the old one and must be set on the new.
+    let edit = Edit::new();
+    let mut daemon = builder().write();
+    let path = clients_in_subdirectory(&daemon, "etc", &edit.before());
+    files::use_clients_file(&daemon, &path);
+    daemon.start();
+    assert_works(&daemon, &edit.leaving);
+    fs::remove_dir_all(path.parent().expect("a directory")).expect("removing etc");
+    let path = clients_in_subdirectory(&daemon, "etc", &edit.after());
+    let saved = Instant::now();
+    await_status(&daemon, &edit.arriving, 200, saved + POLLED_WITHIN);
+    await_status(&daemon, &edit.leaving, 401, saved + POLLED_WITHIN);
+
+    let later = TestClient::new("later");
+    files::write_by_rename(
+        &path,
+        files::clients_text([&edit.stable, &edit.arriving, &later]).as_bytes(),
+    );
+    works_within(&daemon, &later, Instant::now());
+}
+
+#[test]
 fn an_edit_of_a_symlink_target_elsewhere_is_followed() {
     // clients.toml links to a file in another directory (kept in a git checkout, say); an
     // edit there changes no entry of the watched directory.

@@ -1325,7 +1325,7 @@ fn a_change_in_progress_when_the_daemon_stops_is_answered() {
         daemon.dir(),
         "a staged clients file",
         Duration::from_secs(30),
-        || staged_clients_file(&daemon),
+        || !files::daemon_temp_files(daemon.dir()).is_empty(),
     );
     daemon.signal(Signal::SIGTERM);
     let (output, _) = pending.finish();
@@ -1337,16 +1337,4 @@ fn a_change_in_progress_when_the_daemon_stops_is_answered() {
 
     daemon.start();
     daemon.access_token(&TestClient::new("mid-stop").secret(&secret), &[]);
-}
-
-/// Whether a staged (temporary) clients file is in the daemon's directory.
-fn staged_clients_file(daemon: &Daemon) -> bool {
-    fs::read_dir(daemon.dir())
-        .expect("listing the daemon's directory")
-        .filter_map(Result::ok)
-        .any(|entry| {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with(".clients.toml") && name.contains(files::DAEMON_TEMP_MARKER)
-        })
 }

@@ -174,6 +174,9 @@ pub struct App {
     pub help: bool,
     /// A one-line notice in the status bar (the last action's result).
     pub notice: Option<String>,
+    /// An action was sent and its answer has not come: no other is started meanwhile (its
+    /// answer could replace a secret on screen before it is read).
+    awaiting: bool,
     pub quit: bool,
     pub color: bool,
 }
@@ -199,6 +202,7 @@ impl App {
             dialog: None,
             help: false,
             notice: None,
+            awaiting: false,
             quit: false,
             color,
         }
@@ -288,7 +292,11 @@ impl App {
                 None
             }
             Msg::Key(key) if key.kind == KeyEventKind::Release => None,
-            Msg::Key(key) => self.key(key),
+            Msg::Key(key) => {
+                let request = self.key(key);
+                self.awaiting |= request.is_some();
+                request
+            }
         }
     }
 
@@ -297,7 +305,7 @@ impl App {
             LinkEvent::Connected => self.connection = Connection::Connected,
             LinkEvent::Disconnected(why) => {
                 self.connection = Connection::Disconnected(why);
-                if matches!(self.dialog, Some(Dialog::Working(_))) {
+                if std::mem::take(&mut self.awaiting) {
                     self.dialog = Some(Dialog::Failed(
                         "the daemon went away before answering; the change may have been made: look once it is back".into(),
                     ));
@@ -321,18 +329,28 @@ impl App {
                     self.follow_selection();
                 }
             }
-            LinkEvent::Done(Ok(Outcome::ClientAdded { id, secret })) => {
+            LinkEvent::Done(outcome) => {
+                self.awaiting = false;
+                self.done(outcome);
+            }
+        }
+    }
+
+    /// Shows the answer to the action that was sent.
+    fn done(&mut self, outcome: Result<Outcome, String>) {
+        match outcome {
+            Ok(Outcome::ClientAdded { id, secret }) => {
                 self.dialog = Some(Dialog::Secret {
                     note: format!("Client `{id}` is registered."),
                     id,
                     secret,
                 });
             }
-            LinkEvent::Done(Ok(Outcome::SecretRotated {
+            Ok(Outcome::SecretRotated {
                 id,
                 secret,
                 old_until,
-            })) => {
+            }) => {
                 let note = match old_until {
                     Some(t) => format!(
                         "The old secret of `{id}` keeps working until {}.",
@@ -342,11 +360,14 @@ impl App {
                 };
                 self.dialog = Some(Dialog::Secret { id, secret, note });
             }
-            LinkEvent::Done(Ok(Outcome::Message(message))) => {
-                self.dialog = None;
+            Ok(Outcome::Message(message)) => {
+                // Closes the waiting dialog, not one opened after Esc left it.
+                if matches!(self.dialog, Some(Dialog::Working(_))) {
+                    self.dialog = None;
+                }
                 self.notice = Some(message);
             }
-            LinkEvent::Done(Err(reason)) => self.dialog = Some(Dialog::Failed(reason)),
+            Err(reason) => self.dialog = Some(Dialog::Failed(reason)),
         }
     }
 
@@ -414,6 +435,15 @@ impl App {
 
     fn screen_key(&mut self, key: KeyEvent) -> Option<Request> {
         let connected = self.connection == Connection::Connected;
+        if self.awaiting
+            && matches!(
+                key.code,
+                KeyCode::Char('a' | 'r' | 'd' | 'x') | KeyCode::Delete
+            )
+        {
+            self.notice = Some("still waiting for the daemon's answer to the last action".into());
+            return None;
+        }
         match (self.screen, key.code) {
             (Screen::Overview, KeyCode::Char('t')) => self.long_window = !self.long_window,
             (Screen::Clients, KeyCode::Up | KeyCode::Char('k')) => {
@@ -898,7 +928,10 @@ mod tests {
     #[test]
     fn losing_the_daemon_mid_action_says_so() {
         let mut app = connected();
-        app.dialog = Some(Dialog::Working("x".into()));
+        app.screen = Screen::Keys;
+        app.update(key(KeyCode::Char('r')));
+        assert!(app.update(key(KeyCode::Char('y'))).is_some());
+        assert!(matches!(app.dialog, Some(Dialog::Working(_))));
         app.update(Msg::Link(LinkEvent::Disconnected("refused".into())));
         assert_eq!(app.connection, Connection::Disconnected("refused".into()));
         assert!(matches!(app.dialog, Some(Dialog::Failed(_))));
@@ -906,6 +939,36 @@ mod tests {
         app.dialog = None;
         app.update(key(KeyCode::Char('a')));
         assert!(app.dialog.is_none(), "no actions while disconnected");
+    }
+
+    #[test]
+    fn no_second_action_while_one_is_answered() {
+        // Esc leaves the waiting dialog; a second add then would get its secret shown
+        // over the first one's a moment after it appeared.
+        let mut app = connected();
+        app.screen = Screen::Clients;
+        app.update(key(KeyCode::Char('a')));
+        typed(&mut app, "svc");
+        assert!(app.update(key(KeyCode::Enter)).is_some());
+        app.update(key(KeyCode::Esc));
+        assert_eq!(app.dialog, None);
+        app.update(key(KeyCode::Char('a')));
+        assert_eq!(
+            app.dialog, None,
+            "no form while the first add is unanswered"
+        );
+        assert!(app.notice.as_deref().is_some_and(|n| n.contains("waiting")));
+        app.update(Msg::Link(LinkEvent::Done(Ok(Outcome::ClientAdded {
+            id: "svc".into(),
+            secret: "s3cret".into(),
+        }))));
+        assert!(matches!(&app.dialog, Some(Dialog::Secret { secret, .. }) if secret == "s3cret"));
+        app.update(key(KeyCode::Enter));
+        app.update(key(KeyCode::Char('a')));
+        assert!(
+            matches!(app.dialog, Some(Dialog::AddClient { .. })),
+            "answered: actions again"
+        );
     }
 
     #[test]

@@ -209,7 +209,12 @@ async fn session(
     let mut last_heard = Instant::now();
     loop {
         tokio::select! {
-            () = tokio::time::sleep_until(last_heard + SILENCE) => {
+            // Not while an action is answered: the daemon handles a connection's requests
+            // one at a time, so a long one (an RSA key made, a large file written) holds
+            // its ticks back, and dropping the link would lose the answer (maybe a secret).
+            () = tokio::time::sleep_until(last_heard + SILENCE),
+                if !pending.iter().any(|p| matches!(p, Pending::Action(_))) =>
+            {
                 return Err(format!("the daemon sent nothing for {} s", SILENCE.as_secs()));
             }
             _ = refresh.tick() => {
@@ -217,7 +222,9 @@ async fn session(
                 if pending.len() < 4 {
                     send(&mut tx, &mut pending, Request::Status, Pending::Status).await?;
                     send(&mut tx, &mut pending, Request::ListKeys, Pending::Keys).await?;
-                    if *clients_shown.borrow() && !listing.in_flight && Instant::now() >= listing.next_due {
+                    // Half a refresh early counts as due: `next_due` is reckoned from when the
+                    // last listing ended, just after the tick that started it.
+                    if *clients_shown.borrow() && !listing.in_flight && Instant::now() + REFRESH / 2 >= listing.next_due {
                         listing.start(&mut tx, &mut pending).await?;
                     }
                 }

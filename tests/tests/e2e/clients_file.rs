@@ -338,29 +338,22 @@ fn clients_in_subdirectory(daemon: &Daemon, dir: &str, text: &str) -> std::path:
     path
 }
 
-#[test]
-fn a_replaced_directory_is_followed() {
-    // `mv etc.new etc`: the watch stays on the old directory's inode; the daemon notices the
-    // directory changed and watches the new one.
+/// The clients file lives in `etc/`; `swap(daemon, etc, after)` puts a new `etc/` holding
+/// the text `after` in its place. The new clients must be live within [`POLLED_WITHIN`],
+/// and a later edit in the new directory as quickly as any (it is watched).
+#[track_caller]
+fn assert_directory_swap_followed(swap: impl FnOnce(&Daemon, &Path, &str)) {
     let edit = Edit::new();
     let mut daemon = builder().write();
     let path = clients_in_subdirectory(&daemon, "etc", &edit.before());
     files::use_clients_file(&daemon, &path);
     daemon.start();
     assert_works(&daemon, &edit.leaving);
-    let staged = clients_in_subdirectory(&daemon, "etc.new", &edit.after());
-    let old = daemon.dir().join("etc.old");
-    fs::rename(path.parent().expect("a directory"), &old).expect("moving etc away");
-    fs::rename(
-        staged.parent().expect("a directory"),
-        path.parent().expect("a directory"),
-    )
-    .expect("moving etc.new into place");
+    swap(&daemon, path.parent().expect("a directory"), &edit.after());
     let saved = Instant::now();
     await_status(&daemon, &edit.arriving, 200, saved + POLLED_WITHIN);
     await_status(&daemon, &edit.leaving, 401, saved + POLLED_WITHIN);
 
-    // And edits in the new directory are followed as quickly as ever.
     let later = TestClient::new("later");
     files::write_by_rename(
         &path,
@@ -370,27 +363,24 @@ fn a_replaced_directory_is_followed() {
 }
 
 #[test]
+fn a_replaced_directory_is_followed() {
+    // `mv etc.new etc`: the watch stays on the old directory's inode; the daemon notices the
+    // directory changed and watches the new one.
+    assert_directory_swap_followed(|daemon, etc, after| {
+        let staged = clients_in_subdirectory(daemon, "etc.new", after);
+        fs::rename(etc, daemon.dir().join("etc.old")).expect("moving etc away");
+        fs::rename(staged.parent().expect("a directory"), etc).expect("moving etc.new into place");
+    });
+}
+
+#[test]
 fn a_directory_deleted_and_made_again_is_followed() {
     // `rm -rf etc; mkdir etc`: the new directory may even get the old one's inode number;
     // the watch went with the old one and must be set on the new.
-    let edit = Edit::new();
-    let mut daemon = builder().write();
-    let path = clients_in_subdirectory(&daemon, "etc", &edit.before());
-    files::use_clients_file(&daemon, &path);
-    daemon.start();
-    assert_works(&daemon, &edit.leaving);
-    fs::remove_dir_all(path.parent().expect("a directory")).expect("removing etc");
-    let path = clients_in_subdirectory(&daemon, "etc", &edit.after());
-    let saved = Instant::now();
-    await_status(&daemon, &edit.arriving, 200, saved + POLLED_WITHIN);
-    await_status(&daemon, &edit.leaving, 401, saved + POLLED_WITHIN);
-
-    let later = TestClient::new("later");
-    files::write_by_rename(
-        &path,
-        files::clients_text([&edit.stable, &edit.arriving, &later]).as_bytes(),
-    );
-    works_within(&daemon, &later, Instant::now());
+    assert_directory_swap_followed(|daemon, etc, after| {
+        fs::remove_dir_all(etc).expect("removing etc");
+        clients_in_subdirectory(daemon, "etc", after);
+    });
 }
 
 #[test]

@@ -127,9 +127,10 @@ pub fn start(
                     if events.iter().any(|e| relevant(e, &name)) {
                         let _ = tx.try_send(());
                     }
+                    // No reload here: the directory may not be back yet (a reload would
+                    // count a failure for a missing file); the new watch brings one.
                     if events.iter().any(|e| dir_gone(e, &watched)) {
                         let _ = gone_tx.try_send(());
-                        let _ = tx.try_send(());
                     }
                 }
                 Err(errors) => {

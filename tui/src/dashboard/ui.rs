@@ -230,6 +230,92 @@ fn list(items: &[String]) -> String {
     }
 }
 
+/// A table column: its header, its width, the fewest cells it is of any use in, and when
+/// it gives way on a narrow terminal (higher first; 0 never).
+struct Column {
+    header: &'static str,
+    width: Constraint,
+    least: u16,
+    gives_way: u8,
+}
+
+impl Column {
+    const fn fixed(header: &'static str, width: u16, gives_way: u8) -> Self {
+        Self {
+            header,
+            width: Constraint::Length(width),
+            least: width,
+            gives_way,
+        }
+    }
+
+    const fn fill(header: &'static str, share: u16, least: u16, gives_way: u8) -> Self {
+        Self {
+            header,
+            width: Constraint::Fill(share),
+            least,
+            gives_way,
+        }
+    }
+}
+
+/// The clients table: who, whether it may get tokens and how many it gets stay on any
+/// terminal; what it was last given, and when, go first.
+const CLIENT_COLUMNS: [Column; 8] = [
+    Column::fill("ID", 2, 12, 0),
+    Column::fill("AUDIENCES", 2, 10, 4),
+    Column::fill("SCOPES", 2, 10, 5),
+    Column::fixed("TTL", 7, 6),
+    Column::fixed("STATE", 8, 0),
+    Column::fixed("TOK/S", 6, 0),
+    Column::fixed("TOTAL", 7, 7),
+    Column::fixed("LAST", 8, 8),
+];
+
+/// The keys table: which key is in which state stays; what happens to it next goes last.
+const KEY_COLUMNS: [Column; 6] = [
+    Column::fill("KID", 1, 12, 0),
+    Column::fixed("ALG", 5, 2),
+    Column::fixed("STATE", 8, 0),
+    Column::fixed("CREATED", 11, 4),
+    Column::fixed("ACTIVATED", 11, 3),
+    Column::fixed("NEXT EVENT", 23, 1),
+];
+
+/// The indices of the `columns` a bordered table `width` cells wide (with room for the
+/// selection marker) shows: all of them when they fit, else without those that give way
+/// first. Squeezing every column instead left none readable below 80 cells.
+fn fitting(columns: &[Column], width: u16) -> Vec<usize> {
+    // Two cells of border, two of the "> " marker, one between each pair of columns.
+    let room = width.saturating_sub(4);
+    let mut shown: Vec<usize> = (0..columns.len()).collect();
+    loop {
+        let gaps = u16::try_from(shown.len().saturating_sub(1)).unwrap_or(u16::MAX);
+        let need = shown.iter().map(|&i| columns[i].least).sum::<u16>() + gaps;
+        let next = shown
+            .iter()
+            .enumerate()
+            .filter(|&(_, &i)| columns[i].gives_way > 0)
+            .max_by_key(|&(_, &i)| columns[i].gives_way);
+        match next {
+            Some((at, _)) if need > room => {
+                shown.remove(at);
+            }
+            _ => return shown,
+        }
+    }
+}
+
+/// The `cells` of the columns in `shown`, in order.
+fn kept<'a, const N: usize>(cells: [Cell<'a>; N], shown: &[usize]) -> Vec<Cell<'a>> {
+    cells
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| shown.contains(i))
+        .map(|(_, cell)| cell)
+        .collect()
+}
+
 fn draw_clients(frame: &mut Frame<'_>, app: &App, area: Rect) {
     let [table_area, hint] =
         Layout::vertical([Constraint::Min(3), Constraint::Length(1)]).areas(area);
@@ -240,6 +326,7 @@ fn draw_clients(frame: &mut Frame<'_>, app: &App, area: Rect) {
     // of 100 000 clients is not 100 000 rows built every second.
     let height = usize::from(table_area.height.saturating_sub(3)).max(1);
     let first = app.selected_client.saturating_sub(height - 1);
+    let columns = fitting(&CLIENT_COLUMNS, table_area.width);
     let rows: Vec<Row<'_>> = clients
         .iter()
         .skip(first)
@@ -252,7 +339,7 @@ fn draw_clients(frame: &mut Frame<'_>, app: &App, area: Rect) {
             } else {
                 Cell::from("enabled")
             };
-            Row::new(vec![
+            let cells = [
                 Cell::from(c.id.clone()),
                 Cell::from(list(&c.audiences)),
                 Cell::from(list(&c.scopes)),
@@ -264,30 +351,12 @@ fn draw_clients(frame: &mut Frame<'_>, app: &App, area: Rect) {
                 Cell::from(app.client_rate(&c.id).to_string()),
                 Cell::from(c.issued.to_string()),
                 Cell::from(clock(c.last_issued)),
-            ])
+            ];
+            Row::new(kept(cells, &columns))
         })
         .collect();
-    let header = Row::new([
-        "ID",
-        "AUDIENCES",
-        "SCOPES",
-        "TTL",
-        "STATE",
-        "TOK/S",
-        "TOTAL",
-        "LAST",
-    ])
-    .style(bold());
-    let widths = [
-        Constraint::Fill(2),
-        Constraint::Fill(2),
-        Constraint::Fill(2),
-        Constraint::Length(7),
-        Constraint::Length(8),
-        Constraint::Length(6),
-        Constraint::Length(7),
-        Constraint::Length(8),
-    ];
+    let header = Row::new(columns.iter().map(|&i| CLIENT_COLUMNS[i].header)).style(bold());
+    let widths = columns.iter().map(|&i| CLIENT_COLUMNS[i].width);
     let order = if app.sort_descending { "↓" } else { "↑" };
     let mut title = format!(
         " Clients: {count} shown · sorted by {} {order} ",
@@ -317,6 +386,7 @@ fn draw_clients(frame: &mut Frame<'_>, app: &App, area: Rect) {
 fn draw_keys(frame: &mut Frame<'_>, app: &App, area: Rect) {
     let [table_area, hint] =
         Layout::vertical([Constraint::Min(3), Constraint::Length(1)]).areas(area);
+    let columns = fitting(&KEY_COLUMNS, table_area.width);
     let rows: Vec<Row<'_>> = app
         .keys
         .iter()
@@ -331,32 +401,23 @@ fn draw_keys(frame: &mut Frame<'_>, app: &App, area: Rect) {
                 (_, Some(at)) => format!("leaves {}", short_time(at)),
                 _ => "-".to_owned(),
             };
-            Row::new(vec![
+            let cells = [
                 Cell::from(k.kid.clone()),
                 Cell::from(k.alg.clone()),
                 Cell::from(state).style(style(app, color)),
                 Cell::from(short_time(k.created)),
                 Cell::from(k.activated.map_or_else(|| "-".into(), short_time)),
                 Cell::from(when),
-            ])
+            ];
+            Row::new(kept(cells, &columns))
         })
         .collect();
     let count = rows.len();
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Fill(1),
-            Constraint::Length(5),
-            Constraint::Length(8),
-            Constraint::Length(11),
-            Constraint::Length(11),
-            Constraint::Length(23),
-        ],
-    )
-    .header(Row::new(["KID", "ALG", "STATE", "CREATED", "ACTIVATED", "NEXT EVENT"]).style(bold()))
-    .block(Block::bordered().title(format!(" Signing keys: {count} published ")))
-    .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
-    .highlight_symbol("> ");
+    let table = Table::new(rows, columns.iter().map(|&i| KEY_COLUMNS[i].width))
+        .header(Row::new(columns.iter().map(|&i| KEY_COLUMNS[i].header)).style(bold()))
+        .block(Block::bordered().title(format!(" Signing keys: {count} published ")))
+        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
+        .highlight_symbol("> ");
     let mut state = TableState::default().with_selected((count > 0).then_some(app.selected_key));
     frame.render_stateful_widget(table, table_area, &mut state);
     frame.render_widget(Line::from(" r rotate keys (asks first)"), hint);
@@ -647,7 +708,11 @@ mod tests {
     }
 
     fn render(app: &App) -> String {
-        let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
+        render_at(app, 80, 24)
+    }
+
+    fn render_at(app: &App, width: u16, height: u16) -> String {
+        let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
         terminal.draw(|frame| draw(frame, app)).unwrap();
         terminal.backend().to_string()
     }
@@ -686,6 +751,33 @@ mod tests {
         app.filter = "bill".into();
         app.filtering = true;
         insta::assert_snapshot!(render(&app));
+    }
+
+    /// Below 80 cells the tables drop their least needed columns rather than squeeze every
+    /// one to a few letters.
+    #[test]
+    fn narrow_tables_keep_what_matters() {
+        let mut app = app(false);
+        app.screen = Screen::Clients;
+        insta::assert_snapshot!("clients_at_40", render_at(&app, 40, 12));
+        insta::assert_snapshot!("clients_at_60", render_at(&app, 60, 12));
+        app.screen = Screen::Keys;
+        insta::assert_snapshot!("keys_at_40", render_at(&app, 40, 12));
+    }
+
+    #[test]
+    fn columns_give_way_in_order_and_all_fit_at_80() {
+        let all: Vec<usize> = (0..CLIENT_COLUMNS.len()).collect();
+        assert_eq!(fitting(&CLIENT_COLUMNS, 80), all);
+        assert_eq!(
+            fitting(&KEY_COLUMNS, 80),
+            (0..KEY_COLUMNS.len()).collect::<Vec<_>>()
+        );
+        // LAST goes first, then TOTAL, TTL, SCOPES, AUDIENCES; ID, STATE and TOK/S stay.
+        assert_eq!(fitting(&CLIENT_COLUMNS, 78), [0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(fitting(&CLIENT_COLUMNS, 20), [0, 4, 5]);
+        assert_eq!(fitting(&KEY_COLUMNS, 50), [0, 2, 5]);
+        assert_eq!(fitting(&KEY_COLUMNS, 10), [0, 2]);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use tokendealer_shared::{
         AdminError, ClientFrame, ClientInfo, Event, Hello, KeyInfo, KeyState, MAX_PAGE,
         PROTOCOL_VERSION, Request, Response, ServerFrame, Status,
     },
+    clients_file,
     frame::{self, FrameError, MAX_FRAME},
 };
 use tokio::{
@@ -412,17 +413,12 @@ async fn handle(state: &Arc<State>, request: Request, uid: u32) -> Response {
             scopes,
             ttl_secs,
         } => {
-            let ttl = match ttl_secs {
-                None => None,
-                Some(secs) if secs > 0 && Duration::from_secs(secs) <= MAX_TOKEN_TTL => {
-                    Some(Duration::from_secs(secs))
-                }
-                Some(_) => {
-                    return Response::Error(AdminError::InvalidInput(
-                        "the token lifetime must be between one second and a year".into(),
-                    ));
-                }
-            };
+            let ttl = ttl_secs.map(Duration::from_secs);
+            if let Some(Err(problem)) = ttl.map(clients_file::check_token_ttl) {
+                return Response::Error(AdminError::InvalidInput(format!(
+                    "the token lifetime {problem}"
+                )));
+            }
             let secret = clients::new_secret();
             let edit = Edit::Add {
                 id: id.clone(),
@@ -455,7 +451,13 @@ async fn handle(state: &Arc<State>, request: Request, uid: u32) -> Response {
             };
             match apply(state, edit).await {
                 Ok(()) => {
-                    let old_valid_until = keep_old_until.map(|t| t.as_second());
+                    // What the file now holds, not what was asked: the old secret may have
+                    // had less time left than the overlap asked for.
+                    let old_valid_until = state
+                        .clients
+                        .load()
+                        .get(&id)
+                        .and_then(|c| c.old_secret_until(jiff::Timestamp::now().as_second()));
                     tracing::info!(uid, client = %id, old_valid_until, "admin: secret rotated");
                     Response::SecretRotated {
                         id,

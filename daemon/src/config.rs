@@ -20,8 +20,7 @@ pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The default JWKS `Cache-Control: max-age`, which is also how long a next key is
 /// published before it may sign.
 pub const DEFAULT_JWKS_MAX_AGE: Duration = Duration::from_secs(15 * 60);
-/// The longest token lifetime accepted anywhere: a year.
-pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+pub use tokendealer_shared::clients_file::MAX_TOKEN_TTL;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_ADMIN_SOCKET: &str = "/run/tokendealer/admin.sock";
@@ -214,12 +213,8 @@ impl Config {
             .token_ttl
             .map(|v| {
                 let d = dur(&v, "token_ttl")?;
-                if d > MAX_TOKEN_TTL {
-                    return Err(invalid(
-                        Some(v.span()),
-                        "`token_ttl` is over a year; issue shorter-lived tokens".into(),
-                    ));
-                }
+                tokendealer_shared::clients_file::check_token_ttl(d)
+                    .map_err(|m| invalid(Some(v.span()), format!("`token_ttl`: {m}")))?;
                 Ok(d)
             })
             .transpose()?

@@ -38,6 +38,29 @@ use crate::duration;
 /// A client holds its current secret and at most one being rotated out.
 pub const MAX_SECRETS: usize = 2;
 
+/// The longest token lifetime accepted anywhere (config, clients file, admin tool): a year.
+/// A retiring signing key stays published as long as the longest lifetime it signed with, so
+/// a typo of "1000y" would otherwise pin a key to the JWKS for good.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// A token lifetime: at least a second (`exp` counts whole seconds, so less would issue
+/// tokens expired on arrival), at most [`MAX_TOKEN_TTL`].
+pub fn check_token_ttl(ttl: Duration) -> Result<(), String> {
+    if ttl < Duration::from_secs(1) {
+        return Err(format!(
+            "`{}` is under a second, and a token's `exp` counts whole seconds; give at least 1s",
+            humantime::format_duration(ttl)
+        ));
+    }
+    if ttl > MAX_TOKEN_TTL {
+        return Err(format!(
+            "`{}` is over a year; issue shorter-lived tokens",
+            duration::format(ttl)
+        ));
+    }
+    Ok(())
+}
+
 /// The longest client id accepted.
 pub const MAX_CLIENT_ID_LEN: usize = 128;
 
@@ -67,11 +90,69 @@ pub struct RawClient {
 }
 
 /// A secret hash: a plain string, or an inline table with an expiry while it is rotated out.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum RawSecretHash {
     Current(String),
     Expiring(RawExpiringHash),
+}
+
+/// What an entry of `secret_hashes` may be, for error messages.
+const SECRET_HASH_FORMS: &str = "a hash string \"sha256:…\", or an old secret's table { hash = \"sha256:…\", expires = 2026-11-28T10:00:00Z }";
+
+// By hand rather than `#[serde(untagged)]`, whose only error is "did not match any variant
+// of untagged enum RawSecretHash": a mistyped `expire` is told as such.
+impl<'de> Deserialize<'de> for RawSecretHash {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{self, MapAccess, Visitor};
+
+        struct Entry;
+
+        impl<'de> Visitor<'de> for Entry {
+            type Value = RawSecretHash;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(SECRET_HASH_FORMS)
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawSecretHash::Current(v.to_owned()))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let (mut hash, mut expires) = (None, None);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "hash" if hash.is_none() => hash = Some(map.next_value()?),
+                        "expires" if expires.is_none() => expires = Some(map.next_value()?),
+                        "hash" | "expires" => {
+                            return Err(de::Error::custom(format!(
+                                "`{key}` is given twice in an old secret's table"
+                            )));
+                        }
+                        other => {
+                            return Err(de::Error::custom(format!(
+                                "unknown key `{other}` in an old secret's table; write {SECRET_HASH_FORMS}"
+                            )));
+                        }
+                    }
+                }
+                match (hash, expires) {
+                    (Some(hash), Some(expires)) => {
+                        Ok(RawSecretHash::Expiring(RawExpiringHash { hash, expires }))
+                    }
+                    (None, _) => Err(de::Error::custom(format!(
+                        "an old secret's table has no `hash`; write {SECRET_HASH_FORMS}"
+                    ))),
+                    (Some(_), None) => Err(de::Error::custom(
+                        "an old secret's table has no `expires`; give the instant it stops working, e.g. expires = 2026-11-28T10:00:00Z, or make it a plain hash string if it should not",
+                    )),
+                }
+            }
+        }
+
+        deserializer.deserialize_any(Entry)
+    }
 }
 
 /// `{ hash = "sha256:…", expires = 2026-11-28T10:00:00Z }`.
@@ -279,7 +360,12 @@ fn validate_fields(id: &str, raw: RawClient) -> Result<ClientSpec, String> {
     let token_ttl = raw
         .token_ttl
         .as_deref()
-        .map(|t| duration::parse(t).map_err(|e| format!("`token_ttl`: {e}")))
+        .map(|t| {
+            duration::parse(t)
+                .map_err(|e| e.to_string())
+                .and_then(|d| check_token_ttl(d).map(|()| d))
+                .map_err(|e| format!("`token_ttl`: {e}"))
+        })
         .transpose()?;
     Ok(ClientSpec {
         id: String::new(),
@@ -432,12 +518,42 @@ secret_hashes = ["{HASH}"]
             format!("secret_hashes = [\"{HASH}\"]\naudiences = [\"\"]"),
             format!("secret_hashes = [\"{HASH}\"]\ntoken_ttl = \"soon\""),
             format!("secret_hashes = [{{ hash = \"{HASH}\", expires = 2026-11-28 }}]"),
+            // A token's `exp` counts seconds; and a key stays published as long as the
+            // longest lifetime it signed with.
+            format!("secret_hashes = [\"{HASH}\"]\ntoken_ttl = \"500ms\""),
+            format!("secret_hashes = [\"{HASH}\"]\ntoken_ttl = \"1000y\""),
         ] {
             let text = format!("[clients.a]\n{body}\n");
             assert!(parse(&text).is_err(), "accepted: {text}");
         }
+        let text = format!("[clients.a]\nsecret_hashes = [\"{HASH}\"]\ntoken_ttl = \"366d\"\n");
+        assert!(parse(&text).is_ok());
         let text = format!("[clients.\"has space\"]\nsecret_hashes = [\"{HASH}\"]\n");
         assert!(parse(&text).is_err());
+    }
+
+    #[test]
+    fn a_mistyped_old_secret_is_told_as_such() {
+        for (entry, says) in [
+            (
+                format!("{{ hash = \"{HASH}\", expire = 2026-11-28T10:00:00Z }}"),
+                "unknown key `expire`",
+            ),
+            (format!("{{ hash = \"{HASH}\" }}"), "has no `expires`"),
+            (
+                "{ expires = 2026-11-28T10:00:00Z }".to_owned(),
+                "has no `hash`",
+            ),
+            ("3".to_owned(), "a hash string"),
+        ] {
+            let text = format!("[clients.a]\nsecret_hashes = [\"{HASH}\", {entry}]\n");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(
+                err.starts_with("line 2: ") && err.contains(says),
+                "{entry}: {err}"
+            );
+            assert!(!err.contains("untagged"), "{err}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokendealer_shared::{
     admin::{ClientInfo, MAX_PAGE, ReloadOutcome, Request, Response},
+    clients_file::check_client_id,
     frame::FrameError,
 };
 
@@ -508,12 +509,32 @@ async fn list_all(conn: &mut Connection) -> Result<Vec<ClientInfo>, ClientError>
 fn read_seed(file: &Path, force: bool) -> Result<Vec<(String, [u8; 32])>, CliError> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| CliError::Input(format!("cannot read {}: {e}", file.display())))?;
-    let seed: BTreeMap<String, String> = serde_json::from_str(&text).map_err(|e| {
+    let SeedEntries(entries) = serde_json::from_str(&text).map_err(|e| {
         CliError::Input(format!(
             "{} is not a JSON object of client ids to secret strings: {e}",
             file.display()
         ))
     })?;
+    // A JSON object may name a key twice, and a map would keep the last silently: the client
+    // would get a secret other than the one its owner was given for it.
+    let mut seed = BTreeMap::new();
+    for (id, secret) in entries {
+        check_client_id(&id)
+            .map_err(|e| CliError::Input(format!("{}: client `{id}`: {e}", file.display())))?;
+        // No secret is weaker than none: `curl -u id:` would get a token.
+        if secret.is_empty() {
+            return Err(CliError::Input(format!(
+                "{}: client `{id}` has an empty secret; give it one",
+                file.display()
+            )));
+        }
+        if seed.insert(id.clone(), secret).is_some() {
+            return Err(CliError::Input(format!(
+                "{}: client `{id}` is listed twice; keep one of its entries",
+                file.display()
+            )));
+        }
+    }
     if seed.is_empty() {
         return Err(CliError::Input(format!(
             "{} holds no clients",
@@ -535,6 +556,37 @@ fn read_seed(file: &Path, force: bool) -> Result<Vec<(String, [u8; 32])>, CliErr
         .into_iter()
         .map(|(id, secret)| (id, Sha256::digest(secret.as_bytes()).into()))
         .collect())
+}
+
+/// The seed's `{"client_id": "secret"}` object as written, every entry kept in order,
+/// duplicates too (serde's maps keep the last of a duplicated key without a word).
+struct SeedEntries(Vec<(String, String)>);
+
+impl<'de> serde::Deserialize<'de> for SeedEntries {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries;
+
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = SeedEntries;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of client ids to secret strings")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(SeedEntries(entries))
+            }
+        }
+
+        deserializer.deserialize_map(Entries)
+    }
 }
 
 #[cfg(test)]

@@ -109,7 +109,12 @@ fn apply_whole(text: &str, edit: &Edit, now: Timestamp) -> Result<String, EditEr
         first.decor_mut().set_prefix(comments);
     }
     drop_expired(clients, now);
-    let out = doc.to_string();
+    let mut out = doc.to_string();
+    // toml_edit writes every line break as `\n`; a file written with `\r\n` (on Windows,
+    // or by an editor set so) keeps them, or every edit would show as a change of every line.
+    if text.find('\n').is_some_and(|at| text[..at].ends_with('\r')) {
+        out = out.replace("\r\n", "\n").replace('\n', "\r\n");
+    }
     // The edit itself was validated; this guards the invariant that we never write a file
     // we would refuse to load.
     clients_file::parse(&out)
@@ -149,7 +154,7 @@ fn edit_clients(clients: &mut dyn TableLike, inline: bool, edit: &Edit) -> Resul
         Edit::SetDisabled { id, disabled } => {
             let client = client_mut(clients, id)?;
             if *disabled || client.contains_key("disabled") {
-                client.insert("disabled", toml_edit::value(*disabled));
+                set_value(client, "disabled", Value::from(*disabled));
             }
         }
         Edit::Remove { id } => {
@@ -163,20 +168,19 @@ fn edit_clients(clients: &mut dyn TableLike, inline: bool, edit: &Edit) -> Resul
             keep_old_until,
         } => {
             let client = client_mut(clients, id)?;
-            let current = client
-                .get("secret_hashes")
-                .and_then(Item::as_array)
-                .and_then(|a| a.iter().find_map(Value::as_str))
-                .map(str::to_owned);
+            let kept = match keep_old_until {
+                Some(until) => old_secret_kept(client, id, *until)?,
+                None => None,
+            };
             let mut hashes = Array::new();
             hashes.push(format_hash(new_hash));
-            if let (Some(current), Some(until)) = (current, keep_old_until) {
+            if let Some((hash, until)) = kept {
                 let mut old = InlineTable::new();
-                old.insert("hash", current.into());
-                old.insert("expires", toml_datetime(*until).into());
+                old.insert("hash", hash.into());
+                old.insert("expires", toml_datetime(until).into());
                 hashes.push(old);
             }
-            client.insert("secret_hashes", Item::Value(Value::Array(hashes)));
+            set_value(client, "secret_hashes", Value::Array(hashes));
         }
         Edit::Import { clients: imported } => {
             for (id, _) in imported {
@@ -262,7 +266,7 @@ fn apply_to_tables(text: &str, edit: &Edit, now: Timestamp) -> Result<Option<Str
     let mut added: Vec<&str> = Vec::new();
     match edit {
         Edit::Add { id, .. } => {
-            check_client_id(id).map_err(EditError::Invalid)?;
+            check_id(id)?;
             if find(id).is_some() {
                 return Err(EditError::Exists(id.clone()));
             }
@@ -271,7 +275,7 @@ fn apply_to_tables(text: &str, edit: &Edit, now: Timestamp) -> Result<Option<Str
         }
         Edit::Import { clients: imported } => {
             for (id, _) in imported {
-                check_client_id(id).map_err(EditError::Invalid)?;
+                check_id(id)?;
                 if find(id).is_some() {
                     return Err(EditError::Exists(id.clone()));
                 }
@@ -365,8 +369,13 @@ struct Segment {
     expired: bool,
 }
 
+/// A new client's id, named in the refusal: an import names many.
+fn check_id(id: &str) -> Result<(), EditError> {
+    check_client_id(id).map_err(|e| EditError::Invalid(format!("client `{id}`: {e}")))
+}
+
 fn check_new_client(clients: &dyn TableLike, id: &str) -> Result<(), EditError> {
-    check_client_id(id).map_err(EditError::Invalid)?;
+    check_id(id)?;
     if clients.contains_key(id) {
         return Err(EditError::Exists(id.to_owned()));
     }
@@ -400,13 +409,76 @@ fn insert_client(clients: &mut dyn TableLike, inline: bool, id: &str, table: Tab
     }
 }
 
+/// The secret a rotation keeps working until `until`, and until when: the client's current
+/// one; with none (only an old secret left from an earlier rotation), that one, for no
+/// longer than it had. A client with two current secrets (a hand-made overlap) cannot keep
+/// both, and which one its callers still use is not ours to guess.
+fn old_secret_kept(
+    client: &dyn TableLike,
+    id: &str,
+    until: Timestamp,
+) -> Result<Option<(String, Timestamp)>, EditError> {
+    let entries = client
+        .get("secret_hashes")
+        .and_then(Item::as_array)
+        .map(|a| a.iter().collect::<Vec<_>>())
+        .unwrap_or_default();
+    let current: Vec<&str> = entries.iter().filter_map(|v| v.as_str()).collect();
+    match current.as_slice() {
+        [one] => Ok(Some(((*one).to_owned(), until))),
+        [] => Ok(entries
+            .iter()
+            .filter_map(|v| {
+                let table = v.as_inline_table()?;
+                let hash = table.get("hash")?.as_str()?;
+                Some((hash.to_owned(), expiry(v)?))
+            })
+            .max_by_key(|&(_, expires)| expires)
+            .map(|(hash, expires)| (hash, expires.min(until)))),
+        more => Err(EditError::Invalid(format!(
+            "client `{id}` has {} secrets without an expiry, and a rotation keeps one old secret: \
+             remove the one no longer in use from the file (or give it an `expires`) and rotate \
+             again, or rotate keeping no old secret to end all of them now",
+            more.len()
+        ))),
+    }
+}
+
+/// When an old secret's entry stops working.
+fn expiry(entry: &Value) -> Option<Timestamp> {
+    entry
+        .as_inline_table()?
+        .get("expires")?
+        .as_datetime()?
+        .to_string()
+        .parse()
+        .ok()
+}
+
+/// Sets `key` of `table` to `value`. An entry already there keeps its comments: those on the
+/// lines above it belong to its key, which stays, and the one after it to its value, whose
+/// decoration moves to the new value.
+fn set_value(table: &mut dyn TableLike, key: &str, mut value: Value) {
+    match table.get_mut(key) {
+        Some(Item::Value(old)) => {
+            *value.decor_mut() = old.decor().clone();
+            *old = value;
+        }
+        _ => {
+            table.insert(key, Item::Value(value));
+        }
+    }
+}
+
 fn strings(values: impl IntoIterator<Item = String>) -> Item {
     Item::Value(Value::Array(values.into_iter().collect()))
 }
 
 fn toml_datetime(at: Timestamp) -> toml_edit::Datetime {
-    // Whole seconds, UTC: `2026-11-28T10:00:00Z`.
-    let whole = Timestamp::from_second(at.as_second()).expect("in range");
+    // Whole seconds, UTC: `2026-11-28T10:00:00Z`, rounded up: an overlap asked for is never
+    // cut short.
+    let second = at.as_second() + i64::from(at.subsec_nanosecond() > 0);
+    let whole = Timestamp::from_second(second).unwrap_or(Timestamp::MAX);
     whole
         .to_string()
         .parse()
@@ -422,14 +494,7 @@ fn drop_expired(clients: &mut dyn TableLike, now: Timestamp) {
         else {
             continue;
         };
-        let live = |v: &Value| {
-            let expires = v
-                .as_inline_table()
-                .and_then(|t| t.get("expires"))
-                .and_then(Value::as_datetime)
-                .and_then(|d| d.to_string().parse::<Timestamp>().ok());
-            expires.is_none_or(|e| e > now)
-        };
+        let live = |v: &Value| expiry(v).is_none_or(|e| e > now);
         // A client whose every secret has expired keeps them: it is locked out either way,
         // and an empty list would make the file invalid, refusing every other edit.
         if hashes.iter().any(live) {
@@ -528,6 +593,114 @@ mod tests {
         let left = clients_file::parse(&removed).unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].id, "b");
+    }
+
+    fn rotate(id: &str, keep_old_until: Option<&str>) -> Edit {
+        Edit::RotateSecret {
+            id: id.into(),
+            new_hash: [9; 32],
+            keep_old_until: keep_old_until.map(|t| t.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn comments_on_the_changed_values_survive() {
+        let text = format!(
+            "[clients.a]\n# current secret (rotated 2026-01)\nsecret_hashes = [\"{}\"]  # trailing note\ndisabled = false # explicitly enabled\n",
+            format_hash(&H1)
+        );
+        let out = apply(&text, &rotate("a", Some("2026-11-28T12:00:00Z")), now()).unwrap();
+        let out = apply(
+            &out,
+            &Edit::SetDisabled {
+                id: "a".into(),
+                disabled: true,
+            },
+            now(),
+        )
+        .unwrap();
+        assert!(
+            out.contains("# current secret (rotated 2026-01)\nsecret_hashes = ["),
+            "{out}"
+        );
+        assert!(out.contains("]  # trailing note\n"), "{out}");
+        assert!(
+            out.contains("disabled = true # explicitly enabled\n"),
+            "{out}"
+        );
+        assert_eq!(
+            apply_whole(&text, &rotate("a", None), now())
+                .unwrap()
+                .matches('#')
+                .count(),
+            3
+        );
+    }
+
+    #[test]
+    fn a_rotation_keeps_the_secret_that_still_works() {
+        // Only an old secret left: it is kept, for no longer than it had.
+        let text = format!(
+            "[clients.a]\nsecret_hashes = [{{ hash = \"{}\", expires = 2026-11-27T13:00:00Z }}]\n",
+            format_hash(&H1)
+        );
+        for (until, kept) in [
+            ("2026-11-27T12:30:00Z", "2026-11-27T12:30:00Z"),
+            ("2026-11-28T12:00:00Z", "2026-11-27T13:00:00Z"),
+        ] {
+            let out = apply(&text, &rotate("a", Some(until)), now()).unwrap();
+            let a = &clients_file::parse(&out).unwrap()[0];
+            assert_eq!(a.secrets[0].digest, [9; 32]);
+            assert_eq!(a.secrets[1].digest, H1);
+            assert_eq!(a.secrets[1].expires, Some(kept.parse().unwrap()));
+        }
+
+        // Two current secrets: which one is still in use cannot be told, so an overlap is
+        // refused (one of them would stop at once), and a rotation without one ends both.
+        let text = format!(
+            "[clients.a]\nsecret_hashes = [\"{}\", \"{}\"]\n",
+            format_hash(&H1),
+            format_hash(&H2)
+        );
+        let refused = apply(&text, &rotate("a", Some("2026-11-28T12:00:00Z")), now());
+        assert!(
+            matches!(&refused, Err(EditError::Invalid(m)) if m.contains("2 secrets without an expiry")),
+            "{refused:?}"
+        );
+        let out = apply(&text, &rotate("a", None), now()).unwrap();
+        assert_eq!(clients_file::parse(&out).unwrap()[0].secrets.len(), 1);
+    }
+
+    #[test]
+    fn an_overlap_is_rounded_up_to_the_second() {
+        let text = format!("[clients.a]\nsecret_hashes = [\"{}\"]\n", format_hash(&H1));
+        let out = apply(&text, &rotate("a", Some("2026-11-27T12:00:04.300Z")), now()).unwrap();
+        assert_eq!(
+            clients_file::parse(&out).unwrap()[0].secrets[1].expires,
+            Some("2026-11-27T12:00:05Z".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_file_with_crlf_line_breaks_keeps_them() {
+        let text = format!(
+            "# ours\r\n[clients.a]\r\nsecret_hashes = [\"{}\"]\r\n\r\n[clients.b]\r\nsecret_hashes = [\"{}\"]\r\n",
+            format_hash(&H1),
+            format_hash(&H2)
+        );
+        for edit in [
+            rotate("a", Some("2026-11-28T12:00:00Z")),
+            Edit::Remove { id: "b".into() },
+            add("c"),
+        ] {
+            let out = apply(&text, &edit, now()).unwrap();
+            assert_eq!(
+                out.matches('\n').count(),
+                out.matches("\r\n").count(),
+                "{out:?}"
+            );
+            assert!(out.starts_with("# ours\r\n[clients.a]\r\n"), "{out:?}");
+        }
     }
 
     #[test]

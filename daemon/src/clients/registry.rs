@@ -703,7 +703,10 @@ impl Registry {
             matched |= slot.digest.as_slice().ct_eq(presented.as_slice()) & live;
         }
         let client = client?;
-        (bool::from(matched) && !client.disabled).then_some(client)
+        // An empty secret is no secret, whatever hash a file holds for it (an import of the
+        // seed's `{"id": ""}` would otherwise let `curl -u id:` in). Whether it is empty the
+        // caller knows already, so this test leaks nothing.
+        (bool::from(matched) && !client.disabled && !secret.is_empty()).then_some(client)
     }
 }
 
@@ -913,6 +916,13 @@ mod tests {
         );
         assert!(r.authenticate("a", "wrong", before).is_none());
         assert!(r.authenticate("b", "new", before).is_none());
+    }
+
+    #[test]
+    fn an_empty_secret_never_authenticates() {
+        let h = format_hash(&hash_secret(""));
+        let r = registry(&format!("[clients.a]\nsecret_hashes = [\"{h}\"]\n"));
+        assert!(r.authenticate("a", "", 0).is_none());
     }
 
     #[test]

@@ -272,13 +272,15 @@ fn authorize<'a>(
         let well_formed = if is_resource {
             is_resource_indicator(target)
         } else {
-            check_audience(target).is_ok()
+            // `*` in a client's list allows any audience; as an audience it names none, and
+            // a token for "*" would be taken by whoever checks for it.
+            check_audience(target).is_ok() && target != "*"
         };
         if !well_formed {
             return Err(OAuthError::invalid_target(if is_resource {
                 "a resource must be an absolute URI without a fragment (RFC 8707)"
             } else {
-                "an audience must be non-empty and hold no spaces"
+                "an audience must be non-empty, hold no spaces and not be `*`"
             }));
         }
         if !(client.any_audience || client.audiences.iter().any(|a| a == target)) {
@@ -540,6 +542,13 @@ mod tests {
                 .audiences,
             ["anything"]
         );
+        for star in ["audience=*", "resource=*"] {
+            assert_eq!(
+                grant("audiences = [\"*\"]", star).unwrap_err().code,
+                "invalid_target",
+                "{star}"
+            );
+        }
     }
 
     #[test]

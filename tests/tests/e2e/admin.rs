@@ -608,6 +608,58 @@ fn rotate_secret_keep_old_0_stops_the_old_secret_at_once() {
     assert_only_hashes_stored(&daemon, &[secret]);
 }
 
+/// A client given a second current secret by hand (an overlap made without an expiry): a
+/// rotation keeps one old secret, and which of the two is still in use is not the tool's to
+/// guess, so an overlap is refused and nothing changes.
+#[test]
+fn rotate_secret_with_an_overlap_of_a_client_with_two_current_secrets_is_refused() {
+    let client = service_client();
+    let second = random_secret();
+    let mut daemon = Daemon::builder().client(&client).write();
+    let hash = format!("\"{}\"", secret_hash(&client.secret));
+    let two = client
+        .to_toml()
+        .replace(&hash, &format!("{hash}, \"{}\"", secret_hash(&second)));
+    daemon.write_file("clients.toml", &two);
+    daemon.start();
+
+    let output = daemon.admin(&["clients", "rotate-secret", &client.id, "--keep-old", "1h"]);
+    assert_fails_with(&output, &[&client.id, "2 secrets without an expiry"]);
+    assert_eq!(clients_file(&daemon), two, "the file is unchanged");
+    assert_gets_token(&daemon, &client.id, &client.secret);
+    assert_gets_token(&daemon, &client.id, &second);
+}
+
+/// A client whose only secret is the old one of an earlier rotation: a rotation keeps that
+/// one, for no longer than it had, and says until when.
+#[test]
+fn rotate_secret_keeps_an_old_secret_for_no_longer_than_it_had() {
+    let client = service_client();
+    let mut daemon = Daemon::builder().client(&client).write();
+    let had_until = now() + 600;
+    let until = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + Duration::from_secs(had_until.unsigned_abs()),
+    );
+    let hash = format!("\"{}\"", secret_hash(&client.secret));
+    let old_only = client
+        .to_toml()
+        .replace(&hash, &format!("{{ hash = {hash}, expires = {until} }}"));
+    daemon.write_file("clients.toml", &old_only);
+    daemon.start();
+
+    let rotated = admin_json(
+        &daemon,
+        &["clients", "rotate-secret", &client.id, "--keep-old", "1h"],
+    );
+    let said = rotated["old_valid_until"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no `old_valid_until` time: {rotated:#}"));
+    assert_eq!(unix_seconds(said), had_until, "{rotated:#}");
+    assert_gets_token(&daemon, &client.id, &client.secret);
+    let secret = rotated["secret"].as_str().expect("the new secret");
+    assert_gets_token(&daemon, &client.id, secret);
+}
+
 // --- import ---
 
 /// Writes the seed's `{"client_id": "secret"}` file into the daemon's directory.
@@ -691,6 +743,43 @@ fn clients_import_too_large_for_one_request_says_to_split_it() {
     assert_fails_with(&output, &["40000 clients", "split"]);
     assert_eq!(clients_file(&daemon), file, "nothing was imported");
     assert_eq!(list_json(&daemon).len(), 1);
+}
+
+/// What the seed file holds is refused as a whole, naming the client, when an id is listed
+/// twice (a JSON parser keeps the last without a word), a secret is empty (even with
+/// `--force`: `curl -u id:` would get a token) or an id cannot be registered.
+#[test]
+fn clients_import_refuses_a_duplicate_an_empty_secret_and_a_bad_id_naming_the_client() {
+    let daemon = Daemon::with_client(&service_client());
+    let (first, again) = (seed_secret(), seed_secret());
+    let file = clients_file(&daemon);
+    for (seed, blamed, says) in [
+        (
+            format!(r#"{{"fine": "{first}", "twice": "{first}", "twice": "{again}"}}"#),
+            "twice",
+            "listed twice",
+        ),
+        (
+            format!(r#"{{"fine": "{first}", "blank": ""}}"#),
+            "blank",
+            "empty secret",
+        ),
+        (
+            format!(r#"{{"fine": "{first}", "has space": "{again}"}}"#),
+            "has space",
+            "the id must be",
+        ),
+    ] {
+        let path = daemon.write_file("seed.json", &seed);
+        let path = path.to_str().expect("UTF-8 temporary path");
+        for force in [false, true] {
+            let args = ["clients", "import", path, "--force"];
+            let output = daemon.admin(&args[..if force { 4 } else { 3 }]);
+            assert_fails_with(&output, &[blamed, says]);
+            assert_eq!(clients_file(&daemon), file, "nothing was imported");
+            assert!(listed(&daemon, "fine").is_none(), "nothing was imported");
+        }
+    }
 }
 
 /// All or none: one id that exists already stops the whole import.

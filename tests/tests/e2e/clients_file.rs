@@ -541,6 +541,25 @@ fn malformed_hash_keeps_the_previous_clients_and_names_the_client() {
     assert_broken_save_is_kept_out(&old, text.as_bytes(), &lines, "broken-hash");
 }
 
+/// A lifetime of a thousand years (a typo) would keep every key that signed with it in the
+/// JWKS for as long; one under a second would issue tokens expired on arrival.
+#[test]
+fn a_token_ttl_out_of_bounds_keeps_the_previous_clients_and_names_the_line() {
+    let old = TestClient::new("old");
+    for ttl in ["1000y", "500ms"] {
+        let text = format!(
+            "{}[clients.typo]\nsecret_hashes = [\"{}\"]\ntoken_ttl = \"{ttl}\"\n",
+            files::clients_text([&old]),
+            secret_hash("x")
+        );
+        let lines = [
+            line_of(&text, "[clients.typo]", 0),
+            line_of(&text, "token_ttl", 0),
+        ];
+        assert_broken_save_is_kept_out(&old, text.as_bytes(), &lines, "token_ttl");
+    }
+}
+
 #[test]
 fn deleted_file_keeps_the_previous_clients_and_its_return_is_applied() {
     let old = TestClient::new("old");
@@ -861,6 +880,43 @@ fn cli_add_keeps_comments_stores_only_hashes_and_mode_0600() {
     let reply = token_for(&daemon, "svc", &secret, &[("scope", "read")]);
     reply.assert_status(200);
     assert_works(&daemon, &hand);
+}
+
+/// `rotate-secret` and `disable` change values the admin may have commented, in a file an
+/// editor saved with CRLF line breaks: the comments stay on their lines, the breaks stay
+/// CRLF.
+#[test]
+fn cli_changes_keep_the_comments_on_the_changed_lines_and_crlf_line_breaks() {
+    let hand = TestClient::new("reports");
+    let mut daemon = builder().write();
+    let path = daemon.clients_path();
+    let text = format!(
+        "{}disabled = false  # on since the audit\n",
+        hand_written(&hand)
+    );
+    files::write_by_rename(&path, text.replace('\n', "\r\n").as_bytes());
+    daemon.start();
+
+    let output = daemon.admin(&["clients", "rotate-secret", &hand.id, "--keep-old", "1h"]);
+    output.assert_success();
+    daemon
+        .admin(&["clients", "disable", &hand.id])
+        .assert_success();
+
+    let text = fs::read_to_string(&path).expect("reading the clients file");
+    for comment in HAND_COMMENTS.iter().chain(&["# on since the audit"]) {
+        assert!(text.contains(comment), "`{comment}` was lost:\n{text}");
+    }
+    assert!(
+        text.contains("disabled = true  # on since the audit\r\n"),
+        "the value changed, its comment stayed:\n{text}"
+    );
+    assert_eq!(
+        text.matches('\n').count(),
+        text.matches("\r\n").count(),
+        "every line break is still CRLF: {text:?}"
+    );
+    assert_refused(&daemon, &hand);
 }
 
 #[test]

@@ -192,6 +192,21 @@ fn post_failures_are_identical_without_a_challenge() {
     }
 }
 
+/// An empty secret is no secret: a client whose entry holds the hash of "" (a seed imported
+/// with an empty secret, a hash made by hand) gets no token with it, by either method.
+#[test]
+fn an_empty_secret_never_authenticates() {
+    let client = service_client().secret("");
+    let daemon = Daemon::with_client(&client);
+    daemon
+        .token_request(Auth::Basic(&client.id, ""), &[])
+        .assert_oauth_error(401, "invalid_client")
+        .assert_header("www-authenticate", BASIC_CHALLENGE);
+    daemon
+        .token_request(Auth::Post(&client.id, ""), &[])
+        .assert_oauth_error(401, "invalid_client");
+}
+
 #[test]
 fn missing_grant_type_is_invalid_request() {
     let client = service_client();
@@ -387,6 +402,20 @@ fn wildcard_allows_any_absolute_resource() {
     let claims =
         claims_of(&daemon.token_request(basic, &[("resource", "https://anything.example/api")]));
     assert_eq!(claims["aud"], "https://anything.example/api", "{claims}");
+}
+
+/// `"*"` in the allow-list allows any audience; asked for, it names none, and a token for
+/// "*" would be taken by any service that looked for that string.
+#[test]
+fn wildcard_is_no_audience_to_ask_for() {
+    let client = TestClient::new("wildcard").audiences(&["*"]);
+    let daemon = Daemon::with_client(&client);
+    let basic = Auth::Basic(&client.id, &client.secret);
+    for param in ["audience", "resource"] {
+        daemon
+            .token_request(basic, &[(param, "*")])
+            .assert_oauth_error(400, "invalid_target");
+    }
 }
 
 #[test]

@@ -251,6 +251,8 @@ pub struct State {
     /// RELOADING=1 when the first starts and READY=1 when the last ends.
     reloads_running: std::sync::atomic::AtomicUsize,
     metadata: Bytes,
+    /// The RFC 8414 §3.1 path of the metadata, for an issuer with a path.
+    metadata_path: Option<Box<str>>,
 }
 
 impl State {
@@ -380,7 +382,14 @@ pub async fn run(loaded: Loaded, listeners: Listeners, mut signals: Signals) -> 
     let admin_inherited = listeners.admin_inherited;
     let issuer = config.issuer.clone().unwrap_or_else(|| {
         let scheme = if tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://{listen}")
+        let issuer = format!("{scheme}://{listen}");
+        if listen.ip().is_unspecified() {
+            tracing::warn!(
+                %issuer,
+                "no `issuer` is configured and the listen address is a wildcard: tokens and metadata name an address no client can reach; set `issuer` to the URL clients use"
+            );
+        }
+        issuer
     });
     let state = Arc::new(State {
         default_audience: config
@@ -388,6 +397,7 @@ pub async fn run(loaded: Loaded, listeners: Listeners, mut signals: Signals) -> 
             .clone()
             .unwrap_or_else(|| issuer.clone()),
         metadata: http::build_metadata(&issuer).into(),
+        metadata_path: http::metadata_path(&issuer),
         issuer,
         token_ttl: config.token_ttl,
         listen,

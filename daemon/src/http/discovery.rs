@@ -81,6 +81,11 @@ pub fn verify(keys: &Keyring, issuer: &str, token: &str, audience: Option<&str>)
     validation.set_issuer(&[issuer]);
     validation.set_required_spec_claims(&["exp", "iat", "nbf", "iss", "aud", "sub"]);
     validation.validate_nbf = true;
+    // The tokens are ours and so is the clock that judges them: no skew to allow for (the
+    // library's default grants 60 s), and a token is expired from its `exp` second on
+    // (RFC 7519 §4.1.4: the time must be before it).
+    validation.leeway = 0;
+    validation.reject_tokens_expiring_in_less_than = 1;
     match audience {
         Some(aud) => validation.set_audience(&[aud]),
         None => validation.validate_aud = false,

@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use http::{Method, Request};
+use http::{Method, Request, Version, header};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -181,8 +181,14 @@ async fn http<I>(
 }
 
 async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+    // RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without `Host`.
+    if req.version() == Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
+        return OAuthError::invalid_request("an HTTP/1.1 request needs a Host header")
+            .into_response();
+    }
+    let head = req.method() == Method::HEAD;
     let get_only = |req: &Request<Incoming>| matches!(*req.method(), Method::GET | Method::HEAD);
-    match req.uri().path() {
+    let resp = match req.uri().path() {
         "/oauth/token" => token::handle(state, req, peer).await,
         "/oauth/introspect" => discovery::introspect(state, req, peer).await,
         "/verify_token" => discovery::verify_token(state, req).await,
@@ -196,6 +202,60 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resp 
         | "/healthz"
         | "/readyz"
         | "/metrics" => OAuthError::method_not_allowed("GET, HEAD").into_response(),
+        // RFC 8414 §3.1: for an issuer with a path, the metadata's URL ends with that path.
+        path if state.metadata_path.as_deref() == Some(path) => {
+            if get_only(&req) {
+                discovery::metadata(state)
+            } else {
+                OAuthError::method_not_allowed("GET, HEAD").into_response()
+            }
+        }
         _ => OAuthError::not_found().into_response(),
+    };
+    if head { without_body(resp) } else { resp }
+}
+
+/// A response to HEAD: its headers, `Content-Length` included, and no content (RFC 9110
+/// §9.3.2). hyper leaves the body out itself over HTTP/1 but sends it over HTTP/2, where a
+/// client then resets the stream.
+fn without_body(resp: Resp) -> Resp {
+    let (mut parts, body) = resp.into_parts();
+    let length = hyper::body::Body::size_hint(&body).exact().unwrap_or(0);
+    parts
+        .headers
+        .entry(header::CONTENT_LENGTH)
+        .or_insert_with(|| header::HeaderValue::from(length));
+    Resp::from_parts(parts, response::Body::default())
+}
+
+/// Where RFC 8414 §3.1 puts the metadata of an issuer with a path (`https://host/td` →
+/// `/.well-known/oauth-authorization-server/td`); `None` for an issuer without one, whose
+/// metadata is at the plain well-known path.
+pub fn metadata_path(issuer: &str) -> Option<Box<str>> {
+    let rest = issuer.split_once("://").map_or(issuer, |(_, rest)| rest);
+    let path = rest
+        .find('/')
+        .map_or("", |at| &rest[at..])
+        .trim_end_matches('/');
+    (!path.is_empty()).then(|| format!("/.well-known/oauth-authorization-server{path}").into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_path_of_an_issuer_with_a_path() {
+        assert_eq!(metadata_path("https://tokens.example"), None);
+        assert_eq!(metadata_path("https://tokens.example/"), None);
+        assert_eq!(metadata_path("http://127.0.0.1:8080"), None);
+        assert_eq!(
+            metadata_path("https://example.com/issuer1/").as_deref(),
+            Some("/.well-known/oauth-authorization-server/issuer1")
+        );
+        assert_eq!(
+            metadata_path("https://example.com/a/b").as_deref(),
+            Some("/.well-known/oauth-authorization-server/a/b")
+        );
     }
 }

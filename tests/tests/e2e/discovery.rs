@@ -3,9 +3,9 @@
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::json;
 use sha2::Sha256;
-use tokendealer_tests::{Auth, Daemon, ISSUER, Reply, TestClient, jwt};
+use tokendealer_tests::{Auth, Daemon, ISSUER, Reply, TestClient, conn::RawConn, jwt};
 
-use crate::{API, OTHER_API, service_client};
+use crate::{API, OTHER_API, now, service_client};
 
 const PRIVATE_MEMBERS: [&str; 6] = ["d", "p", "q", "dp", "dq", "qi"];
 
@@ -97,6 +97,41 @@ fn metadata_describes_the_server() {
         json!(["client_secret_basic", "client_secret_post"]),
         "{reply}"
     );
+}
+
+/// RFC 8414 §3.1: an issuer with a path has its metadata at the well-known path followed
+/// by that path (and, for clients that append, at the plain one too).
+#[test]
+fn metadata_of_an_issuer_with_a_path_is_where_rfc_8414_puts_it() {
+    let issuer = "https://tokens.example/tenant-a";
+    let daemon = Daemon::builder()
+        .without_issuer()
+        .config(&format!("issuer = \"{issuer}\""))
+        .client(&service_client())
+        .start();
+    for path in [
+        "/.well-known/oauth-authorization-server/tenant-a",
+        "/.well-known/oauth-authorization-server",
+    ] {
+        let reply = daemon.get(path);
+        reply.assert_status(200);
+        assert_eq!(reply.json()["issuer"], issuer, "{path}: {reply}");
+    }
+    daemon
+        .get("/.well-known/oauth-authorization-server/tenant-b")
+        .assert_status(404);
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host` is answered 400.
+#[test]
+fn an_http_1_1_request_without_host_is_400() {
+    let daemon = Daemon::with_client(&service_client());
+    let mut conn = RawConn::open(daemon.addr());
+    let reply = conn.request(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n");
+    reply.assert_status(400);
+    let mut conn = RawConn::open(daemon.addr());
+    let reply = conn.request(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    reply.assert_status(200);
 }
 
 #[test]
@@ -276,6 +311,52 @@ fn introspection_reports_bad_tokens_inactive() {
         reply.assert_status(200);
         assert_eq!(reply.json(), json!({"active": false}), "{reply}");
     }
+}
+
+/// The daemon judges its own tokens by its own clock: no leeway (a library default allows a
+/// minute), and from its `exp` second on a token is expired (RFC 7519 §4.1.4), for
+/// introspection (RFC 7662 §2.2) and `/verify_token` alike.
+#[test]
+fn a_token_is_inactive_from_its_exp_second_on() {
+    let client = service_client().token_ttl("1s");
+    let daemon = Daemon::with_client(&client);
+    let token = daemon.access_token(&client, &[("audience", API)]);
+    let exp = jwt::decode(&token).claims["exp"]
+        .as_i64()
+        .expect("an `exp`");
+    // By a clock the daemon shares: asked at or after `exp`, the answer must be no; answered
+    // before it, yes.
+    let judged = |ask: &dyn Fn() -> bool| {
+        let asked = now();
+        let active = ask();
+        let answered = now();
+        if answered < exp {
+            assert!(active, "answered at {answered}, exp {exp}: inactive");
+        }
+        if asked >= exp {
+            assert!(!active, "asked at {asked}, exp {exp}: active");
+        }
+        asked >= exp
+    };
+    let introspected = || {
+        let reply = introspect(&daemon, Auth::Basic(&client.id, &client.secret), &token);
+        let body = reply.json();
+        assert!(
+            body == json!({"active": false}) || body["active"] == true,
+            "{reply}"
+        );
+        body["active"] == true
+    };
+    let verified = || {
+        let reply = verify(&daemon, &token, API);
+        if reply.status != 200 {
+            assert_invalid_token(&reply);
+        }
+        reply.status == 200
+    };
+    // Each asked until it has been asked after `exp`.
+    while !judged(&introspected) {}
+    while !judged(&verified) {}
 }
 
 #[test]

@@ -143,6 +143,30 @@ fn alpn_negotiates_http2_and_http1() {
     }
 }
 
+/// RFC 9110 §9.3.2: a HEAD response has no content. hyper leaves it out over HTTP/1 on its
+/// own, not over HTTP/2, where a client that gets DATA on a HEAD resets the stream.
+#[test]
+fn head_over_http2_gets_the_headers_and_no_content() {
+    let (daemon, pair) = start_tls(tls_builder(&service_client()));
+    for path in [
+        "/healthz",
+        "/.well-known/jwks.json",
+        "/.well-known/oauth-authorization-server",
+        "/metrics",
+    ] {
+        for flag in ["--http2", "--http1.1"] {
+            let reply = tls::curl_reply(&pair.cert, &https_url(&daemon, path), &[flag, "--head"]);
+            reply.assert_status(200);
+            assert!(reply.body.is_empty(), "{flag} HEAD {path}:\n{reply}");
+            let length = reply.header("content-length").unwrap_or_default();
+            assert!(
+                length.parse::<u64>().is_ok_and(|n| n > 0),
+                "{flag} HEAD {path} gives the GET's Content-Length:\n{reply}"
+            );
+        }
+    }
+}
+
 #[test]
 fn tls_1_1_is_refused() {
     let (daemon, pair) = start_tls(tls_builder(&service_client()));

@@ -382,7 +382,9 @@ async fn handle(state: &Arc<State>, request: Request, uid: u32) -> Response {
         Request::RevokeKey { kid } => {
             let keys = state.clone();
             let revoked = kid.clone();
-            let result = tokio::task::spawn_blocking(move || keys.keys.revoke(&revoked)).await;
+            let result =
+                tokio::task::spawn_blocking(move || keys.keys.revoke(&revoked, keys.longest_ttl()))
+                    .await;
             match result {
                 Ok(Ok(former_state)) => {
                     tracing::warn!(uid, %kid, "admin: key revoked");

@@ -107,14 +107,22 @@ fn replace_via(
     result
 }
 
-/// Removes temporary files that a crash left in `dir`. Best effort: failures are logged.
-pub fn remove_stale_temp_files(dir: &Path) {
+/// Removes temporary files that a crash left in `dir` on the way to a file whose name
+/// `ours` accepts: a directory shared with other writers (another daemon's keys beside the
+/// clients file) keeps theirs, which may be in the middle of a write. Best effort: failures
+/// are logged.
+pub fn remove_stale_temp_files(dir: &Path, ours: impl Fn(&str) -> bool) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        if is_temp_file(&name.to_string_lossy()) {
+        let name = name.to_string_lossy();
+        let target = name
+            .strip_prefix('.')
+            .and_then(|rest| rest.split_once(TEMP_MARKER))
+            .map(|(target, _)| target);
+        if is_temp_file(&name) && target.is_some_and(&ours) {
             match fs::remove_file(entry.path()) {
                 Ok(()) => {
                     tracing::info!(file = %entry.path().display(), "removed a temporary file left by an interrupted write");
@@ -191,10 +199,13 @@ mod tests {
     fn stale_temp_files_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         let stale = dir.path().join(format!(".clients.toml{TEMP_MARKER}1.0"));
+        let another = dir.path().join(format!(".manifest.json{TEMP_MARKER}1.0"));
         fs::write(&stale, "x").unwrap();
+        fs::write(&another, "x").unwrap();
         fs::write(dir.path().join("clients.toml"), "y").unwrap();
-        remove_stale_temp_files(dir.path());
+        remove_stale_temp_files(dir.path(), |name| name == "clients.toml");
         assert!(!stale.exists());
+        assert!(another.exists(), "another file's temporary file stays");
         assert!(dir.path().join("clients.toml").exists());
     }
 }

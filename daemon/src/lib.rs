@@ -307,11 +307,17 @@ impl State {
         if let Some(path) = &self.config.path {
             match Config::load_for_reload(path) {
                 Ok(config) => {
-                    if let Err(e) = self.keys.reconfigure(key_settings(&config)) {
-                        tracing::error!(error = %e, "the new key settings could not be applied");
-                    }
-                    // A bad certificate does not hold the clients file back.
-                    if let Some(failed) = self.reload_tls(&config) {
+                    let keys_failed = self.keys.reconfigure(key_settings(&config)).err().map(|e| {
+                        tracing::error!(error = %e, "the new key settings could not be applied; the previous ones stay");
+                        ReloadOutcome::Failed {
+                            at: jiff::Timestamp::now().as_second(),
+                            file: self.keys.dir().display().to_string(),
+                            line: None,
+                            reason: format!("the new key settings could not be applied: {e}"),
+                        }
+                    });
+                    // A bad certificate or key directory does not hold the clients file back.
+                    if let Some(failed) = keys_failed.or_else(|| self.reload_tls(&config)) {
                         drop(self.clients.reload());
                         self.note_longest_ttl();
                         return failed;
@@ -434,12 +440,16 @@ pub async fn run(loaded: Loaded, listeners: Listeners, mut signals: Signals) -> 
     // An edit saved between the start-up load and the watch would otherwise wait for the
     // next one. Unchanged, the file costs a read.
     tokio::task::spawn_blocking(reload_clients);
-    let keys = state.keys.clone();
+    let adopting = state.clone();
     let manifest = state.config.key_dir.join("manifest.json");
     let _keys_watch = watch::start(
         &manifest,
-        move || {
-            if let Err(e) = keys.refresh() {
+        move || match adopting.keys.refresh() {
+            // A key another daemon made active signs here too, maybe with longer lifetimes
+            // than that daemon's: its retiring window must know at once.
+            Ok(true) => adopting.note_longest_ttl(),
+            Ok(false) => {}
+            Err(e) => {
                 tracing::error!(error = %e, "a key change in the key directory was not adopted; the keys in force stay");
             }
         },

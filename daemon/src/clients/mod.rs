@@ -135,8 +135,12 @@ fn now() -> i64 {
 impl ClientsStore {
     /// Loads the file; at start-up a file that cannot be loaded is an error.
     pub fn open(path: &Path) -> Result<Self, LoadError> {
-        if let Some(dir) = path.parent() {
-            fsio::remove_stale_temp_files(dir);
+        // Left by a write killed halfway; a symlinked file is written where it points.
+        let target = fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+        for file in [path, target.as_path()] {
+            if let (Some(dir), Some(name)) = (file.parent(), file.file_name()) {
+                fsio::remove_stale_temp_files(dir, |temp_of| *temp_of == *name.to_string_lossy());
+            }
         }
         let (registry, digest) =
             read(path, None, None)?.expect("a file is never the one applied before the first");

@@ -100,8 +100,11 @@ impl KeyManager {
                 Manifest::new(vec![meta])
             }
         };
-        let changed = ensure_next(&store, &mut manifest, settings, now)?
-            | manifest.serve_max_age(now, secs(settings.jwks_max_age))
+        let max_age = secs(settings.jwks_max_age);
+        // What this daemon served before its restart is not known here; the manifest's
+        // record (the last value served from this directory) stands in for it.
+        let changed = ensure_next(&store, &mut manifest, settings)?
+            | manifest.serve_max_age(now, max_age, max_age)
             | manifest.prune(now);
         if changed {
             store.write_manifest(&manifest)?;
@@ -211,9 +214,15 @@ impl KeyManager {
 
     /// `keys revoke KID`: the key leaves the JWKS at once; tokens it signed stop verifying.
     /// Returns the revoked key's former state. Blocking.
-    pub fn revoke(&self, kid: &str) -> Result<KeyState, KeyChangeError> {
+    pub fn revoke(&self, kid: &str, longest_ttl: Duration) -> Result<KeyState, KeyChangeError> {
         let settings = self.settings();
+        let max_age = secs(settings.jwks_max_age);
         let state = self.change(|manifest, now| {
+            // A next key promoted before its wait is over may be missing from JWKS responses
+            // verifiers still cache: revoking the key that signs cannot wait for them.
+            let early = manifest
+                .next_may_sign_at(max_age)
+                .filter(|&at| at > now && manifest.active().is_some_and(|a| a.kid == kid));
             let mut generated = Ok(());
             let removed = manifest.revoke(kid, now, || {
                 match SigningKey::generate(settings.alg, settings.bits) {
@@ -231,9 +240,20 @@ impl KeyManager {
                 }
             });
             generated?;
-            removed
+            let state = removed
                 .map(|k| k.state)
-                .ok_or_else(|| KeyChangeError::NoSuchKey(kid.to_owned()))
+                .ok_or_else(|| KeyChangeError::NoSuchKey(kid.to_owned()))?;
+            // The key that signs now may sign tokens as long-lived as any: its retiring
+            // window must know that from its first token, not from the next upkeep.
+            manifest.note_ttl(secs(longest_ttl));
+            if let Some(at) = early {
+                tracing::warn!(
+                    active = manifest.active().map(|a| a.kid.as_str()),
+                    fully_published_at = at,
+                    "the key that signs now was published less than jwks_max_age ago: verifiers holding an older cached JWKS refuse its tokens until they fetch it again"
+                );
+            }
+            Ok(state)
         })?;
         tracing::warn!(
             kid,
@@ -241,6 +261,11 @@ impl KeyManager {
             "signing key revoked; tokens it signed no longer verify"
         );
         Ok(state)
+    }
+
+    /// The key directory.
+    pub fn dir(&self) -> &std::path::Path {
+        self.store.dir()
     }
 
     /// Adopts a manifest another daemon wrote. A manifest that cannot be used (corrupt, or
@@ -321,17 +346,25 @@ impl KeyManager {
             let manifest = self.manifest.lock().expect("manifest lock");
             (manifest.next().map(|k| k.alg), manifest.jwks_max_age)
         };
-        if next_alg == Some(settings.alg) && served == Some(max_age) {
+        // What this daemon served until now: daemons sharing the directory reload one after
+        // another, and the manifest holds what the first one wrote.
+        let before = self.settings();
+        let served_here = secs(before.jwks_max_age);
+        if next_alg == Some(settings.alg)
+            && before.bits == settings.bits
+            && served == Some(max_age)
+            && served_here <= max_age
+        {
             *self.settings.lock().expect("settings lock") = settings;
             return Ok(());
         }
         // The settings (and so the JWKS header) change only once the manifest says so: a
         // failed change leaves the old ones in force.
-        self.change(|manifest, now| {
-            ensure_next(&self.store, manifest, settings, now)?;
+        self.change(|manifest, _| {
+            ensure_next(&self.store, manifest, settings)?;
             // After the key generation, plus a second for the new header to be served:
             // until then the old max-age goes out.
-            manifest.serve_max_age(self::now().saturating_add(1), max_age);
+            manifest.serve_max_age(now().saturating_add(1), max_age, served_here);
             Ok(())
         })?;
         *self.settings.lock().expect("settings lock") = settings;
@@ -379,13 +412,16 @@ fn ensure_next(
     store: &KeyStore,
     manifest: &mut Manifest,
     settings: KeySettings,
-    now: i64,
 ) -> Result<bool, KeyStoreError> {
     // A next key whose file is gone or damaged is replaced now, while it is still only
     // published: left in place, the next rotation would promote a key that cannot sign. (A
-    // key with loose permissions stays, so that `build` refuses it loudly.)
-    let usable = |key: &StoredKey| match store.read_key(key) {
-        Ok(_) | Err(KeyStoreError::Permissions { .. }) => true,
+    // key with loose permissions stays, so that `build` refuses it loudly.) So is an RSA key
+    // of another size than `rsa_bits` asks for.
+    let fits = |key: &StoredKey| match store.read_key(key) {
+        Ok(read) => read
+            .rsa_bits()
+            .is_none_or(|bits| bits == settings.bits.get()),
+        Err(KeyStoreError::Permissions { .. }) => true,
         Err(e) => {
             tracing::warn!(kid = %key.kid, error = %e, "replacing a next key that cannot be read");
             false
@@ -393,15 +429,18 @@ fn ensure_next(
     };
     if manifest
         .next()
-        .is_some_and(|k| k.alg == settings.alg && usable(k))
+        .is_some_and(|k| k.alg == settings.alg && fits(k))
     {
         return Ok(false);
     }
-    // A next key of another algorithm has never signed: replacing it affects no token.
+    // A next key of another algorithm or size has never signed: replacing it affects no
+    // token.
     manifest.keys.retain(|k| k.state != KeyState::Next);
     let (next, der) = SigningKey::generate(settings.alg, settings.bits)?;
     store.write_key(next.kid(), &der)?;
-    manifest.keys.push(StoredKey::next(&next, now));
+    // Published from when the manifest naming it is written, after the generation (seconds,
+    // for large RSA keys): the wait before it signs counts from then.
+    manifest.keys.push(StoredKey::next(&next, now()));
     tracing::info!(kid = next.kid(), alg = %settings.alg, "published a new next key");
     Ok(true)
 }
@@ -526,15 +565,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let m = open(&dir, SigningAlg::EdDSA);
         let before = kids(&m);
-        assert_eq!(m.revoke(&before[0].0).unwrap(), KeyState::Active);
+        let ttl = Duration::from_secs(7_200);
+        assert_eq!(m.revoke(&before[0].0, ttl).unwrap(), KeyState::Active);
         assert_eq!(m.load().active().kid(), before[1].0);
         assert!(
             m.load().get(&before[0].0).is_none(),
             "gone from the JWKS at once"
         );
         assert!(!dir.path().join(format!("{}.pem", before[0].0)).exists());
+        let manifest = m.store.read_manifest().unwrap().unwrap();
+        assert_eq!(
+            manifest.active().and_then(|a| a.longest_ttl),
+            Some(7_200),
+            "the key that signs now knows how long its tokens may live"
+        );
         assert!(matches!(
-            m.revoke("nope"),
+            m.revoke("nope", ttl),
             Err(KeyChangeError::NoSuchKey(_))
         ));
     }

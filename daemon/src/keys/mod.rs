@@ -110,6 +110,16 @@ pub enum RsaBits {
     B4096,
 }
 
+impl RsaBits {
+    pub fn get(self) -> u32 {
+        match self {
+            Self::B2048 => 2048,
+            Self::B3072 => 3072,
+            Self::B4096 => 4096,
+        }
+    }
+}
+
 impl TryFrom<u32> for RsaBits {
     type Error = String;
 
@@ -273,6 +283,14 @@ impl SigningKey {
 
     pub fn alg(&self) -> SigningAlg {
         self.alg
+    }
+
+    /// The modulus size of an RSA key; `None` for others.
+    pub fn rsa_bits(&self) -> Option<u32> {
+        match &self.pair {
+            Pair::Rsa(k) => u32::try_from(k.public_modulus_len() * 8).ok(),
+            Pair::Ec(_) | Pair::Ed(_) => None,
+        }
     }
 
     /// The public key for verification of this key's tokens.

@@ -136,9 +136,16 @@ impl Manifest {
     /// Records that the JWKS is served with `max_age` from `now`. Responses served under a
     /// longer one stay in caches until `now` plus that: the next key waits for them.
     /// Returns whether the manifest changed.
-    pub fn serve_max_age(&mut self, now: i64, max_age: i64) -> bool {
+    ///
+    /// `served_here` is what the caller served until now: with several daemons sharing the
+    /// directory, the manifest's record is what the first of them to change wrote, while the
+    /// others went on serving the longer one until their own reload.
+    pub fn serve_max_age(&mut self, now: i64, max_age: i64, served_here: i64) -> bool {
         let before = (self.jwks_max_age, self.cached_until);
-        if let Some(longer) = self.jwks_max_age.filter(|&old| old > max_age) {
+        let longest = self
+            .jwks_max_age
+            .map_or(served_here, |m| m.max(served_here));
+        if let Some(longer) = Some(longest).filter(|&old| old > max_age) {
             let until = now.saturating_add(longer);
             self.cached_until = Some(self.cached_until.map_or(until, |u| u.max(until)));
         }
@@ -279,14 +286,22 @@ pub struct WriteLock {
 impl KeyStore {
     /// Opens `dir`, creating it (mode 0700) when missing.
     pub fn open(dir: &Path) -> Result<Self, KeyStoreError> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|source| KeyStoreError::Io {
-                path: dir.to_owned(),
-                source,
-            })?;
+        let io = |source| KeyStoreError::Io {
+            path: dir.to_owned(),
+            source,
+        };
+        if !dir.is_dir() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io)?;
+            // The new directory's entry lives in its parent: without this a power loss could
+            // forget the directory, and with it the first key and tokens it signed.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;
+            }
+        }
         Ok(Self {
             dir: dir.to_owned(),
         })
@@ -396,14 +411,19 @@ impl KeyStore {
 
     /// Removes key files the manifest no longer names, and temp files of interrupted writes.
     /// Call after writing that manifest, with the lock held.
+    ///
+    /// Only files this store writes are touched: a key directory shared with other files
+    /// (TLS certificates, a backup of a key) keeps them.
     pub fn remove_unreferenced(&self, manifest: &Manifest) {
-        fsio::remove_stale_temp_files(&self.dir);
+        fsio::remove_stale_temp_files(&self.dir, |name| {
+            name == MANIFEST || name.strip_suffix(".pem").is_some_and(is_kid)
+        });
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return;
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(kid) = name.strip_suffix(".pem") else {
+            let Some(kid) = name.strip_suffix(".pem").filter(|kid| is_kid(kid)) else {
                 continue;
             };
             if !manifest.keys.iter().any(|k| k.kid == kid) {
@@ -418,6 +438,15 @@ impl KeyStore {
             }
         }
     }
+}
+
+/// Whether `name` has the shape of our key ids: an RFC 7638 SHA-256 thumbprint, 43
+/// characters of base64url.
+fn is_kid(name: &str) -> bool {
+    name.len() == 43
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
@@ -442,19 +471,64 @@ mod tests {
             key("a", KeyState::Active, 0),
             key("n", KeyState::Next, 0),
         ]);
-        assert!(m.serve_max_age(0, 900), "first recorded");
-        assert!(!m.serve_max_age(10, 900), "unchanged");
+        assert!(m.serve_max_age(0, 900, 900), "first recorded");
+        assert!(!m.serve_max_age(10, 900, 900), "unchanged");
         // Shortened to a minute at t=100: responses from before may be cached until 1000.
-        assert!(m.serve_max_age(100, 60));
+        assert!(m.serve_max_age(100, 60, 900));
         assert_eq!(m.next_may_sign_at(60), Some(1000));
         assert!(m.check_rotation(999, 60, false).is_err());
         assert!(m.check_rotation(1000, 60, false).is_ok());
         // Lengthened again: nothing older is cached longer than it says.
-        assert!(m.serve_max_age(200, 900));
+        assert!(m.serve_max_age(200, 900, 60));
         assert_eq!(m.next_may_sign_at(900), Some(1000));
         // Once outlived, the bound goes.
         assert!(m.prune(1000));
         assert_eq!(m.cached_until, None);
+    }
+
+    /// Daemons sharing the directory reload one after another: one that served the longer
+    /// max-age until its own reload extends the bound, though the manifest already holds the
+    /// shorter one.
+    #[test]
+    fn a_daemon_reloaded_later_extends_the_bound_from_what_it_served() {
+        let mut m = Manifest::new(vec![
+            key("a", KeyState::Active, 0),
+            key("n", KeyState::Next, 0),
+        ]);
+        m.serve_max_age(0, 600, 600);
+        // The first daemon shortens to a minute at t=100; the second, at t=500.
+        assert!(m.serve_max_age(100, 60, 600));
+        assert_eq!(m.cached_until, Some(700));
+        assert!(m.serve_max_age(500, 60, 600));
+        assert_eq!(m.cached_until, Some(1100));
+        // A restart, whose previous max-age is the manifest's: nothing to extend.
+        assert!(!m.serve_max_age(900, 60, 60));
+    }
+
+    #[test]
+    fn only_our_own_files_are_removed_from_the_key_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(dir.path()).unwrap();
+        let kid = "A".repeat(43);
+        for name in ["tls-cert.pem", "backup-of-oldkey.pem", "notes.txt"] {
+            fs::write(dir.path().join(name), "theirs").unwrap();
+        }
+        fs::write(dir.path().join(format!("{kid}.pem")), "ours").unwrap();
+        let theirs_in_flight = dir
+            .path()
+            .join(format!(".tls-cert.pem{}1.0", fsio::TEMP_MARKER));
+        let ours_left = dir
+            .path()
+            .join(format!(".manifest.json{}1.0", fsio::TEMP_MARKER));
+        fs::write(&theirs_in_flight, "x").unwrap();
+        fs::write(&ours_left, "x").unwrap();
+        store.remove_unreferenced(&Manifest::new(vec![]));
+        assert!(!dir.path().join(format!("{kid}.pem")).exists());
+        assert!(!ours_left.exists());
+        for name in ["tls-cert.pem", "backup-of-oldkey.pem", "notes.txt"] {
+            assert!(dir.path().join(name).exists(), "{name} was removed");
+        }
+        assert!(theirs_in_flight.exists());
     }
 
     #[test]
@@ -570,10 +644,11 @@ mod tests {
     fn unreferenced_key_files_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         let store = KeyStore::open(dir.path()).unwrap();
-        fs::write(dir.path().join("orphan.pem"), "x").unwrap();
-        fs::write(dir.path().join("kept.pem"), "x").unwrap();
-        store.remove_unreferenced(&Manifest::new(vec![key("kept", KeyState::Active, 0)]));
-        assert!(!dir.path().join("orphan.pem").exists());
-        assert!(dir.path().join("kept.pem").exists());
+        let (orphan, kept) = ("o".repeat(43), "k".repeat(43));
+        fs::write(dir.path().join(format!("{orphan}.pem")), "x").unwrap();
+        fs::write(dir.path().join(format!("{kept}.pem")), "x").unwrap();
+        store.remove_unreferenced(&Manifest::new(vec![key(&kept, KeyState::Active, 0)]));
+        assert!(!dir.path().join(format!("{orphan}.pem")).exists());
+        assert!(dir.path().join(format!("{kept}.pem")).exists());
     }
 }

@@ -504,6 +504,27 @@ fn revoking_the_active_key_drops_it_from_the_jwks_and_promotes_next() {
     );
 }
 
+/// The key a revocation makes active records the longest token lifetime in force with its
+/// first token, not at the next upkeep: a restart with shorter lifetimes, or another
+/// daemon's rotation, in between would otherwise retire it before its tokens expire.
+#[test]
+fn the_key_a_revocation_makes_active_knows_its_longest_token_lifetime_at_once() {
+    let (daemon, _) = daemon_with("EdDSA");
+    let active = keys::only(&keys::list(&daemon), "active").kid.clone();
+    daemon
+        .admin(&["keys", "revoke", active.as_str()])
+        .assert_success();
+    let manifest = keys::read_manifest(&keys::key_dir(&daemon));
+    let now_active = manifest["keys"]
+        .as_array()
+        .and_then(|keys| keys.iter().find(|k| k["state"] == "active"))
+        .unwrap_or_else(|| panic!("no active key: {manifest:#}"));
+    assert_eq!(
+        now_active["longest_ttl"], 86_400,
+        "the default lifetime, 24h: {manifest:#}"
+    );
+}
+
 #[test]
 fn tokens_signed_by_a_revoked_key_no_longer_verify() {
     let (daemon, client) = daemon_with("EdDSA");
@@ -779,6 +800,83 @@ fn sighup_publishes_a_next_key_of_a_new_algorithm() {
     let token = token(&daemon, &client);
     assert_eq!(alg_of(&token), "ES256");
     assert_eq!(kid_of(&token), active);
+}
+
+/// A changed `rsa_bits` gets a next key of the new size at reload, as a new algorithm does.
+#[test]
+fn reload_with_new_rsa_bits_replaces_the_next_key() {
+    let (daemon, _) = daemon_with("RS256");
+    let modulus_bytes = |kid: &str| {
+        let jwks = daemon.jwks();
+        let jwk = jwt::find_key(&jwks, kid);
+        jwt::b64url_decode(jwk["n"].as_str().expect("an RSA modulus"))
+            .expect("base64url")
+            .len()
+    };
+    let before = keys::list(&daemon);
+    assert_eq!(modulus_bytes(&keys::only(&before, "next").kid), 256);
+
+    keys::set_config(&daemon, "rsa_bits", "3072");
+    daemon.admin(&["reload"]).assert_success();
+
+    let after = keys::list(&daemon);
+    let next = &keys::only(&after, "next").kid;
+    assert_ne!(next, &keys::only(&before, "next").kid, "{after:#?}");
+    assert_eq!(modulus_bytes(next), 384, "a 3072-bit next key");
+    assert_eq!(
+        keys::only(&after, "active"),
+        keys::only(&before, "active"),
+        "the active key is unchanged"
+    );
+}
+
+/// A key change that cannot be written (the key directory broken) fails the reload, which
+/// says so, and leaves the settings in force; the clients file is still re-read.
+#[test]
+fn a_reload_whose_key_settings_cannot_be_applied_fails() {
+    let (daemon, _) = daemon_with("EdDSA");
+    let dir = keys::key_dir(&daemon);
+    let manifest = dir.join("manifest.json");
+    let saved = std::fs::read(&manifest).expect("the manifest");
+    std::fs::remove_file(&manifest).expect("removing the manifest");
+    std::fs::create_dir(&manifest).expect("a directory in its place");
+    keys::set_config(&daemon, "jwks_max_age", r#""1m""#);
+
+    let output = daemon.admin(&["reload"]);
+    output.assert_code(1);
+    assert!(
+        output.stderr.contains("key settings"),
+        "the failure says what failed:\n{output}"
+    );
+    assert_eq!(jwks_max_age(&daemon), DEFAULT_JWKS_MAX_AGE_SECS);
+
+    std::fs::remove_dir(&manifest).expect("removing the directory");
+    std::fs::write(&manifest, saved).expect("restoring the manifest");
+    daemon.admin(&["reload"]).assert_success();
+    assert_eq!(jwks_max_age(&daemon), 60);
+}
+
+/// Only the key files it wrote leave the key directory: others kept there (a TLS
+/// certificate, a backup) stay.
+#[test]
+fn files_of_others_in_the_key_directory_are_left_alone() {
+    let client = service_client();
+    let daemon = Daemon::builder().client(&client).write();
+    let dir = keys::key_dir(&daemon);
+    std::fs::create_dir_all(&dir).expect("the key directory");
+    for name in ["tls-cert.pem", "backup-of-oldkey.pem"] {
+        std::fs::write(dir.join(name), "theirs").expect("writing a file");
+    }
+    let mut daemon = daemon;
+    daemon.start();
+    keys::rotate_now(&daemon);
+    for name in ["tls-cert.pem", "backup-of-oldkey.pem"] {
+        assert_eq!(
+            std::fs::read_to_string(dir.join(name)).ok().as_deref(),
+            Some("theirs"),
+            "{name} is gone"
+        );
+    }
 }
 
 #[test]

@@ -58,6 +58,9 @@ pub struct Activity {
     pending_since: AtomicU64,
     /// When the last response was handed back.
     idle_since: AtomicU64,
+    /// The connection speaks HTTP/2, whose frames between requests (PING, SETTINGS,
+    /// WINDOW_UPDATE) are no request on its way: they leave the idle deadline running.
+    multiplexed: AtomicBool,
 }
 
 /// Why a connection was closed by its deadline.
@@ -78,10 +81,16 @@ impl Activity {
             pending: AtomicBool::new(true),
             pending_since: AtomicU64::new(now),
             idle_since: AtomicU64::new(now),
+            multiplexed: AtomicBool::new(false),
         })
     }
 
     fn bytes_arrived(&self) {
+        // HTTP/2 frames a request's headers itself, and hyper bounds how many it holds; a
+        // connection that sends only control frames is idle, not reading a request.
+        if self.multiplexed.load(Relaxed) {
+            return;
+        }
         if self.in_flight.load(Relaxed) == 0 && !self.pending.load(Relaxed) {
             self.pending_since.store(now_ms(), Relaxed);
             self.pending.store(true, Relaxed);
@@ -89,7 +98,11 @@ impl Activity {
     }
 
     /// A request's headers are complete and its service call begins; the guard ends it.
-    pub fn begin(self: &Arc<Self>) -> InFlight {
+    /// `http2`: the request came over HTTP/2.
+    pub fn begin(self: &Arc<Self>, http2: bool) -> InFlight {
+        if http2 && !self.multiplexed.load(Relaxed) {
+            self.multiplexed.store(true, Relaxed);
+        }
         self.in_flight.fetch_add(1, Relaxed);
         self.pending.store(false, Relaxed);
         InFlight(self.clone())
@@ -180,8 +193,16 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     }
 }
 
+/// How long a connection past its deadline has to end after being asked to.
+const GRACE: Duration = Duration::from_secs(1);
+
 /// Drives `conn` until it ends or its deadline passes; returns why it was cut short. Once
 /// `closed` is ready, `graceful` asks the connection to finish what it is serving and end.
+///
+/// At its deadline a connection is asked to end the same way, and dropped [`GRACE`] later
+/// if it has not: HTTP/2 then sends GOAWAY and TLS its close_notify (RFC 9113 §6.8, RFC 8446
+/// §6.1), so a client learns the connection is over, and which of its requests were taken,
+/// rather than meeting a reset. (An idle HTTP/1 connection ends at once.)
 pub async fn serve_until_deadline<F: Future>(
     conn: F,
     mut closed: Closed,
@@ -191,6 +212,7 @@ pub async fn serve_until_deadline<F: Future>(
 ) -> Result<F::Output, Expired> {
     tokio::pin!(conn);
     let mut graceful = Some(graceful);
+    let mut expired = None;
     let first = activity
         .deadline(limits)
         .map_or(limits.idle, |_| limits.read);
@@ -199,16 +221,27 @@ pub async fn serve_until_deadline<F: Future>(
     loop {
         tokio::select! {
             biased;
-            done = &mut conn => return Ok(done),
+            done = &mut conn => return expired.map_or(Ok(done), Err),
             () = &mut closed, if graceful.is_some() => {
                 if let Some(graceful) = graceful.take() {
                     graceful(conn.as_mut());
                 }
             }
             () = &mut timer => {
+                if let Some(why) = expired {
+                    return Err(why);
+                }
                 let now = Instant::now();
                 let next = match activity.deadline(limits) {
-                    Some((at, why)) if at <= now => return Err(why),
+                    Some((at, why)) if at <= now => match graceful.take() {
+                        Some(graceful) => {
+                            graceful(conn.as_mut());
+                            expired = Some(why);
+                            now + GRACE
+                        }
+                        // Already ending (the daemon is stopping): no more to wait for.
+                        None => return Err(why),
+                    },
                     Some((at, _)) => at,
                     // Serving a request: look again after the shorter of the two limits.
                     None => now + limits.read.min(limits.idle),
@@ -260,7 +293,7 @@ mod tests {
     #[test]
     fn serving_has_no_deadline_and_then_idles() {
         let a = Activity::new();
-        let guard = a.begin();
+        let guard = a.begin(false);
         assert!(a.deadline(LIMITS).is_none());
         drop(guard);
         assert_eq!(a.deadline(LIMITS).unwrap().1, Expired::Idle);
@@ -268,10 +301,22 @@ mod tests {
         assert_eq!(a.deadline(LIMITS).unwrap().1, Expired::Read);
     }
 
+    /// HTTP/2 PINGs and WINDOW_UPDATEs between requests are no request on its way: they
+    /// neither put the connection on the (shorter) read deadline nor extend its idle one.
+    #[test]
+    fn http2_frames_between_requests_leave_the_idle_deadline() {
+        let a = Activity::new();
+        drop(a.begin(true));
+        let idle = a.deadline(LIMITS).unwrap();
+        assert_eq!(idle.1, Expired::Idle);
+        a.bytes_arrived();
+        assert_eq!(a.deadline(LIMITS).unwrap(), idle);
+    }
+
     #[test]
     fn overlapping_requests_stay_in_flight_until_the_last_ends() {
         let a = Activity::new();
-        let (one, two) = (a.begin(), a.begin());
+        let (one, two) = (a.begin(false), a.begin(false));
         drop(one);
         assert!(a.deadline(LIMITS).is_none());
         drop(two);
@@ -293,5 +338,41 @@ mod tests {
         .await;
         assert_eq!(cut, Err(Expired::Read));
         assert!(started.elapsed() >= LIMITS.read);
+    }
+
+    /// At its deadline a connection is asked to end (GOAWAY, close_notify); one that ends
+    /// is counted as expired, one that does not is dropped a grace period later.
+    #[tokio::test(start_paused = true)]
+    async fn at_its_deadline_a_connection_is_asked_to_end_then_dropped() {
+        let closing = super::super::closing::Closing::new();
+        let started = Instant::now();
+        let (ask, asked) = tokio::sync::oneshot::channel::<()>();
+        let mut ask = Some(ask);
+        let ended = serve_until_deadline(
+            async move { drop(asked.await) },
+            closing.watch(),
+            |_| {
+                if let Some(ask) = ask.take() {
+                    let _ = ask.send(());
+                }
+            },
+            &Activity::new(),
+            LIMITS,
+        )
+        .await;
+        assert_eq!(ended, Err(Expired::Read));
+        assert_eq!(started.elapsed(), LIMITS.read, "ended when asked");
+
+        let started = Instant::now();
+        let deaf = serve_until_deadline(
+            std::future::pending::<()>(),
+            closing.watch(),
+            |_| {},
+            &Activity::new(),
+            LIMITS,
+        )
+        .await;
+        assert_eq!(deaf, Err(Expired::Read));
+        assert_eq!(started.elapsed(), LIMITS.read + GRACE);
     }
 }

@@ -159,8 +159,8 @@ async fn http<I>(
 {
     let activity = Activity::new();
     let (serving, for_service) = (state.clone(), activity.clone());
-    let service = service_fn(move |req| {
-        let in_flight = for_service.begin();
+    let service = service_fn(move |req: Request<Incoming>| {
+        let in_flight = for_service.begin(req.version() == Version::HTTP_2);
         let state = serving.clone();
         async move {
             let resp = route(&state, req, peer).await;

@@ -173,6 +173,66 @@ fn a_kept_alive_connection_is_closed_after_the_idle_timeout() {
     );
 }
 
+/// HTTP/2 (prior knowledge, as a service mesh speaks it): PINGs between requests are no
+/// request on its way, so they neither cut the connection at the read timeout nor keep it
+/// past the idle timeout; at that deadline it ends with GOAWAY (the client's connection
+/// ends cleanly), not with a bare close.
+#[test]
+fn an_http2_connection_idles_through_pings_and_ends_with_goaway() {
+    const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+    const PING_EVERY: Duration = Duration::from_millis(200);
+    let daemon = Daemon::builder()
+        .client(&service_client())
+        .config("read_timeout = \"1s\"\nidle_timeout = \"3s\"")
+        .start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let (answered, ended) = runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(daemon.addr())
+            .await
+            .expect("connecting");
+        let (mut requests, mut connection) = h2::client::handshake(tcp)
+            .await
+            .expect("an HTTP/2 handshake");
+        let mut pings = connection.ping_pong().expect("PINGs");
+        let mut connection = tokio::spawn(connection);
+        let request = ::http::Request::get(daemon.url("/healthz"))
+            .body(())
+            .expect("a request");
+        let (response, _) = requests
+            .send_request(request, true)
+            .expect("sending the request");
+        let response = response.await.expect("a response");
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        while body.data().await.is_some() {}
+        let answered = Instant::now();
+        // Pinged, not waited on: the pings are the load, the connection's end the event.
+        let mut every = tokio::time::interval(PING_EVERY);
+        loop {
+            tokio::select! {
+                ended = &mut connection => break drop(ended.expect("the connection task")),
+                _ = every.tick() => drop(pings.ping(h2::Ping::opaque()).await),
+            }
+        }
+        // What a client that wants to send again is told.
+        let ended = requests.ready().await.map(drop);
+        (answered, ended)
+    });
+    assert_about(
+        answered.elapsed(),
+        IDLE_TIMEOUT,
+        "an HTTP/2 connection that only pinged was closed",
+    );
+    assert!(
+        ended.as_ref().is_err_and(h2::Error::is_go_away),
+        "the connection ended without GOAWAY: {ended:?}"
+    );
+    metrics::await_at_least(daemon.addr(), IDLE_TIMED_OUT, 1.0, COUNTED_WITHIN);
+}
+
 /// Requests spaced closer than the idle timeout keep a connection open for longer than the
 /// idle timeout in total. The spacing comes from the server itself: between two requests the
 /// test waits for the server to close another connection that sends nothing, which takes the

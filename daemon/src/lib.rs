@@ -316,8 +316,10 @@ impl State {
                             reason: format!("the new key settings could not be applied: {e}"),
                         }
                     });
-                    // A bad certificate or key directory does not hold the clients file back.
-                    if let Some(failed) = keys_failed.or_else(|| self.reload_tls(&config)) {
+                    // A broken key directory holds back neither a renewed certificate nor the
+                    // clients file, nor a bad certificate the clients file.
+                    let tls_failed = self.reload_tls(&config);
+                    if let Some(failed) = keys_failed.or(tls_failed) {
                         drop(self.clients.reload());
                         self.note_longest_ttl();
                         return failed;

@@ -104,7 +104,7 @@ const SECRET_HASH_FORMS: &str = "a hash string \"sha256:…\", or an old secret'
 // of untagged enum RawSecretHash": a mistyped `expire` is told as such.
 impl<'de> Deserialize<'de> for RawSecretHash {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        use serde::de::{self, MapAccess, Visitor};
+        use serde::de::{self, MapAccess, SeqAccess, Visitor};
 
         struct Entry;
 
@@ -119,10 +119,27 @@ impl<'de> Deserialize<'de> for RawSecretHash {
                 Ok(RawSecretHash::Current(v.to_owned()))
             }
 
+            // `[hash, expires]`: a struct's fields in order, which the derived form read too.
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let wrong = || de::Error::custom(format!("expected {SECRET_HASH_FORMS}"));
+                let hash = seq.next_element()?.ok_or_else(wrong)?;
+                let expires = seq.next_element()?.ok_or_else(wrong)?;
+                if seq.next_element::<de::IgnoredAny>()?.is_some() {
+                    return Err(wrong());
+                }
+                Ok(RawSecretHash::Expiring(RawExpiringHash { hash, expires }))
+            }
+
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let (mut hash, mut expires) = (None, None);
                 while let Some(key) = map.next_key::<String>()? {
                     match key.as_str() {
+                        // How the `toml` crate hands over a bare date-time.
+                        "$__toml_private_datetime" => {
+                            return Err(de::Error::custom(format!(
+                                "a date-time is no secret hash; write {SECRET_HASH_FORMS}"
+                            )));
+                        }
                         "hash" if hash.is_none() => hash = Some(map.next_value()?),
                         "expires" if expires.is_none() => expires = Some(map.next_value()?),
                         "hash" | "expires" => {
@@ -545,6 +562,10 @@ secret_hashes = ["{HASH}"]
                 "has no `hash`",
             ),
             ("3".to_owned(), "a hash string"),
+            (
+                "2026-11-28T10:00:00Z".to_owned(),
+                "a date-time is no secret hash",
+            ),
         ] {
             let text = format!("[clients.a]\nsecret_hashes = [\"{HASH}\", {entry}]\n");
             let err = parse(&text).unwrap_err().to_string();
@@ -554,6 +575,20 @@ secret_hashes = ["{HASH}"]
             );
             assert!(!err.contains("untagged"), "{err}");
         }
+    }
+
+    /// The old secret's table written as an array of its two fields, in order, loads as it
+    /// always has.
+    #[test]
+    fn an_old_secret_as_an_array_of_hash_and_expiry_loads() {
+        let text = format!(
+            "[clients.a]\nsecret_hashes = [\"{HASH}\", [\"{HASH}\", 2026-11-28T10:00:00Z]]\n"
+        );
+        let clients = parse(&text).unwrap();
+        assert_eq!(
+            clients[0].secrets[1].expires,
+            Some("2026-11-28T10:00:00Z".parse().unwrap())
+        );
     }
 
     #[test]

@@ -199,10 +199,12 @@ const GRACE: Duration = Duration::from_secs(1);
 /// Drives `conn` until it ends or its deadline passes; returns why it was cut short. Once
 /// `closed` is ready, `graceful` asks the connection to finish what it is serving and end.
 ///
-/// At its deadline a connection is asked to end the same way, and dropped [`GRACE`] later
-/// if it has not: HTTP/2 then sends GOAWAY and TLS its close_notify (RFC 9113 §6.8, RFC 8446
+/// At its deadline a connection is asked to end the same way, and dropped a second later if
+/// it has not: HTTP/2 then sends GOAWAY and TLS its close_notify (RFC 9113 §6.8, RFC 8446
 /// §6.1), so a client learns the connection is over, and which of its requests were taken,
-/// rather than meeting a reset. (An idle HTTP/1 connection ends at once.)
+/// rather than meeting a reset. (An idle HTTP/1 connection ends at once.) A request taken in
+/// the meantime (one that crossed the GOAWAY, or a late head completed) is served to its end:
+/// the drop waits for it.
 pub async fn serve_until_deadline<F: Future>(
     conn: F,
     mut closed: Closed,
@@ -228,10 +230,17 @@ pub async fn serve_until_deadline<F: Future>(
                 }
             }
             () = &mut timer => {
-                if let Some(why) = expired {
-                    return Err(why);
-                }
                 let now = Instant::now();
+                if let Some(why) = expired {
+                    if activity.deadline(limits).is_some() {
+                        return Err(why);
+                    }
+                    // Serving a request taken during the grace (its body read is bounded by
+                    // the read timeout, its answer by nothing slow): looked at again a grace
+                    // later.
+                    timer.as_mut().reset(now + GRACE);
+                    continue;
+                }
                 let next = match activity.deadline(limits) {
                     Some((at, why)) if at <= now => match graceful.take() {
                         Some(graceful) => {
@@ -374,5 +383,31 @@ mod tests {
         .await;
         assert_eq!(deaf, Err(Expired::Read));
         assert_eq!(started.elapsed(), LIMITS.read + GRACE);
+
+        // A request taken during the grace is not cut: the drop waits until it is served.
+        let activity = Activity::new();
+        let started = Instant::now();
+        let serving = std::sync::Mutex::new(None);
+        let served = serve_until_deadline(
+            async {
+                tokio::time::sleep(LIMITS.read + GRACE / 2).await;
+                let guard = activity.begin(true);
+                tokio::time::sleep(GRACE * 3).await;
+                drop(guard);
+                std::future::pending::<()>().await;
+            },
+            closing.watch(),
+            |_| *serving.lock().unwrap() = Some(()),
+            &activity,
+            LIMITS,
+        )
+        .await;
+        assert_eq!(served, Err(Expired::Read));
+        assert!(serving.lock().unwrap().is_some(), "asked to end");
+        assert!(
+            started.elapsed() >= LIMITS.read + GRACE / 2 + GRACE * 3,
+            "dropped after the request ended, at {:?}",
+            started.elapsed()
+        );
     }
 }

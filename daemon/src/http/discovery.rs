@@ -80,10 +80,12 @@ pub fn verify(keys: &Keyring, issuer: &str, token: &str, audience: Option<&str>)
     let mut validation = jsonwebtoken::Validation::new(key.alg().jwt());
     validation.set_issuer(&[issuer]);
     validation.set_required_spec_claims(&["exp", "iat", "nbf", "iss", "aud", "sub"]);
-    validation.validate_nbf = true;
-    // The tokens are ours and so is the clock that judges them: no skew to allow for (the
-    // library's default grants 60 s), and a token is expired from its `exp` second on
-    // (RFC 7519 §4.1.4: the time must be before it).
+    // The tokens are ours: no skew to allow for at their end (the library's default grants
+    // 60 s), and a token is expired from its `exp` second on (RFC 7519 §4.1.4: the time must
+    // be before it). Their `nbf` is their `iat`, so it tells nothing the signature does not;
+    // checked with no leeway it would refuse a token just issued by a daemon sharing the
+    // key directory whose clock runs a second ahead.
+    validation.validate_nbf = false;
     validation.leeway = 0;
     validation.reject_tokens_expiring_in_less_than = 1;
     match audience {

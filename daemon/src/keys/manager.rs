@@ -246,15 +246,16 @@ impl KeyManager {
             // The key that signs now may sign tokens as long-lived as any: its retiring
             // window must know that from its first token, not from the next upkeep.
             manifest.note_ttl(secs(longest_ttl));
-            if let Some(at) = early {
-                tracing::warn!(
-                    active = manifest.active().map(|a| a.kid.as_str()),
-                    fully_published_at = at,
-                    "the key that signs now was published less than jwks_max_age ago: verifiers holding an older cached JWKS refuse its tokens until they fetch it again"
-                );
-            }
-            Ok(state)
+            Ok((state, early))
         })?;
+        let (state, early) = state;
+        if let Some(at) = early {
+            tracing::warn!(
+                active = self.load().active().kid(),
+                fully_published_at = at,
+                "the key that signs now was published less than jwks_max_age ago: verifiers holding an older cached JWKS refuse its tokens until they fetch it again"
+            );
+        }
         tracing::warn!(
             kid,
             former_state = state.as_str(),
@@ -351,7 +352,7 @@ impl KeyManager {
         let before = self.settings();
         let served_here = secs(before.jwks_max_age);
         if next_alg == Some(settings.alg)
-            && before.bits == settings.bits
+            && (before.bits == settings.bits || !settings.alg.is_rsa())
             && served == Some(max_age)
             && served_here <= max_age
         {

@@ -70,6 +70,11 @@ impl SigningAlg {
         }
     }
 
+    /// Whether keys of this algorithm are RSA keys, whose size `rsa_bits` sets.
+    pub fn is_rsa(self) -> bool {
+        self.rsa_encoding().is_some()
+    }
+
     fn rsa_encoding(self) -> Option<&'static signature::RsaSignatureEncoding> {
         match self {
             Self::RS256 => Some(&signature::RSA_PKCS1_SHA256),

@@ -297,9 +297,15 @@ impl KeyStore {
                 .create(dir)
                 .map_err(io)?;
             // The new directory's entry lives in its parent: without this a power loss could
-            // forget the directory, and with it the first key and tokens it signed.
-            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;
+            // forget the directory, and with it the first key and tokens it signed. A parent
+            // that cannot be synced is a storage fault to report, as for every write
+            // (`fsio`), not a reason to refuse to start.
+            let parent = match dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            if let Err(e) = File::open(parent).and_then(|d| d.sync_all()) {
+                tracing::error!(dir = %parent.display(), error = %e, "the new key directory's parent could not be synced: a power loss could forget it; check the disk");
             }
         }
         Ok(Self {

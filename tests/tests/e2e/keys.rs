@@ -831,7 +831,8 @@ fn reload_with_new_rsa_bits_replaces_the_next_key() {
 }
 
 /// A key change that cannot be written (the key directory broken) fails the reload, which
-/// says so, and leaves the settings in force; the clients file is still re-read.
+/// says so, and leaves the settings in force. (That it holds back nothing else is in
+/// `tls::a_broken_key_directory_does_not_hold_back_a_renewed_certificate`.)
 #[test]
 fn a_reload_whose_key_settings_cannot_be_applied_fails() {
     let (daemon, _) = daemon_with("EdDSA");

@@ -286,6 +286,26 @@ fn reload_serves_a_renewed_certificate_and_keeps_the_old_one_on_failure() {
 
 /// SPEC: errors go to stderr as one sentence that says what failed, so a failed certificate
 /// reload names the certificate there.
+/// A reload whose key settings cannot be written fails, and says so, but the renewed
+/// certificate it also brings is served all the same.
+#[test]
+fn a_broken_key_directory_does_not_hold_back_a_renewed_certificate() {
+    let (daemon, _) = start_tls(tls_builder(&service_client()));
+    let renewed = CertPair::generate(&daemon.dir().join("spare"), "renewed", "tokendealer-r", 2);
+    renewed.install_at(&configured_pair(&daemon));
+    let manifest = daemon.dir().join("keys/manifest.json");
+    std::fs::remove_file(&manifest).expect("removing the key manifest");
+    std::fs::create_dir(&manifest).expect("a directory in its place");
+    let config = daemon.config_path();
+    let text = std::fs::read_to_string(&config).expect("the config");
+    std::fs::write(&config, format!("{text}jwks_max_age = \"1m\"\n")).expect("the config");
+
+    let output = daemon.admin(&["reload"]);
+    output.assert_code(1);
+    assert!(output.stderr.contains("key settings"), "{output}");
+    assert_serves(&daemon, &renewed);
+}
+
 #[test]
 fn a_failed_certificate_reload_names_the_certificate_on_stderr() {
     let (daemon, _) = start_tls(tls_builder(&service_client()));

@@ -54,12 +54,22 @@ pub enum BindError {
     NotASocket(PathBuf),
     #[error("another tokendealerd is already listening on {}", .0.display())]
     InUse(PathBuf),
-    #[error("cannot create the admin socket {}: {source}", path.display())]
+    #[error("cannot create the admin socket {}: {source}{}", path.display(), hint(path, source))]
     Io {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
+}
+
+/// What to do about a socket path the kernel will not take.
+fn hint(path: &Path, source: &io::Error) -> &'static str {
+    // sun_path holds 108 bytes, the terminating NUL included.
+    if path.as_os_str().len() >= 108 || source.kind() == ErrorKind::InvalidInput {
+        "; a Unix socket path has at most 107 bytes: set a shorter `admin_socket` in the config"
+    } else {
+        ""
+    }
 }
 
 /// Binds the admin socket at `path`, replacing a stale socket a crashed daemon left behind.

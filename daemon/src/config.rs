@@ -21,6 +21,8 @@ pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// published before it may sign.
 pub const DEFAULT_JWKS_MAX_AGE: Duration = Duration::from_secs(15 * 60);
 pub use tokendealer_shared::clients_file::MAX_TOKEN_TTL;
+/// The longest JWKS `max-age` accepted: a week.
+pub const MAX_JWKS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_ADMIN_SOCKET: &str = "/run/tokendealer/admin.sock";
@@ -213,15 +215,32 @@ impl Config {
             .token_ttl
             .map(|v| {
                 let d = dur(&v, "token_ttl")?;
-                tokendealer_shared::clients_file::check_token_ttl(d)
-                    .map_err(|m| invalid(Some(v.span()), format!("`token_ttl`: {m}")))?;
+                tokendealer_shared::clients_file::check_token_ttl(d).map_err(|m| {
+                    invalid(
+                        Some(v.span()),
+                        format!("`token_ttl` = \"{}\" {m}", v.get_ref()),
+                    )
+                })?;
                 Ok(d)
             })
             .transpose()?
             .unwrap_or(DEFAULT_TOKEN_TTL);
         let jwks_max_age = raw
             .jwks_max_age
-            .map(|v| dur(&v, "jwks_max_age"))
+            .map(|v| {
+                let d = dur(&v, "jwks_max_age")?;
+                // A typo of "15d" for "15m" would hold every rotation back for weeks.
+                if d > MAX_JWKS_MAX_AGE {
+                    return Err(invalid(
+                        Some(v.span()),
+                        format!(
+                            "`jwks_max_age` = \"{}\" is over a week: a next key waits that long before it signs, and verifiers keep a JWKS that long; give at most 7d",
+                            v.get_ref()
+                        ),
+                    ));
+                }
+                Ok(d)
+            })
             .transpose()?
             .unwrap_or(DEFAULT_JWKS_MAX_AGE);
         let rotate_every = match raw.rotate_every {
@@ -456,6 +475,9 @@ mod tests {
             ("max_connections = 0\n", 1),
             ("idle_timeout = \"0s\"\n", 1),
             ("jwks_max_age = \"1h\"\nrotate_every = \"30m\"\n", 2),
+            ("\njwks_max_age = \"15d\"\n", 2),
+            ("token_ttl = \"400d\"\n", 1),
+            ("token_ttl = \"0s\"\n", 1),
         ] {
             let err = Config::parse(text, Some(path)).unwrap_err();
             let ConfigError::Invalid { line: Some(l), .. } = err else {
@@ -465,6 +487,25 @@ mod tests {
             let msg = err.to_string();
             assert!(msg.starts_with("config file /x/c.toml line"), "{msg}");
             assert!(!msg.contains('\n'), "one sentence: {msg}");
+        }
+    }
+
+    /// Each problem is said with the value as written.
+    #[test]
+    fn duration_problems_say_what_is_wrong() {
+        for (text, says) in [
+            (
+                "token_ttl = \"400d\"",
+                "`token_ttl` = \"400d\" is over a year",
+            ),
+            ("token_ttl = \"0s\"", "`0s` is no time at all"),
+            (
+                "jwks_max_age = \"15d\"",
+                "`jwks_max_age` = \"15d\" is over a week",
+            ),
+        ] {
+            let err = Config::parse(text, None).unwrap_err().to_string();
+            assert!(err.contains(says), "{text}: {err}");
         }
     }
 

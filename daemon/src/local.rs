@@ -41,7 +41,7 @@ pub struct LocalSetup {
 /// Why local mode could not set up its directory.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
-    #[error("cannot set up {}: {source}", path.display())]
+    #[error("cannot set up {}: {source}; run from a directory you can write to, or pass --config FILE", path.display())]
     Io {
         path: PathBuf,
         #[source]
@@ -135,8 +135,35 @@ pub fn print_banner(
         out,
         "open the dashboard (add `status` for a one-shot summary):"
     )?;
-    writeln!(out, "  tokendealer --socket {}", admin_socket.display())?;
+    writeln!(
+        out,
+        "  {} --socket {}",
+        admin_tool().display(),
+        admin_socket.display()
+    )?;
     out.flush()
+}
+
+/// How to run the admin tool from here: `tokendealer` when it is on `PATH`, else the one
+/// built beside this binary (after `cargo run`, `target/release/tokendealer`), whose path
+/// pastes where the bare name would be "command not found".
+fn admin_tool() -> PathBuf {
+    const NAME: &str = "tokendealer";
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| is_program(&dir.join(NAME))));
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(NAME)))
+        .filter(|tool| is_program(tool));
+    match beside {
+        Some(tool) if !on_path => tool,
+        _ => PathBuf::from(NAME),
+    }
+}
+
+fn is_program(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 #[cfg(test)]

@@ -39,11 +39,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Validate a config file (and the clients file it names, when that exists) and exit:
-    /// 0 when usable, 78 with the problem otherwise.
+    /// Validate a config file and what it names (the clients file, the TLS certificate and
+    /// key, the signing keys when they exist) as a start would, and exit: 0 when usable, 78
+    /// with the problem otherwise.
     CheckConfig {
-        /// The config file; not needed with --clients.
-        #[arg(required_unless_present = "clients")]
+        /// The config file (else --config); not needed with --clients.
         file: Option<PathBuf>,
         /// Also (or only) validate this clients file.
         #[arg(long, value_name = "FILE")]
@@ -65,6 +65,13 @@ fn main() -> ExitCode {
     let _log_guard = init_logging(cli.log_format);
     match cli.command {
         Some(Command::CheckConfig { file, clients }) => {
+            let file = file.or(cli.config);
+            if file.is_none() && clients.is_none() {
+                return fail(
+                    2,
+                    "check-config needs a config file: `tokendealerd check-config FILE` (or --config FILE)",
+                );
+            }
             check_config(file.as_deref(), clients.as_deref())
         }
         None => serve(cli.config, cli.listen),
@@ -131,8 +138,18 @@ fn check_config(file: Option<&std::path::Path>, clients: Option<&std::path::Path
     if let Some(file) = file {
         match Config::load(file) {
             Ok(config) => {
+                // What a start would load, and refuse with 78: the certificate and its key,
+                // the signing keys already made (a first start makes them, so none is fine).
+                if let Some(files) = &config.tls
+                    && let Err(e) = tokendealer_daemon::http::tls::Tls::load(files)
+                {
+                    return fail(EX_CONFIG, e);
+                }
+                if let Err(e) = tokendealer_daemon::keys::KeyStore::check(&config.key_dir) {
+                    return fail(EX_CONFIG, e);
+                }
                 let _ = writeln!(std::io::stdout(), "{}: ok", file.display());
-                if clients.is_none() && config.clients_file.exists() {
+                if clients.is_none() {
                     clients = Some(config.clients_file);
                 }
             }
@@ -141,7 +158,13 @@ fn check_config(file: Option<&std::path::Path>, clients: Option<&std::path::Path
     }
     if let Some(path) = clients {
         let checked = std::fs::read_to_string(&path)
-            .map_err(|e| format!("cannot read clients file {}: {e}", path.display()))
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => format!(
+                    "clients file {} does not exist; create it (a file holding only a comment means no clients)",
+                    path.display()
+                ),
+                _ => format!("cannot read clients file {}: {e}", path.display()),
+            })
             .and_then(|text| {
                 tokendealer_shared::clients_file::parse(&text)
                     .map_err(|e| format!("clients file {} {e}", path.display()))
@@ -220,6 +243,13 @@ fn serve(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> ExitCode {
         if let Some(setup) = local_setup {
             let addr = listeners.http.local_addr().unwrap_or(config.listen);
             if let Err(e) = local::print_banner(setup, addr, &config.admin_socket) {
+                // The banner is the only place a new demo secret is shown.
+                if setup.new_secret.is_some() {
+                    return unshown(fail(
+                        1,
+                        format!("cannot print the new demo client's secret ({e}); run again with stdout open"),
+                    ));
+                }
                 tracing::warn!(error = %e, "cannot print the local-mode banner");
             }
         }

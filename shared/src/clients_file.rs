@@ -44,19 +44,17 @@ pub const MAX_SECRETS: usize = 2;
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// A token lifetime: at least a second (`exp` counts whole seconds, so less would issue
-/// tokens expired on arrival), at most [`MAX_TOKEN_TTL`].
+/// tokens expired on arrival), at most [`MAX_TOKEN_TTL`]. The problem comes without the
+/// value, for the caller to put it as the user wrote it: "`token_ttl` = \"400d\" is over
+/// a year…".
 pub fn check_token_ttl(ttl: Duration) -> Result<(), String> {
     if ttl < Duration::from_secs(1) {
-        return Err(format!(
-            "`{}` is under a second, and a token's `exp` counts whole seconds; give at least 1s",
-            humantime::format_duration(ttl)
-        ));
+        return Err(
+            "is under a second, and a token's `exp` counts whole seconds; give at least 1s".into(),
+        );
     }
     if ttl > MAX_TOKEN_TTL {
-        return Err(format!(
-            "`{}` is over a year; issue shorter-lived tokens",
-            duration::format(ttl)
-        ));
+        return Err("is over a year; issue shorter-lived tokens".into());
     }
     Ok(())
 }
@@ -378,10 +376,9 @@ fn validate_fields(id: &str, raw: RawClient) -> Result<ClientSpec, String> {
         .token_ttl
         .as_deref()
         .map(|t| {
-            duration::parse(t)
-                .map_err(|e| e.to_string())
-                .and_then(|d| check_token_ttl(d).map(|()| d))
-                .map_err(|e| format!("`token_ttl`: {e}"))
+            let d = duration::parse(t).map_err(|e| format!("`token_ttl`: {e}"))?;
+            check_token_ttl(d).map_err(|e| format!("`token_ttl` = \"{t}\" {e}"))?;
+            Ok::<_, String>(d)
         })
         .transpose()?;
     Ok(ClientSpec {

@@ -4,9 +4,11 @@ use std::time::Duration;
 
 /// A duration that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{input}` is not a duration (write e.g. \"90s\", \"15m\", \"24h\" or \"30d\")")]
-pub struct DurationError {
-    pub input: String,
+pub enum DurationError {
+    #[error("`{input}` is not a duration (write e.g. \"90s\", \"15m\", \"24h\" or \"30d\")")]
+    Malformed { input: String },
+    #[error("`{input}` is no time at all; give a duration longer than zero")]
+    Zero { input: String },
 }
 
 /// Whole seconds, rounded up: a period asked for (a secret's overlap) is never cut short.
@@ -18,7 +20,10 @@ pub fn secs_rounded_up(d: Duration) -> u64 {
 pub fn parse(input: &str) -> Result<Duration, DurationError> {
     match humantime::parse_duration(input.trim()) {
         Ok(d) if !d.is_zero() => Ok(d),
-        _ => Err(DurationError {
+        Ok(_) => Err(DurationError::Zero {
+            input: input.to_owned(),
+        }),
+        Err(_) => Err(DurationError::Malformed {
             input: input.to_owned(),
         }),
     }
@@ -43,7 +48,13 @@ mod tests {
 
     #[test]
     fn refuses_zero_and_garbage() {
-        assert!(parse("0s").is_err());
+        assert!(matches!(parse("0s"), Err(DurationError::Zero { .. })));
+        assert!(
+            parse("0s")
+                .unwrap_err()
+                .to_string()
+                .contains("longer than zero")
+        );
         assert!(parse("soon").is_err());
         assert!(parse("").is_err());
         assert!(parse("10").is_err());

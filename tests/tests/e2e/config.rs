@@ -121,6 +121,44 @@ fn check_config_refuses_with_one_sentence() {
     assert_names_file_and_line(&output, &daemon.config_path(), 6);
 }
 
+/// `check-config` refuses what a start would refuse (exit 78) in the files the config
+/// names, not only the config itself: a missing clients file, a private key others may read.
+#[test]
+fn check_config_refuses_what_a_start_would() {
+    let client = service_client();
+    let mut daemon = Daemon::builder().client(&client).write();
+    let clients = daemon.clients_path();
+    let kept = fs::read(&clients).expect("the clients file");
+    fs::remove_file(&clients).expect("removing the clients file");
+    let output = check_config(&daemon.config_path());
+    output.assert_code(EX_CONFIG);
+    assert!(output.stderr.contains("does not exist"), "{output}");
+    let started = daemon.start_expecting_exit();
+    started.assert_code(EX_CONFIG);
+
+    fs::write(&clients, kept).expect("restoring the clients file");
+    daemon.start();
+    let kid = daemon.kids().remove(0);
+    daemon.stop();
+    let pem = daemon.dir().join("keys").join(format!("{kid}.pem"));
+    tokendealer_tests::files::set_mode(&pem, 0o640);
+    let output = check_config(&daemon.config_path());
+    output.assert_code(EX_CONFIG);
+    assert!(output.stderr.contains("chmod 600"), "{output}");
+    daemon.start_expecting_exit().assert_code(EX_CONFIG);
+}
+
+/// As a unit's `ExecStart` line holds it: `--config FILE check-config`.
+#[test]
+fn check_config_takes_the_config_of_config() {
+    let daemon = Daemon::builder().client(&service_client()).write();
+    let mut cmd = Command::new(bins::tokendealerd());
+    cmd.arg("--config")
+        .arg(daemon.config_path())
+        .arg("check-config");
+    process::run(cmd).assert_success();
+}
+
 #[test]
 fn restart_keeps_the_key_and_the_clients() {
     let client = service_client();

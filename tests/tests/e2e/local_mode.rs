@@ -47,11 +47,15 @@ fn first_curl(daemon: &Daemon) -> Curl {
     })
 }
 
-/// Finds the path after `tokendealer --socket` in stdout.
-fn printed_socket(stdout: &str) -> Option<PathBuf> {
-    let rest = stdout.split("tokendealer --socket ").nth(1)?;
-    let path = rest.split_whitespace().next()?;
-    Some(PathBuf::from(path.trim_matches(|c| c == '\'' || c == '"')))
+/// The dashboard command in stdout, `PROGRAM --socket PATH`: its program and socket.
+fn printed_dashboard(stdout: &str) -> Option<(PathBuf, PathBuf)> {
+    let line = stdout
+        .lines()
+        .map(str::trim)
+        .find(|l| l.contains("tokendealer") && l.contains(" --socket "))?;
+    let (program, socket) = line.split_once(" --socket ")?;
+    let unquote = |s: &str| PathBuf::from(s.trim().trim_matches(|c| c == '\'' || c == '"'));
+    Some((unquote(program), unquote(socket)))
 }
 
 /// What `curl -s -u demo:SECRET -d grant_type=client_credentials URL` sends: `-u` joins id
@@ -129,11 +133,25 @@ fn first_start_prints_a_curl_that_gets_a_verifiable_token() {
 fn first_start_prints_the_dashboard_command() {
     let daemon = Daemon::local_mode();
     let stdout = daemon.stdout();
-    let socket = printed_socket(&stdout)
+    let (program, socket) = printed_dashboard(&stdout)
         .unwrap_or_else(|| panic!("no `tokendealer --socket PATH` line on stdout:\n{stdout}"));
     assert!(socket.is_absolute(), "{}", socket.display());
     assert_eq!(socket, daemon.admin_socket());
     assert_same_file(&socket, &data_dir(&daemon).join("admin.sock"));
+    // Pasted as printed, with `status` for a one-shot answer, it works: the test's PATH does
+    // not hold the tools, so it names the one built beside the daemon.
+    let output = std::process::Command::new(&program)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("status")
+        .env_remove("TOKENDEALER_SOCKET")
+        .output()
+        .unwrap_or_else(|e| panic!("running the printed `{}`: {e}", program.display()));
+    assert!(
+        output.status.success(),
+        "the printed dashboard command failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[track_caller]

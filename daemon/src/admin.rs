@@ -401,7 +401,7 @@ async fn handle(state: &Arc<State>, request: Request, uid: u32) -> Response {
                     Response::KeyRevoked {
                         kid,
                         former_state,
-                        active: state.keys.load().active().kid().to_owned(),
+                        active: state.keys.load().active_kid().to_owned(),
                     }
                 }
                 Ok(Err(e)) => Response::Error(key_error(e)),

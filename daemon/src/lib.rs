@@ -465,7 +465,7 @@ pub async fn run(loaded: Loaded, listeners: Listeners, mut signals: Signals) -> 
         issuer = %state.issuer,
         admin_socket = %state.admin_socket.display(),
         clients = state.clients.load().len(),
-        kid = state.keys.load().active().kid(),
+        kid = state.keys.load().active_kid(),
         "tokendealerd ready"
     );
     systemd::ready(&state);

@@ -57,7 +57,7 @@ fn status_line(state: &State) -> String {
     format!(
         "{} clients, signing with {}, {} tokens/s",
         state.clients.load().len(),
-        state.keys.load().active().kid(),
+        state.keys.load().active_kid(),
         state.stats.rate.load(Relaxed)
     )
 }

@@ -57,13 +57,19 @@ pub fn healthz() -> Resp {
 
 pub fn readyz(state: &State) -> Resp {
     // Keys and clients are loaded before the listeners open, so a daemon that answers is
-    // ready; this still reports what it serves with, for probes that want to see it.
+    // ready, unless no key may sign (revoked elsewhere, its successor unreadable here): a
+    // balancer should then send token requests to another instance.
+    let keys = state.keys.load();
+    let (status, code) = match keys.active() {
+        Some(_) => ("ready", StatusCode::OK),
+        None => ("no signing key", StatusCode::SERVICE_UNAVAILABLE),
+    };
     let body = json!({
-        "status": "ready",
+        "status": status,
         "clients": state.clients.load().len(),
-        "active_kid": state.keys.load().active().kid(),
+        "active_kid": keys.active().map(crate::keys::SigningKey::kid),
     });
-    response::json(StatusCode::OK, body.to_string())
+    response::json(code, body.to_string())
 }
 
 /// Verifies a token we issued: known `kid`, the algorithm pinned to that key's (never the

@@ -153,6 +153,16 @@ impl OAuthError {
         }
     }
 
+    /// No key may sign just now (see `KeyManager::refresh`): the client should try again,
+    /// maybe at another instance.
+    pub fn no_signing_key() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "no signing key is usable on this instance; retry later",
+        )
+    }
+
     pub fn not_found() -> Self {
         Self {
             description: None,

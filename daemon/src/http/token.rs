@@ -102,7 +102,7 @@ fn issue(
     let client = authenticate(state, &registry, &credentials, source, now)?;
     let grant = authorize(client, &params, &state.default_audience)?;
     let keys = state.keys.load();
-    let key = keys.active();
+    let key = keys.active().ok_or_else(OAuthError::no_signing_key)?;
     let issued = sign(state, key, client, &grant, now);
     state.stats.issued.fetch_add(1, Relaxed);
     client.counters.issued.fetch_add(1, Relaxed);

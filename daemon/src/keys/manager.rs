@@ -251,7 +251,7 @@ impl KeyManager {
         let (state, early) = state;
         if let Some(at) = early {
             tracing::warn!(
-                active = self.load().active().kid(),
+                active = self.load().active_kid(),
                 fully_published_at = at,
                 "the key that signs now was published less than jwks_max_age ago: verifiers holding an older cached JWKS refuse its tokens until they fetch it again"
             );
@@ -271,6 +271,12 @@ impl KeyManager {
 
     /// Adopts a manifest another daemon wrote. A manifest that cannot be used (corrupt, or
     /// naming an active key whose file is unreadable) is refused and the keys in force stay.
+    ///
+    /// Keys the refused manifest no longer names are dropped all the same (they were revoked,
+    /// or retired, elsewhere): never published or trusted again here. If the key that signs
+    /// is among them, nothing signs until a manifest can be adopted (the token endpoint
+    /// answers 503): a revoked key must not go on signing because its successor cannot be
+    /// read here (another uid, a damaged file). Every later look retries the adoption.
     pub fn refresh(&self) -> Result<bool, KeyStoreError> {
         let _changing = self.changing.lock().expect("change lock");
         let Some(manifest) = self.store.read_manifest()? else {
@@ -279,12 +285,43 @@ impl KeyManager {
         if manifest == *self.manifest.lock().expect("manifest lock") {
             return Ok(false);
         }
-        self.adopt(manifest, now())?;
+        if let Err(e) = self.adopt(manifest.clone(), now()) {
+            self.drop_unnamed(&manifest);
+            return Err(e);
+        }
         tracing::info!(
-            active = self.load().active().kid(),
+            active = self.load().active_kid(),
             "adopted a key change from the key directory"
         );
         Ok(true)
+    }
+
+    /// Drops from the keys in force those `manifest` does not name.
+    fn drop_unnamed(&self, manifest: &Manifest) {
+        let current = self.current.load();
+        let named = |entry: &&KeyEntry| manifest.keys.iter().any(|k| k.kid == entry.meta.kid);
+        if current.entries().iter().all(|e| named(&e)) {
+            return;
+        }
+        let kept: Vec<KeyEntry> = current.entries().iter().filter(named).cloned().collect();
+        let keyring = Keyring::publishing(kept);
+        if keyring.active().is_none() {
+            tracing::error!(
+                revoked = current.active_kid(),
+                "the signing key was revoked by another daemon and its successor cannot be loaded here: no tokens are issued until it can"
+            );
+        }
+        let gone: Vec<&str> = current
+            .entries()
+            .iter()
+            .filter(|e| !named(e))
+            .map(|e| e.meta.kid.as_str())
+            .collect();
+        tracing::warn!(
+            ?gone,
+            "keys no longer in the key directory's manifest are no longer published"
+        );
+        self.current.store(Arc::new(keyring));
     }
 
     /// Periodic upkeep: retiring keys whose time has passed leave the JWKS (and the
@@ -546,7 +583,7 @@ mod tests {
             3,
             "retiring, active and next are all published"
         );
-        assert_eq!(m.load().active().kid(), rotated.active);
+        assert_eq!(m.load().active_kid(), rotated.active);
     }
 
     #[test]
@@ -556,7 +593,7 @@ mod tests {
         let b = open(&dir, SigningAlg::ES256);
         let rotated = a.rotate(true, Duration::from_secs(60)).unwrap();
         assert!(b.refresh().unwrap());
-        assert_eq!(b.load().active().kid(), rotated.active);
+        assert_eq!(b.load().active_kid(), rotated.active);
         assert_eq!(kids(&a), kids(&b));
         assert!(!b.refresh().unwrap(), "nothing new");
     }
@@ -568,7 +605,7 @@ mod tests {
         let before = kids(&m);
         let ttl = Duration::from_secs(7_200);
         assert_eq!(m.revoke(&before[0].0, ttl).unwrap(), KeyState::Active);
-        assert_eq!(m.load().active().kid(), before[1].0);
+        assert_eq!(m.load().active_kid(), before[1].0);
         assert!(
             m.load().get(&before[0].0).is_none(),
             "gone from the JWKS at once"
@@ -586,18 +623,57 @@ mod tests {
         ));
     }
 
+    /// A manifest written elsewhere that revokes the signing key, naming a successor this
+    /// daemon cannot load: the revoked key is neither published nor used any more, and
+    /// nothing signs until a manifest can be adopted.
+    #[test]
+    fn a_key_revoked_elsewhere_stops_signing_here_though_its_successor_cannot_be_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = open(&dir, SigningAlg::EdDSA);
+        let revoked = m.load().active_kid().to_owned();
+        let mut manifest = m.store.read_manifest().unwrap().unwrap();
+        manifest.keys.retain(|k| k.kid != revoked);
+        let unreadable = "u".repeat(43);
+        manifest.keys.push(StoredKey {
+            kid: unreadable.clone(),
+            alg: SigningAlg::EdDSA,
+            state: KeyState::Active,
+            created: 0,
+            activated: Some(0),
+            retire_at: None,
+            longest_ttl: None,
+        });
+        m.store.write_manifest(&manifest).unwrap();
+
+        assert!(m.refresh().is_err(), "the successor cannot be loaded");
+        let keyring = m.load();
+        assert!(keyring.active().is_none(), "nothing signs");
+        assert!(
+            keyring.get(&revoked).is_none(),
+            "the revoked key verifies nothing"
+        );
+        assert!(!String::from_utf8_lossy(&keyring.jwks()).contains(&revoked));
+        assert!(m.refresh().is_err(), "looked at again, still refused");
+
+        // Fixed on disk (here: the next key made active instead), signing resumes.
+        manifest.keys.retain(|k| k.kid != unreadable);
+        for key in &mut manifest.keys {
+            key.state = KeyState::Active;
+            key.activated = Some(0);
+        }
+        m.store.write_manifest(&manifest).unwrap();
+        assert!(m.refresh().unwrap());
+        assert!(m.load().active().is_some());
+    }
+
     #[test]
     fn a_new_algorithm_replaces_the_next_key_only() {
         let dir = tempfile::tempdir().unwrap();
         let m = open(&dir, SigningAlg::EdDSA);
-        let active = m.load().active().kid().to_owned();
+        let active = m.load().active_kid().to_owned();
         m.reconfigure(settings(SigningAlg::ES256)).unwrap();
         let keyring = m.load();
-        assert_eq!(
-            keyring.active().kid(),
-            active,
-            "the active key keeps signing"
-        );
+        assert_eq!(keyring.active_kid(), active, "the active key keeps signing");
         let next = keyring
             .entries()
             .iter()
@@ -633,7 +709,7 @@ mod tests {
         assert!(m.refresh().unwrap());
         m.maintain(Duration::from_secs(60)).unwrap();
         assert_eq!(
-            m.load().active().kid(),
+            m.load().active_kid(),
             before[1].0,
             "the next key was promoted"
         );

@@ -384,7 +384,9 @@ pub struct KeyEntry {
 /// builds a new keyring and swaps it in whole.
 #[derive(Debug)]
 pub struct Keyring {
-    active: Arc<SigningKey>,
+    /// `None` only when the key that signed was revoked elsewhere and its successor cannot
+    /// be loaded here: nothing signs until it can.
+    active: Option<Arc<SigningKey>>,
     entries: Vec<KeyEntry>,
     by_kid: HashMap<String, Arc<SigningKey>>,
     jwks: Bytes,
@@ -393,11 +395,19 @@ pub struct Keyring {
 impl Keyring {
     /// Builds a keyring; `entries` must hold exactly one active key.
     pub fn new(entries: Vec<KeyEntry>) -> Option<Self> {
+        entries
+            .iter()
+            .any(|e| e.meta.state == KeyState::Active)
+            .then(|| Self::publishing(entries))
+    }
+
+    /// A keyring of `entries` whose active key, if any, signs; with none, it only publishes
+    /// and verifies.
+    pub fn publishing(entries: Vec<KeyEntry>) -> Self {
         let active = entries
             .iter()
-            .find(|e| e.meta.state == KeyState::Active)?
-            .key
-            .clone();
+            .find(|e| e.meta.state == KeyState::Active)
+            .map(|e| e.key.clone());
         let by_kid = entries
             .iter()
             .map(|e| (e.key.kid.clone(), e.key.clone()))
@@ -406,17 +416,23 @@ impl Keyring {
         let jwks = Bytes::from(
             serde_json::to_vec(&serde_json::json!({ "keys": keys })).expect("JWKS serialises"),
         );
-        Some(Self {
+        Self {
             active,
             entries,
             by_kid,
             jwks,
-        })
+        }
     }
 
-    /// The key that signs new tokens. It is always published in [`Self::jwks`].
-    pub fn active(&self) -> &SigningKey {
-        &self.active
+    /// The key that signs new tokens, always published in [`Self::jwks`]; `None` while no
+    /// key may sign (see [`KeyManager::refresh`]).
+    pub fn active(&self) -> Option<&SigningKey> {
+        self.active.as_deref()
+    }
+
+    /// The signing key's id, or a word for its absence, for logs and status lines.
+    pub fn active_kid(&self) -> &str {
+        self.active().map_or("(none)", SigningKey::kid)
     }
 
     /// A published key by `kid`.

@@ -11,7 +11,7 @@ use std::{
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use tokendealer_tests::{
-    Daemon, ISSUER, Reply, TestClient, files, jwt,
+    Auth, Daemon, ISSUER, Reply, TestClient, files, jwt,
     keys::{self, FrozenJwks, ListedKey},
     process::{self, COMMAND_TIMEOUT},
 };
@@ -523,6 +523,87 @@ fn the_key_a_revocation_makes_active_knows_its_longest_token_lifetime_at_once() 
         now_active["longest_ttl"], 86_400,
         "the default lifetime, 24h: {manifest:#}"
     );
+}
+
+/// Another daemon on the key directory revokes the signing key and makes active a key
+/// this one cannot load (here: a manifest naming a file that is not there). The revoked
+/// key must not go on signing here: it leaves the JWKS, token requests get 503 and
+/// `/readyz` says not ready, until a manifest can be adopted again.
+#[test]
+fn a_key_revoked_elsewhere_stops_signing_here_though_its_successor_cannot_be_loaded() {
+    const WITHIN: Duration = Duration::from_secs(40);
+    let (daemon, client) = daemon_with("EdDSA");
+    let dir = keys::key_dir(&daemon);
+    let listed = keys::list(&daemon);
+    let revoked = keys::only(&listed, "active").kid.clone();
+    let next = keys::only(&listed, "next").kid.clone();
+    let manifest = keys::read_manifest(&dir);
+    let write = |manifest: &Value| {
+        files::write_by_rename(
+            &dir.join("manifest.json"),
+            serde_json::to_vec_pretty(manifest)
+                .expect("JSON")
+                .as_slice(),
+        );
+    };
+    let mut broken = manifest.clone();
+    let entries = broken["keys"].as_array_mut().expect("keys");
+    entries.retain(|k| k["kid"] != revoked.as_str());
+    entries.push(json!({
+        "kid": "u".repeat(43), "alg": "EdDSA", "state": "active",
+        "created": now(), "activated": now(), "retire_at": null,
+    }));
+    write(&broken);
+
+    let ask = || daemon.token_request(Auth::Basic(&client.id, &client.secret), &[]);
+    let deadline = Instant::now() + WITHIN;
+    let refused = loop {
+        let reply = ask();
+        if reply.status != 200 {
+            break reply;
+        }
+        assert_eq!(
+            kid_of(reply.json()["access_token"].as_str().expect("a token")),
+            revoked
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the revoked key still signs {WITHIN:?} later\n{}",
+            daemon.diagnostics()
+        );
+    };
+    refused.assert_oauth_error(503, "temporarily_unavailable");
+    assert!(
+        !jwks_kids(&daemon).contains(&revoked),
+        "the revoked key is still published"
+    );
+    daemon.get("/readyz").assert_status(503);
+
+    // The directory mended (the next key made active), signing resumes with it.
+    let mut mended = manifest;
+    let entries = mended["keys"].as_array_mut().expect("keys");
+    entries.retain(|k| k["kid"] != revoked.as_str());
+    for key in entries.iter_mut() {
+        key["state"] = json!("active");
+        key["activated"] = json!(now());
+    }
+    write(&mended);
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let reply = ask();
+        if reply.status == 200 {
+            assert_eq!(
+                kid_of(reply.json()["access_token"].as_str().expect("a token")),
+                next
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no token {WITHIN:?} after the directory was mended: {reply}"
+        );
+    }
+    daemon.get("/readyz").assert_status(200);
 }
 
 #[test]

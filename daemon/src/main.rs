@@ -145,7 +145,7 @@ fn check_config(file: Option<&std::path::Path>, clients: Option<&std::path::Path
                 {
                     return fail(EX_CONFIG, e);
                 }
-                if let Err(e) = tokendealer_daemon::keys::KeyStore::check(&config.key_dir) {
+                if let Err(e) = tokendealer_daemon::keys::KeyManager::check(&config.key_dir) {
                     return fail(EX_CONFIG, e);
                 }
                 let _ = writeln!(std::io::stdout(), "{}: ok", file.display());

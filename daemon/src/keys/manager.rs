@@ -125,6 +125,17 @@ impl KeyManager {
         })
     }
 
+    /// Checks, changing nothing, that a start would load the keys in `dir`: the keyring a
+    /// start builds from its manifest, by the same rules. A directory or manifest not made
+    /// yet is fine: the first start makes them.
+    pub fn check(dir: &std::path::Path) -> Result<(), KeyStoreError> {
+        let store = KeyStore::existing(dir);
+        match store.read_manifest()? {
+            Some(manifest) => build(&store, &manifest, None, now()).map(drop),
+            None => Ok(()),
+        }
+    }
+
     /// The keys in force. Cheap and lock-free: the token endpoint calls it per request.
     pub fn load(&self) -> Guard<Arc<Keyring>> {
         self.current.load()

@@ -317,33 +317,11 @@ impl KeyStore {
         &self.dir
     }
 
-    /// Checks, changing nothing, that a start would load the keys in `dir`: a readable
-    /// manifest naming an active key, and private keys it can use (readable, mode 0600).
-    /// A directory or manifest not made yet is fine: the first start makes them.
-    pub fn check(dir: &Path) -> Result<(), KeyStoreError> {
-        let store = Self {
+    /// `dir` as it is: nothing is created (see [`KeyManager::check`](super::KeyManager::check)).
+    pub fn existing(dir: &Path) -> Self {
+        Self {
             dir: dir.to_owned(),
-        };
-        let Some(manifest) = store.read_manifest()? else {
-            return Ok(());
-        };
-        let now = jiff::Timestamp::now().as_second();
-        if manifest.active().is_none() {
-            return Err(KeyStoreError::NoActiveKey {
-                path: store.manifest_path(),
-            });
         }
-        for meta in manifest.keys.iter().filter(|k| k.published_at(now)) {
-            match store.read_key(meta) {
-                Ok(_) => {}
-                // As at a start: a next or retiring key that cannot be read is left out (and
-                // a next one replaced); one that others may read, or the active one, stops it.
-                Err(e @ KeyStoreError::Permissions { .. }) => return Err(e),
-                Err(e) if meta.state == KeyState::Active => return Err(e),
-                Err(_) => {}
-            }
-        }
-        Ok(())
     }
 
     fn io(&self, path: &Path) -> impl FnOnce(std::io::Error) -> KeyStoreError + use<> {

@@ -315,7 +315,7 @@ pub fn read_in_pieces(
 fn parse_with_serde(text: &str) -> Result<Vec<ClientSpec>, ClientsFileError> {
     let raw: RawClientsFile = toml::from_str(text).map_err(|e| ClientsFileError::Syntax {
         line: e.span().map(|s| line_of(text, s.start)),
-        message: e.message().trim_end().to_owned(),
+        message: syntax_message(text, &e),
     })?;
     raw.clients
         .into_iter()
@@ -330,6 +330,27 @@ fn parse_with_serde(text: &str) -> Result<Vec<ClientSpec>, ClientsFileError> {
             })
         })
         .collect()
+}
+
+/// toml's message, with the key named when it is a duplicate: toml says only "duplicate
+/// key", which in a file of hundreds of clients leaves the admin to find which one.
+fn syntax_message(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    let key = e
+        .span()
+        .filter(|_| message == "duplicate key")
+        .and_then(|span| text.get(span.clone()).map(|key| (span.start, key)));
+    let Some((start, key)) = key else {
+        return message.to_owned();
+    };
+    // A second `[clients.ID]` header: the key is on a line that starts a table.
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    if text[line_start..].trim_start().starts_with('[') {
+        let id = key.trim_matches(['"', '\'']);
+        format!("duplicate client `{id}`: each client has one `[clients.ID]` table")
+    } else {
+        format!("duplicate key `{key}`")
+    }
 }
 
 /// Validates one client; a problem comes back with the id, for the error to name.
@@ -508,6 +529,13 @@ secret_hashes = ["{HASH}"]
         );
         let err = parse(&text).unwrap_err();
         assert_eq!(err.line(), Some(3), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "line 3: duplicate client `a`: each client has one `[clients.ID]` table"
+        );
+        let text = format!("[clients.a]\nsecret_hashes = [\"{HASH}\"]\nscopes = []\nscopes = []\n");
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.to_string(), "line 4: duplicate key `scopes`");
     }
 
     #[test]

@@ -323,11 +323,7 @@ fn parse_with_serde(text: &str) -> Result<Vec<ClientSpec>, ClientsFileError> {
             // The line is counted only for an error: counting it for every client would make
             // loading quadratic in the file's size.
             let start = spanned.span().start;
-            validate(id, spanned.into_inner()).map_err(|(id, problem)| ClientsFileError::Invalid {
-                client: id,
-                line: Some(line_of(text, start)),
-                problem,
-            })
+            validate(id, spanned.into_inner()).map_err(|refused| refused.into_error(text, start))
         })
         .collect()
 }
@@ -353,25 +349,76 @@ fn syntax_message(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
-/// Validates one client; a problem comes back with the id, for the error to name.
-fn validate(id: String, raw: RawClient) -> Result<ClientSpec, (String, String)> {
+/// A client that does not validate: its id, the field at fault (none for the id itself),
+/// and why.
+struct Refused {
+    id: String,
+    field: Option<&'static str>,
+    problem: String,
+}
+
+impl Refused {
+    /// The error for a client whose table starts at byte `table_at` of `text`: on the line of
+    /// the field at fault when it can be found, else on the table's header line.
+    fn into_error(self, text: &str, table_at: usize) -> ClientsFileError {
+        let at = self
+            .field
+            .and_then(|field| field_offset(text, table_at, field))
+            .unwrap_or(table_at);
+        ClientsFileError::Invalid {
+            client: self.id,
+            line: Some(line_of(text, at)),
+            problem: self.problem,
+        }
+    }
+}
+
+/// Where `field = …` starts among the lines of the table whose header starts at `table_at`,
+/// before the next header. Only on the error path, and only a table's own lines: a value
+/// written across lines so that one starts with `[` stops the search, and the header's line
+/// is given instead.
+fn field_offset(text: &str, table_at: usize, field: &str) -> Option<usize> {
+    let mut lines = text.get(table_at..)?.split_inclusive('\n');
+    let mut offset = table_at + lines.next()?.len();
+    for line in lines {
+        let key = line.trim_start();
+        if key.starts_with('[') {
+            return None;
+        }
+        if key
+            .strip_prefix(field)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return Some(offset + line.len() - key.len());
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// Validates one client; a problem comes back with the id and the field, for the error to
+/// name and point at.
+fn validate(id: String, raw: RawClient) -> Result<ClientSpec, Refused> {
     match validate_fields(&id, raw) {
         Ok(spec) => Ok(ClientSpec { id, ..spec }),
-        Err(problem) => Err((id, problem)),
+        Err((field, problem)) => Err(Refused { id, field, problem }),
     }
 }
 
 /// Everything of a client but its id, which is left empty.
-fn validate_fields(id: &str, raw: RawClient) -> Result<ClientSpec, String> {
-    check_client_id(id)?;
+fn validate_fields(id: &str, raw: RawClient) -> Result<ClientSpec, (Option<&'static str>, String)> {
+    let at = |field: &'static str| move |problem: String| (Some(field), problem);
+    check_client_id(id).map_err(|problem| (None, problem))?;
     if raw.secret_hashes.is_empty() {
-        return Err("`secret_hashes` is empty; give the client at least one secret hash".into());
+        return Err(at("secret_hashes")(
+            "`secret_hashes` is empty; give the client at least one secret hash".into(),
+        ));
     }
     if raw.secret_hashes.len() > MAX_SECRETS {
-        return Err(format!(
+        return Err(at("secret_hashes")(format!(
             "`secret_hashes` has {} entries; a client holds at most {MAX_SECRETS} (the current secret and one being rotated out)",
             raw.secret_hashes.len()
-        ));
+        )));
     }
     let secrets = raw
         .secret_hashes
@@ -386,12 +433,13 @@ fn validate_fields(id: &str, raw: RawClient) -> Result<ClientSpec, String> {
                 expires: Some(parse_datetime(&e.expires)?),
             }),
         })
-        .collect::<Result<Vec<_>, String>>()?;
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(at("secret_hashes"))?;
     for audience in &raw.audiences {
-        check_audience(audience)?;
+        check_audience(audience).map_err(at("audiences"))?;
     }
     for scope in &raw.scopes {
-        check_scope_token(scope)?;
+        check_scope_token(scope).map_err(at("scopes"))?;
     }
     let token_ttl = raw
         .token_ttl
@@ -401,7 +449,8 @@ fn validate_fields(id: &str, raw: RawClient) -> Result<ClientSpec, String> {
             check_token_ttl(d).map_err(|e| format!("`token_ttl` = \"{t}\" {e}"))?;
             Ok::<_, String>(d)
         })
-        .transpose()?;
+        .transpose()
+        .map_err(at("token_ttl"))?;
     Ok(ClientSpec {
         id: String::new(),
         secrets,
@@ -548,7 +597,27 @@ secret_hashes = ["{HASH}"]
             panic!("{err:?}")
         };
         assert_eq!(client, "b");
-        assert_eq!(*line, Some(4), "{err}");
+        assert_eq!(*line, Some(5), "the value's line: {err}");
+    }
+
+    #[test]
+    fn a_bad_value_is_told_on_its_own_line() {
+        let table = format!(
+            "[clients.a] # a comment\n# scopes = [\"a b\"]\nsecret_hashes = [\n  \"{HASH}\",\n]\n\n  audiences = [\"x\"]\nscopes=[\"a b\"]\n"
+        );
+        let err = parse(&format!(
+            "[clients.0]\nsecret_hashes = [\"{HASH}\"]\n{table}"
+        ))
+        .unwrap_err();
+        assert_eq!(err.line(), Some(10), "{err}");
+        // Not in this table's lines (a default, or written inline): the header's line.
+        let text =
+            format!("[clients]\na = {{ secret_hashes = [\"{HASH}\"], scopes = [\"a b\"] }}\n");
+        assert_eq!(parse(&text).unwrap_err().line(), Some(2));
+        let text = format!(
+            "[clients.a]\nsecret_hashes = [\"{HASH}\"]\n[clients.b]\nscopes = [\"a b\"]\nsecret_hashes = []\n"
+        );
+        assert_eq!(parse(&text).unwrap_err().line(), Some(5));
     }
 
     #[test]

@@ -499,8 +499,8 @@ mod tests {
         .unwrap();
         let outcome = store.reload();
         assert!(
-            matches!(outcome, ReloadOutcome::Failed { line: Some(1), .. }),
-            "{outcome:?}"
+            matches!(outcome, ReloadOutcome::Failed { line: Some(2), .. }),
+            "the hash's line: {outcome:?}"
         );
         assert!(store.load().get("a").is_some());
         assert_eq!(store.reload_failures.load(Ordering::Relaxed), 1);

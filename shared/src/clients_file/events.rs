@@ -34,7 +34,7 @@ use toml_parser::{
     parser::{self, EventReceiver, ValidateWhitespace},
 };
 
-use super::{ClientSpec, ClientsFileError, RawClient, RawExpiringHash, RawSecretHash, line_of};
+use super::{ClientSpec, ClientsFileError, RawClient, RawExpiringHash, RawSecretHash, Refused};
 
 /// Where a piece may end: before a header line, once the piece has `min_len` bytes, if the
 /// line's hash is a multiple of `one_in` (a power of two); before any header once it has
@@ -76,23 +76,21 @@ pub(super) fn parse_cut(
         invalid.extend(piece.invalid);
     }
     sort_by_id(&mut specs, |s| &s.id);
-    sort_by_id(&mut invalid, |i| &i.id);
+    sort_by_id(&mut invalid, |i| &i.refused.id);
     let duplicate = specs.windows(2).any(|w| w[0].id == w[1].id)
-        || invalid.windows(2).any(|w| w[0].id == w[1].id)
+        || invalid
+            .windows(2)
+            .any(|w| w[0].refused.id == w[1].refused.id)
         || invalid
             .iter()
-            .any(|i| specs.binary_search_by(|s| s.id.cmp(&i.id)).is_ok());
+            .any(|i| specs.binary_search_by(|s| s.id.cmp(&i.refused.id)).is_ok());
     if duplicate {
         // The `toml` crate names both places.
         return None;
     }
     // The other path validates in id order and stops at the first problem.
     Some(match invalid.into_iter().next() {
-        Some(Invalid { id, at, problem }) => Err(ClientsFileError::Invalid {
-            client: id,
-            line: Some(line_of(text, at)),
-            problem,
-        }),
+        Some(Invalid { refused, at }) => Err(refused.into_error(text, at)),
         None => Ok(specs),
     })
 }
@@ -193,10 +191,9 @@ struct Read {
 }
 
 struct Invalid {
-    id: String,
+    refused: Refused,
     /// Byte offset of the table's header in the whole text.
     at: usize,
-    problem: String,
 }
 
 /// Sorts as comparing the ids as `str`s would, but first by their leading 16 bytes read as
@@ -551,10 +548,9 @@ impl<'i> Reader<'i> {
                 self.read.valid.push(spec);
                 self.read.tables.push(client.at..self.base + end);
             }
-            Err((id, problem)) => self.read.invalid.push(Invalid {
-                id,
+            Err(refused) => self.read.invalid.push(Invalid {
+                refused,
                 at: client.at,
-                problem,
             }),
         }
     }

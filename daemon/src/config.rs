@@ -169,8 +169,8 @@ impl Config {
                 line: span.map(|s| line_of(text, s.start)),
                 message,
             };
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| invalid(e.span(), e.message().trim_end().to_owned()))?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| invalid(e.span(), toml_message(text, &e)))?;
         let base = path
             .and_then(Path::parent)
             .map(Path::to_owned)
@@ -413,6 +413,76 @@ fn check_issuer(issuer: &str) -> Result<(), String> {
     }
 }
 
+/// The keys whose values are not text: a bare value there is not missing its quotes.
+const NOT_TEXT: &[&str] = &[
+    "rsa_bits",
+    "max_connections",
+    "metrics_by_client",
+    "admin_uids",
+    "admin_gids",
+];
+
+/// toml's message, with the key named and the form it takes said where toml speaks of Rust
+/// types: "`rsa_bits`: invalid type: string \"2048\", expected u32" leaves an admin to work
+/// out that the quotes are the problem.
+fn toml_message(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    let Some(start) = e.span().map(|s| s.start) else {
+        return message.to_owned();
+    };
+    let line_start = text
+        .get(..start)
+        .and_then(|t| t.rfind('\n'))
+        .map_or(0, |i| i + 1);
+    let line = text
+        .get(line_start..)
+        .and_then(|t| t.lines().next())
+        .unwrap_or("");
+    let Some((key, value)) = line.split_once('=') else {
+        return message.to_owned();
+    };
+    let key = key.trim();
+    let value = value.trim();
+    let unquoted = !value.starts_with(['"', '\'', '[', '{']);
+    // A bare value ends at its comment.
+    let value = if unquoted {
+        value.split('#').next().unwrap_or("").trim_end()
+    } else {
+        value
+    };
+    let hint = if message.starts_with("invalid type: string") {
+        if message.ends_with("expected a sequence") {
+            format!("; a list is written in brackets: {key} = [{value}]")
+        } else if message.ends_with("expected a boolean") {
+            format!("; write {key} = true or {key} = false, without quotes")
+        } else if message.contains("expected u") || message.contains("expected i") {
+            format!(
+                "; a number is written without quotes: {key} = {}",
+                value.trim_matches('"')
+            )
+        } else {
+            String::new()
+        }
+    } else if unquoted
+        && !value.is_empty()
+        && !NOT_TEXT.contains(&key)
+        && (message.contains("must be quoted")
+            || (value.contains([':', '/']) && message.starts_with("invalid")))
+        && !message.starts_with("invalid type")
+    {
+        // A listen address, a duration or a path written bare is a syntax error whose words
+        // ("invalid float") are about what toml tried to read it as.
+        format!("; text is written in quotes: {key} = \"{value}\"")
+    } else {
+        String::new()
+    };
+    if hint.is_empty() {
+        message.to_owned()
+    } else {
+        format!("`{key}`: {message}{hint}")
+    }
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text.get(..offset).unwrap_or(text).matches('\n').count() + 1
 }
@@ -487,6 +557,43 @@ mod tests {
             let msg = err.to_string();
             assert!(msg.starts_with("config file /x/c.toml line"), "{msg}");
             assert!(!msg.contains('\n'), "one sentence: {msg}");
+        }
+    }
+
+    /// A value of the wrong form is told with its key and how to write it.
+    #[test]
+    fn a_value_of_the_wrong_form_says_how_to_write_it() {
+        for (text, says) in [
+            (
+                "rsa_bits = \"2048\"\n",
+                "line 1: `rsa_bits`: invalid type: string \"2048\", expected u32; a number is written without quotes: rsa_bits = 2048",
+            ),
+            (
+                "\nlisten = 127.0.0.1:8080\n",
+                "line 2: `listen`: invalid float, expected nothing; text is written in quotes: listen = \"127.0.0.1:8080\"",
+            ),
+            (
+                "token_ttl = 15m # short\n",
+                "`token_ttl`: string values must be quoted, expected literal string; text is written in quotes: token_ttl = \"15m\"",
+            ),
+            (
+                "admin_groups = \"wheel\"\n",
+                "`admin_groups`: invalid type: string \"wheel\", expected a sequence; a list is written in brackets: admin_groups = [\"wheel\"]",
+            ),
+            (
+                "metrics_by_client = \"yes\"\n",
+                "; write metrics_by_client = true or metrics_by_client = false, without quotes",
+            ),
+            // A number's typo is not told to be quoted.
+            (
+                "rsa_bits = 2048x\n",
+                "line 1: string values must be quoted, expected literal string",
+            ),
+        ] {
+            let err = Config::parse(text, Some(Path::new("/x/c.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{text}: {err}");
         }
     }
 

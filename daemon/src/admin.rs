@@ -34,8 +34,13 @@ use crate::{
     keys::{KeyChangeError, RotationRefused},
 };
 
-/// How many admin connections are served at once; more wait in the kernel's backlog.
+/// How many admin connections are served at once. When all are taken, a newcomer ends the
+/// connection that has sat idle longest; with none idle, it waits for a request to finish,
+/// and later peers wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 32;
+/// How many of them may be subscribed to stats (dashboards) at once: never all, so that
+/// the others can always be made room for a one-shot command (`systemctl reload` among them).
+const MAX_SUBSCRIBERS: u32 = 24;
 /// How many peers that may not administer are told so at once; more are just closed.
 const MAX_REFUSALS: usize = 4;
 /// How long a new peer has to greet.
@@ -119,6 +124,8 @@ fn own_uid() -> u32 {
 pub async fn serve(listener: UnixListener, state: Arc<State>, stop: CancellationToken) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
+    let idle = Arc::new(Idle::default());
+    let subscribers = Arc::new(Semaphore::new(MAX_SUBSCRIBERS as usize));
     let tracker = TaskTracker::new();
     // Where peers connect: its group and mode can vouch for a peer's group membership.
     let socket_file = listener
@@ -126,12 +133,6 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, stop: Cancellation
         .ok()
         .and_then(|a| a.as_pathname().map(Path::to_owned));
     loop {
-        // Waiting for a slot before accepting leaves excess peers in the backlog rather than
-        // holding an unbounded number of open connections.
-        let permit = tokio::select! {
-            () = stop.cancelled() => break,
-            permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
-        };
         let stream = tokio::select! {
             () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -146,13 +147,27 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, stop: Cancellation
         let Some((uid, allowed)) = peer(&stream, socket_file.as_deref(), &state) else {
             continue;
         };
-        // A peer that may not administer gives its slot back at once: silent connections
-        // from it must not keep permitted admins waiting. It is told why on a budget of its
-        // own, or, with that spent, just closed.
+        // A peer that may not administer takes no slot: silent connections from it must not
+        // keep permitted admins waiting, nor end their idle ones. It is told why on a budget
+        // of its own, or, with that spent, just closed.
         let permit = if allowed {
-            permit
+            match slots.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    // Every slot is taken: make room by ending the connection idle longest
+                    // (a script's leaked connection, a peer that never greeted). While this
+                    // peer waits for a slot no other is accepted, so the excess stays in the
+                    // backlog rather than holding open connections.
+                    if idle.evict_oldest() {
+                        tracing::info!("admin connections all taken; closed the one idle longest");
+                    }
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
+                    }
+                }
+            }
         } else {
-            drop(permit);
             match refusals.clone().try_acquire_owned() {
                 Ok(refusal) => refusal,
                 Err(_) => {
@@ -161,11 +176,17 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, stop: Cancellation
                 }
             }
         };
+        let peer = Peer {
+            uid,
+            allowed,
+            idle: idle.clone(),
+            subscribers: subscribers.clone(),
+        };
         let state = state.clone();
         let stop = stop.clone();
         tracker.spawn(async move {
             let _permit = permit;
-            if let Err(e) = converse(stream, &state, uid, allowed, &stop).await {
+            if let Err(e) = converse(stream, &state, &peer, &stop).await {
                 tracing::info!(uid, error = %e, "admin connection closed");
             }
         });
@@ -181,6 +202,64 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, stop: Cancellation
     }
 }
 
+/// One admin connection's peer, and the shared budgets it draws on.
+struct Peer {
+    uid: u32,
+    allowed: bool,
+    idle: Arc<Idle>,
+    subscribers: Arc<Semaphore>,
+}
+
+/// The connections waiting for their peer's next frame, none of them subscribed, by how
+/// long they have waited: the first is the one to end when a newcomer needs its slot.
+#[derive(Default)]
+struct Idle {
+    waiting: std::sync::Mutex<std::collections::BTreeMap<u64, CancellationToken>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Idle {
+    /// Enters a connection as idle from now until the guard is dropped; the guard's token
+    /// fires if it is to close.
+    fn enter(self: &Arc<Self>) -> IdleGuard {
+        let seq = self.next.fetch_add(1, Relaxed);
+        let token = CancellationToken::new();
+        self.lock().insert(seq, token.clone());
+        IdleGuard {
+            idle: self.clone(),
+            seq,
+            token,
+        }
+    }
+
+    /// Ends the connection idle longest; false when none is idle.
+    fn evict_oldest(&self) -> bool {
+        let oldest = self.lock().pop_first();
+        oldest.map(|(_, token)| token.cancel()).is_some()
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, CancellationToken>> {
+        // The map is consistent whatever panicked while holding it.
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+struct IdleGuard {
+    idle: Arc<Idle>,
+    seq: u64,
+    token: CancellationToken,
+}
+
+impl Drop for IdleGuard {
+    fn drop(&mut self) {
+        self.idle.lock().remove(&self.seq);
+    }
+}
+
 /// The peer's uid, and whether it may administer; `None` when it cannot be told.
 fn peer(stream: &UnixStream, socket_file: Option<&Path>, state: &State) -> Option<(u32, bool)> {
     let cred = match stream.peer_cred() {
@@ -191,10 +270,11 @@ fn peer(stream: &UnixStream, socket_file: Option<&Path>, state: &State) -> Optio
         }
     };
     let uid = cred.uid();
-    let gids = &state.config.admin_gids;
+    let access = state.admin_access.load();
+    let gids = &access.gids;
     let allowed = uid == 0
         || uid == own_uid()
-        || state.config.admin_uids.contains(&uid)
+        || access.uids.contains(&uid)
         || gids.contains(&cred.gid())
         || socket_file.is_some_and(|path| connecting_takes_membership(path, gids));
     Some((uid, allowed))
@@ -234,15 +314,20 @@ fn has_acl(path: &Path) -> bool {
 async fn converse(
     stream: UnixStream,
     state: &Arc<State>,
-    uid: u32,
-    allowed: bool,
+    peer: &Peer,
     stop: &CancellationToken,
 ) -> Result<(), FrameError> {
+    let (uid, allowed) = (peer.uid, peer.allowed);
     let (mut rx, mut tx) = stream.into_split();
+    // Only a permitted peer holds one of the slots a newcomer may need.
+    let waiting = allowed.then(|| peer.idle.enter());
+    let evicted = waiting.as_ref().map(|w| w.token.clone().cancelled_owned());
     let greeting = tokio::select! {
         () = stop.cancelled() => return Ok(()),
+        () = async { evicted.expect("guarded").await }, if evicted.is_some() => return Ok(()),
         greeting = tokio::time::timeout(HELLO_TIMEOUT, frame::read::<ClientFrame, _>(&mut rx)) => greeting,
     };
+    drop(waiting);
     let hello = match greeting {
         Ok(Ok(Some(ClientFrame::Hello(hello)))) => hello,
         Ok(Ok(Some(ClientFrame::Request(_)))) => {
@@ -300,11 +385,20 @@ async fn converse(
     });
     let _reader = AbortOnDrop(reader);
     let mut ticks: Option<tokio::sync::broadcast::Receiver<_>> = None;
+    // Held while subscribed: a dashboard's slot is never taken for a newcomer.
+    let mut subscribed = None;
     loop {
         let idle = tokio::time::sleep(IDLE_TIMEOUT);
+        let waiting = subscribed.is_none().then(|| peer.idle.enter());
+        let evicted = waiting.as_ref().map(|w| w.token.clone().cancelled_owned());
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
+            () = async { evicted.expect("guarded").await }, if evicted.is_some() => {
+                tracing::info!(uid, "admin connection closed: idle, and its slot was wanted");
+                return Ok(());
+            }
             frame = frames.recv() => {
+                drop(waiting);
                 let request = match frame {
                     Some(Ok(Some(ClientFrame::Request(request)))) => request,
                     Some(Ok(Some(ClientFrame::Hello(_)))) => {
@@ -314,8 +408,19 @@ async fn converse(
                     Some(Err(e)) => return Err(e),
                 };
                 tracing::debug!(uid, request = request.name(), "admin request");
-                if request == Request::Subscribe {
-                    ticks = Some(state.stats.subscribe());
+                if request == Request::Subscribe && subscribed.is_none() {
+                    match peer.subscribers.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            subscribed = Some(permit);
+                            ticks = Some(state.stats.subscribe());
+                        }
+                        Err(_) => {
+                            tracing::warn!(uid, max = MAX_SUBSCRIBERS, "admin: subscription refused, too many dashboards open");
+                            let refusal = AdminError::TooManySubscribers { max: MAX_SUBSCRIBERS };
+                            send(&mut tx, &ServerFrame::Response(Response::Error(refusal))).await?;
+                            continue;
+                        }
+                    }
                 }
                 // A change runs to its end and its real outcome is told: cut short by a
                 // timeout it would still land (the blocking write goes on), with an added

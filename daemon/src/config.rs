@@ -104,13 +104,6 @@ pub struct Config {
     pub metrics_by_client: bool,
 }
 
-/// Whether `admin_groups` names are looked up (NSS) while a config is read.
-#[derive(Debug, Clone, Copy)]
-enum Groups {
-    Resolve,
-    Skip,
-}
-
 /// Where the HTTP listener's certificate chain and private key are (PEM files).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -138,30 +131,19 @@ pub enum ConfigError {
 impl Config {
     /// Reads and validates a config file. Relative paths in it are relative to its directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        Self::read(path, Groups::Resolve)
+        Self::read(path)
     }
 
-    /// [`Config::load`] for a reload, which applies only the key and TLS settings: the
-    /// `admin_groups` names are not looked up (NSS may be briefly unreachable, and the
-    /// admin groups in force are the ones resolved at start).
-    pub fn load_for_reload(path: &Path) -> Result<Self, ConfigError> {
-        Self::read(path, Groups::Skip)
-    }
-
-    fn read(path: &Path, groups: Groups) -> Result<Self, ConfigError> {
+    fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse_with(&text, Some(path), groups)
+        Self::parse(&text, Some(path))
     }
 
     /// Validates config text; `path` names it in errors and anchors relative paths.
     pub fn parse(text: &str, path: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::parse_with(text, path, Groups::Resolve)
-    }
-
-    fn parse_with(text: &str, path: Option<&Path>, groups: Groups) -> Result<Self, ConfigError> {
         let shown = path.map_or_else(|| PathBuf::from("<config>"), Path::to_owned);
         let invalid =
             |span: Option<std::ops::Range<usize>>, message: String| ConfigError::Invalid {
@@ -275,11 +257,7 @@ impl Config {
             .transpose()?;
 
         let mut admin_gids = raw.admin_gids;
-        let names = match groups {
-            Groups::Resolve => raw.admin_groups.as_slice(),
-            Groups::Skip => &[],
-        };
-        for name in names {
+        for name in &raw.admin_groups {
             match nix::unistd::Group::from_name(name.get_ref()) {
                 Ok(Some(group)) => admin_gids.push(group.gid.as_raw()),
                 Ok(None) => {
@@ -503,10 +481,9 @@ mod tests {
     }
 
     #[test]
-    fn a_reload_does_not_look_up_admin_groups() {
+    fn an_unknown_admin_group_is_refused() {
         let text = "admin_groups = [\"no-such-group-here\"]\n";
         assert!(Config::parse(text, None).is_err());
-        assert!(Config::parse_with(text, None, Groups::Skip).is_ok());
     }
 
     #[test]

@@ -28,6 +28,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokendealer_shared::admin::ReloadOutcome;
 use tokio::net::{TcpListener, UnixListener};
@@ -233,7 +234,12 @@ impl Listeners {
 /// snapshots; nothing here is locked per request.
 #[derive(Debug)]
 pub struct State {
+    /// The config the daemon started with; a reload applies only its key settings, TLS
+    /// files and admin access lists, kept apart below.
     pub config: Config,
+    /// Who may use the admin socket besides root and the daemon's own user: the config's
+    /// lists as last loaded, so that a reload takes someone's access away at once.
+    pub admin_access: ArcSwap<AdminAccess>,
     pub issuer: String,
     pub default_audience: String,
     pub token_ttl: Duration,
@@ -253,6 +259,22 @@ pub struct State {
     metadata: Bytes,
     /// The RFC 8414 §3.1 path of the metadata, for an issuer with a path.
     metadata_path: Option<Box<str>>,
+}
+
+/// The uids and gids (`admin_gids` and the resolved `admin_groups`) that may administer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminAccess {
+    pub uids: Vec<u32>,
+    pub gids: Vec<u32>,
+}
+
+impl AdminAccess {
+    fn of(config: &Config) -> Self {
+        Self {
+            uids: config.admin_uids.clone(),
+            gids: config.admin_gids.clone(),
+        }
+    }
 }
 
 impl State {
@@ -301,50 +323,70 @@ impl State {
     }
 
     /// SIGHUP and `tokendealer reload`: the config's key settings (a new `algorithm` gets
-    /// its next key now and signs after the next rotation), then the clients file. Other
-    /// config changes need a restart. Blocking.
+    /// its next key now and signs after the next rotation), TLS files and admin access
+    /// lists, then the clients file. Other config changes need a restart. A config that
+    /// cannot be read or applied holds back nothing else, the clients file included, and is
+    /// the outcome told (and kept for `status`). Blocking.
     pub fn reload(&self) -> ReloadOutcome {
-        if let Some(path) = &self.config.path {
-            match Config::load_for_reload(path) {
-                Ok(config) => {
-                    let keys_failed = self.keys.reconfigure(key_settings(&config)).err().map(|e| {
-                        tracing::error!(error = %e, "the new key settings could not be applied; the previous ones stay");
-                        ReloadOutcome::Failed {
-                            at: jiff::Timestamp::now().as_second(),
-                            file: self.keys.dir().display().to_string(),
-                            line: None,
-                            reason: format!("the new key settings could not be applied: {e}"),
-                        }
-                    });
-                    // A broken key directory holds back neither a renewed certificate nor the
-                    // clients file, nor a bad certificate the clients file.
-                    let tls_failed = self.reload_tls(&config);
-                    if let Some(failed) = keys_failed.or(tls_failed) {
-                        drop(self.clients.reload());
-                        self.note_longest_ttl();
-                        return failed;
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "config not reloaded");
-                    let line = match &e {
-                        config::ConfigError::Invalid { line, .. } => {
-                            line.and_then(|l| u32::try_from(l).ok())
-                        }
-                        config::ConfigError::Read { .. } => None,
-                    };
-                    return ReloadOutcome::Failed {
-                        at: jiff::Timestamp::now().as_second(),
-                        file: path.display().to_string(),
-                        line,
-                        reason: e.to_string(),
-                    };
-                }
-            }
-        }
+        let config_failed = self
+            .config
+            .path
+            .as_deref()
+            .and_then(|path| self.reload_config(path));
         let outcome = self.clients.reload();
         self.note_longest_ttl();
-        outcome
+        match config_failed {
+            Some(failed) => {
+                self.clients.note_outcome(failed.clone());
+                failed
+            }
+            None => outcome,
+        }
+    }
+
+    /// Applies what a reload takes from the config file; the first failure, if any.
+    fn reload_config(&self, path: &Path) -> Option<ReloadOutcome> {
+        let config = match Config::load(path) {
+            Ok(config) => config,
+            Err(e) => {
+                tracing::error!(error = %e, "config not reloaded; the previous settings stay");
+                // The outcome carries file and line apart; the reason need not repeat them.
+                let (line, reason) = match e {
+                    config::ConfigError::Invalid { line, message, .. } => {
+                        (line.and_then(|l| u32::try_from(l).ok()), message)
+                    }
+                    config::ConfigError::Read { source, .. } => (None, source.to_string()),
+                };
+                return Some(ReloadOutcome::Failed {
+                    at: jiff::Timestamp::now().as_second(),
+                    file: path.display().to_string(),
+                    line,
+                    reason,
+                });
+            }
+        };
+        let access = AdminAccess::of(&config);
+        if **self.admin_access.load() != access {
+            tracing::info!(
+                uids = ?access.uids,
+                gids = ?access.gids,
+                "admin access lists reloaded; they apply to connections from now on"
+            );
+            self.admin_access.store(Arc::new(access));
+        }
+        let keys_failed = self.keys.reconfigure(key_settings(&config)).err().map(|e| {
+            tracing::error!(error = %e, "the new key settings could not be applied; the previous ones stay");
+            ReloadOutcome::Failed {
+                at: jiff::Timestamp::now().as_second(),
+                file: self.keys.dir().display().to_string(),
+                line: None,
+                reason: format!("the new key settings could not be applied: {e}"),
+            }
+        });
+        // A broken key directory holds back neither a renewed certificate nor the clients
+        // file, nor a bad certificate the clients file.
+        let tls_failed = self.reload_tls(&config);
+        keys_failed.or(tls_failed)
     }
 
     /// A renewed certificate and key are served from now on; on an error the previous ones
@@ -418,6 +460,7 @@ pub async fn run(loaded: Loaded, listeners: Listeners, mut signals: Signals) -> 
         conns: http::conn::ConnStats::default(),
         started: Instant::now(),
         reloads_running: std::sync::atomic::AtomicUsize::new(0),
+        admin_access: ArcSwap::from_pointee(AdminAccess::of(&config)),
         config,
     });
 

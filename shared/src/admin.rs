@@ -210,6 +210,8 @@ pub enum AdminError {
     KeyStoreFailed(String),
     #[error("the daemon failed: {0}")]
     Internal(String),
+    #[error("{max} dashboards are open on this daemon already; close one, or use the commands")]
+    TooManySubscribers { max: u32 },
 }
 
 /// One client as the admin sees it. Never a secret or a hash.

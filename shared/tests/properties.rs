@@ -229,7 +229,8 @@ fn admin_error_covered(error: &AdminError) {
         | AdminError::RotationTooEarly { .. }
         | AdminError::NoSuchKey(_)
         | AdminError::KeyStoreFailed(_)
-        | AdminError::Internal(_) => {}
+        | AdminError::Internal(_)
+        | AdminError::TooManySubscribers { .. } => {}
     }
 }
 
@@ -244,6 +245,7 @@ fn admin_error() -> impl Strategy<Value = AdminError> {
             }
         }),
         Just(AdminError::BadRequest),
+        any::<u32>().prop_map(|max| AdminError::TooManySubscribers { max }),
         (text(), text()).prop_map(|(file, reason)| AdminError::ClientsFileInvalid { file, reason }),
         (text(), any::<i64>()).prop_map(|(message, possible_at)| {
             AdminError::RotationTooEarly {

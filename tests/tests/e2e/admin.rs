@@ -918,6 +918,30 @@ fn admin_uids_lets_a_listed_uid_in() {
     assert!(listed(&daemon, "by-nobody").is_some());
 }
 
+/// Taking someone off `admin_uids` is a reload, not a restart: from then on they are
+/// refused; put back, they are let in again.
+#[test]
+fn a_reload_applies_the_admin_access_lists() {
+    let daemon = Daemon::builder()
+        .client(&service_client())
+        .config(&format!("admin_uids = [{NOBODY}]"))
+        .start();
+    open_socket_to_everyone(&daemon);
+    admin_as_nobody(daemon.admin_socket(), &["status"]).assert_success();
+    let config = fs::read_to_string(daemon.config_path()).expect("the config");
+    let without = config.replace(&format!("admin_uids = [{NOBODY}]"), "");
+    assert_ne!(without, config);
+    fs::write(daemon.config_path(), &without).expect("writing the config");
+    daemon.admin(&["reload"]).assert_success();
+    let output = admin_as_nobody(daemon.admin_socket(), &["clients", "add", "after-revoke"]);
+    assert_fails_with(&output, &["permission denied", &NOBODY.to_string()]);
+    assert!(listed(&daemon, "after-revoke").is_none());
+
+    fs::write(daemon.config_path(), &config).expect("writing the config");
+    daemon.admin(&["reload"]).assert_success();
+    admin_as_nobody(daemon.admin_socket(), &["status"]).assert_success();
+}
+
 #[test]
 fn admin_gids_lets_a_listed_group_in() {
     let daemon = Daemon::builder()
@@ -1539,4 +1563,55 @@ fn metrics_carry_build_info() {
         env!("CARGO_PKG_VERSION")
     );
     assert_eq!(metric(&metrics, &series), 1.0, "{metrics}");
+}
+
+/// Connections left open (a script's leaked ones, a peer that greets and says nothing,
+/// dashboards) never keep a command out, `systemctl reload`'s among them: with every slot
+/// taken, the connection idle longest is closed for a newcomer; dashboards keep theirs, and
+/// no more than 24 may be open, so that there is always one to close.
+#[test]
+fn open_connections_and_dashboards_never_keep_a_command_out() {
+    const SLOTS: usize = 32;
+    const DASHBOARDS: usize = 24;
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let socket = daemon.admin_socket();
+    let mut dashboards: Vec<UnixStream> = (0..DASHBOARDS)
+        .map(|_| {
+            let mut stream = admin_wire::open(socket);
+            assert_eq!(
+                admin_wire::request(&mut stream, Request::Subscribe),
+                Response::Subscribed
+            );
+            stream
+        })
+        .collect();
+    let mut refused = admin_wire::open(socket);
+    match admin_wire::request(&mut refused, Request::Subscribe) {
+        Response::Error(e @ AdminError::TooManySubscribers { max: 24 }) => {
+            assert!(e.to_string().contains("24 dashboards are open"), "{e}");
+        }
+        other => panic!("a 25th subscription got {other:?}"),
+    }
+    // Idle since its refusal, and now the first of the idle ones: the rest of the slots
+    // are taken by peers that greeted and went quiet.
+    let mut quiet: Vec<UnixStream> = (DASHBOARDS + 1..SLOTS)
+        .map(|_| admin_wire::open(socket))
+        .collect();
+
+    // The tool gives up after 10 s: waiting for an idle timeout (minutes) would fail it.
+    daemon.admin(&["reload"]).assert_success();
+    assert_no_response(&admin_wire::read_until_closed(&mut refused));
+    // The reload's slot, free again, taken by one more quiet peer.
+    quiet.push(admin_wire::open(socket));
+    daemon.admin(&["status"]).assert_success();
+    assert_no_response(&admin_wire::read_until_closed(&mut quiet[0]));
+    // The others, and every dashboard, are still served.
+    for stream in quiet[1..].iter_mut().chain(&mut dashboards) {
+        assert!(matches!(
+            admin_wire::request(stream, Request::Status),
+            Response::Status(_)
+        ));
+    }
+    daemon.access_token(&client, &[]);
 }

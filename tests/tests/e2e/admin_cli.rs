@@ -111,6 +111,47 @@ fn reload_of_a_broken_file_fails_and_keeps_the_old_clients() {
     daemon.access_token(&client, &[]);
 }
 
+/// A config that no longer parses fails the reload, naming its line once, and `status`
+/// says so until the next reload; the clients file is reloaded all the same.
+#[test]
+fn reload_with_a_broken_config_fails_and_status_says_so() {
+    let client = service_client();
+    let mut daemon = Daemon::with_client(&client);
+    let config = std::fs::read_to_string(daemon.config_path()).expect("the config");
+    let line = config.lines().count() + 1;
+    std::fs::write(daemon.config_path(), format!("{config}bogus = 1\n")).expect("the config");
+    let newcomer = TestClient::new("newcomer").audiences(&[API]);
+    daemon.write_clients(&[client.clone(), newcomer.clone()]);
+    let output = daemon.admin(&["reload"]);
+    assert_eq!(output.code(), Some(1), "a failed reload exits 1:\n{output}");
+    assert!(output.stderr.contains("bogus"), "{output}");
+    assert_eq!(
+        output.stderr.matches(&format!("line {line}")).count(),
+        1,
+        "the line, said once:\n{output}"
+    );
+    daemon.access_token(&newcomer, &[]);
+
+    let output = daemon.admin(&["status", "--json"]);
+    output.assert_success();
+    let status: Value = serde_json::from_str(&output.stdout).expect("status JSON");
+    let last = &status["last_reload"];
+    assert_eq!(last["ok"], false, "{output}");
+    assert!(
+        last["file"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("config.toml")),
+        "{output}"
+    );
+
+    std::fs::write(daemon.config_path(), &config).expect("the config");
+    daemon.admin(&["reload"]).assert_success();
+    let output = daemon.admin(&["status", "--json"]);
+    let status: Value = serde_json::from_str(&output.stdout).expect("status JSON");
+    assert_eq!(status["last_reload"]["ok"], true, "{output}");
+    daemon.stop();
+}
+
 /// `tokendealer --socket … ARGS` with its stdout on /dev/full: every write fails.
 fn admin_writing_to_a_full_disk(daemon: &Daemon, args: &[&str]) -> tokendealer_tests::Output {
     let mut cmd = Command::new("sh");

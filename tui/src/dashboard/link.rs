@@ -276,6 +276,7 @@ async fn route(
     clients_shown: bool,
 ) -> Result<Option<LinkEvent>, String> {
     Ok(match (kind, response) {
+        (Pending::Subscribe, Response::Error(e)) => return Err(e.to_string()),
         (Pending::Subscribe, _) => None,
         (Pending::Status, Response::Status(status)) => Some(LinkEvent::Status(status)),
         (Pending::Keys, Response::Keys(keys)) => Some(LinkEvent::Keys(keys)),

@@ -73,7 +73,7 @@ enum ClientsCommand {
         #[arg(long = "scope", value_name = "S")]
         scopes: Vec<String>,
         /// Lifetime of its tokens, e.g. 1h [default: the daemon's token_ttl].
-        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
         ttl: Option<Duration>,
     },
     /// Give a client a new secret, printed once.
@@ -135,11 +135,34 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     tokendealer_shared::duration::parse(s).map_err(|e| e.to_string())
 }
 
-fn parse_overlap(s: &str) -> Result<Duration, String> {
-    if s.trim() == "0" {
-        return Ok(Duration::ZERO);
+/// A token lifetime: whole seconds, as the clients file keeps it (`1500ms` would be cut to
+/// a second without a word).
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let ttl = parse_duration(s)?;
+    if ttl.subsec_nanos() != 0 {
+        return Err(format!(
+            "`{s}` is not a whole number of seconds; token lifetimes count whole seconds"
+        ));
     }
-    parse_duration(s)
+    Ok(ttl)
+}
+
+/// How long an old secret keeps working: any zero (`0`, `0s`) stops it at once, and no
+/// more than a year, the longest the daemon keeps one.
+fn parse_overlap(s: &str) -> Result<Duration, String> {
+    use tokendealer_shared::duration::{self, DurationError};
+    let overlap = match duration::parse(s) {
+        Ok(overlap) => overlap,
+        Err(DurationError::Zero { .. }) => return Ok(Duration::ZERO),
+        Err(_) if s.trim() == "0" => return Ok(Duration::ZERO),
+        Err(e) => return Err(e.to_string()),
+    };
+    if overlap > tokendealer_shared::clients_file::MAX_TOKEN_TTL {
+        return Err(format!(
+            "`{s}` is over a year; an old secret is kept at most a year"
+        ));
+    }
+    Ok(overlap)
 }
 
 /// The shortest secret `import` takes without `--force`: 32 hex characters are 128 bits.
@@ -185,13 +208,19 @@ struct Output {
 }
 
 impl Output {
-    /// Prints a result; a closed pipe (`| head`) is not worth an error message.
+    /// Prints a result. A closed pipe (`| head`) is not worth an error message; any other
+    /// failure (a full disk under `> backup.json`) is, and exit status 1.
     fn print(
         &self,
         json: impl FnOnce() -> Value,
         text: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-    ) {
-        let _ = self.write(json, text);
+    ) -> Result<(), CliError> {
+        match self.write(json, text) {
+            Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+                Err(CliError::Input(format!("cannot write the output: {e}")))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Prints a result that holds a secret, which exists nowhere else: failing to print it
@@ -224,6 +253,30 @@ impl Output {
         }
         .and_then(|()| out.flush())
     }
+}
+
+/// Refuses, before anything is asked of the daemon, a command whose new secret would go to
+/// /dev/null: it is stored nowhere else. A closed stdout (`>&-`) looks the same, as Rust's
+/// runtime reopens a closed fd 0–2 on /dev/null, and there writes succeed.
+fn refuse_to_lose_a_secret(id: &str) -> Result<(), CliError> {
+    use std::os::{
+        fd::AsFd,
+        unix::fs::{FileTypeExt, MetadataExt},
+    };
+    let stdout = io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(|fd| std::fs::File::from(fd).metadata());
+    let is_null = match (stdout, std::fs::metadata("/dev/null")) {
+        (Ok(out), Ok(null)) => out.file_type().is_char_device() && out.rdev() == null.rdev(),
+        _ => false,
+    };
+    if is_null {
+        return Err(CliError::Input(format!(
+            "the output goes to /dev/null (or is closed), where the new secret of `{id}` would be lost: it is stored nowhere else; send the output to a terminal, a file or a pipe"
+        )));
+    }
+    Ok(())
 }
 
 fn unexpected() -> CliError {
@@ -269,7 +322,7 @@ async fn execute(socket: &Path, command: Command, out: &Output) -> Result<(), Cl
             out.print(
                 || render::status_json(&status),
                 |w| render::write_status(w, &status),
-            );
+            )?;
         }
         Command::Reload => {
             let Response::Reloaded(outcome) = conn.request(Request::Reload).await? else {
@@ -278,7 +331,7 @@ async fn execute(socket: &Path, command: Command, out: &Output) -> Result<(), Cl
             out.print(
                 || render::reload_json(&outcome),
                 |w| writeln!(w, "{}", render::reload_text(&outcome)),
-            );
+            )?;
             if let ReloadOutcome::Failed {
                 file, line, reason, ..
             } = &outcome
@@ -304,7 +357,7 @@ async fn execute(socket: &Path, command: Command, out: &Output) -> Result<(), Cl
             out.print(
                 || Value::Array(keys.iter().map(render::key_json).collect()),
                 |w| render::write_keys(w, &keys),
-            );
+            )?;
         }
         Command::Keys(KeysCommand::Rotate { now }) => {
             let Response::KeyRotated {
@@ -340,7 +393,7 @@ async fn execute(socket: &Path, command: Command, out: &Output) -> Result<(), Cl
                         render::time(next_may_sign_at)
                     )
                 },
-            );
+            )?;
         }
         Command::Keys(KeysCommand::Revoke { kid }) => {
             let Response::KeyRevoked {
@@ -361,14 +414,14 @@ async fn execute(socket: &Path, command: Command, out: &Output) -> Result<(), Cl
                     )?;
                     writeln!(w, "key {active} signs")
                 },
-            );
+            )?;
         }
         Command::Clients(ClientsCommand::List) => {
             let clients = list_all(&mut conn).await?;
             out.print(
                 || Value::Array(clients.iter().map(render::client_json).collect()),
                 |w| render::write_clients(w, &clients),
-            );
+            )?;
         }
         Command::Clients(ClientsCommand::Add {
             id,
@@ -376,6 +429,7 @@ async fn execute(socket: &Path, command: Command, out: &Output) -> Result<(), Cl
             scopes,
             ttl,
         }) => {
+            refuse_to_lose_a_secret(&id)?;
             let request = Request::AddClient {
                 id,
                 audiences,
@@ -398,6 +452,7 @@ async fn execute(socket: &Path, command: Command, out: &Output) -> Result<(), Cl
             )?;
         }
         Command::Clients(ClientsCommand::RotateSecret { id, keep_old }) => {
+            refuse_to_lose_a_secret(&id)?;
             let request = Request::RotateSecret {
                 id,
                 keep_old_secs: tokendealer_shared::duration::secs_rounded_up(keep_old),
@@ -462,7 +517,7 @@ async fn execute(socket: &Path, command: Command, out: &Output) -> Result<(), Cl
                         "imported {count} clients (only their secrets' hashes are stored)"
                     )
                 },
-            );
+            )?;
         }
     }
     Ok(())
@@ -481,7 +536,7 @@ async fn done(
     out.print(
         || json!({ "id": id, "ok": true }),
         |w| writeln!(w, "client `{id}` {what}"),
-    );
+    )?;
     Ok(())
 }
 
@@ -594,6 +649,20 @@ mod tests {
     use clap::Parser;
 
     use super::*;
+
+    #[test]
+    fn lifetimes_and_overlaps_are_taken_as_they_will_be_kept() {
+        assert_eq!(parse_ttl("90s"), Ok(Duration::from_secs(90)));
+        let err = parse_ttl("1500ms").unwrap_err();
+        assert!(err.contains("whole number of seconds"), "{err}");
+        for zero in ["0", "0s", "0h"] {
+            assert_eq!(parse_overlap(zero), Ok(Duration::ZERO), "{zero}");
+        }
+        assert_eq!(parse_overlap("2h"), Ok(Duration::from_secs(7200)));
+        let err = parse_overlap("10000d").unwrap_err();
+        assert!(err.contains("over a year"), "{err}");
+        assert!(parse_overlap("soon").is_err());
+    }
 
     fn parse(args: &[&str]) -> Args {
         Args::try_parse_from(std::iter::once("tokendealer").chain(args.iter().copied()))

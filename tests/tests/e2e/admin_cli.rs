@@ -121,7 +121,7 @@ fn reload_with_a_broken_config_fails_and_status_says_so() {
     let line = config.lines().count() + 1;
     std::fs::write(daemon.config_path(), format!("{config}bogus = 1\n")).expect("the config");
     let newcomer = TestClient::new("newcomer").audiences(&[API]);
-    daemon.write_clients(&[client.clone(), newcomer.clone()]);
+    daemon.write_clients(&[client, newcomer.clone()]);
     let output = daemon.admin(&["reload"]);
     assert_eq!(output.code(), Some(1), "a failed reload exits 1:\n{output}");
     assert!(output.stderr.contains("bogus"), "{output}");
@@ -154,9 +154,14 @@ fn reload_with_a_broken_config_fails_and_status_says_so() {
 
 /// `tokendealer --socket … ARGS` with its stdout on /dev/full: every write fails.
 fn admin_writing_to_a_full_disk(daemon: &Daemon, args: &[&str]) -> tokendealer_tests::Output {
+    admin_with_stdout(daemon, "> /dev/full", args)
+}
+
+/// `tokendealer --socket … ARGS` with `redirect` applied to it by the shell.
+fn admin_with_stdout(daemon: &Daemon, redirect: &str, args: &[&str]) -> tokendealer_tests::Output {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
-        .arg(r#"exec "$@" > /dev/full"#)
+        .arg(format!(r#"exec "$@" {redirect}"#))
         .arg("sh")
         .arg(bins::tokendealer())
         .arg("--socket")
@@ -185,10 +190,44 @@ fn a_secret_that_cannot_be_printed_is_an_error_that_says_how_to_get_another() {
             "{output}"
         );
     }
-    // Other output that cannot be written is an error too, if no secret is lost by it.
-    let output = admin_writing_to_a_full_disk(&daemon, &["completions", "bash"]);
-    output.assert_code(1);
-    assert!(output.stderr.contains("cannot write"), "{output}");
+    // Other output that cannot be written is an error too, if no secret is lost by it:
+    // `clients list --json > backup.json` on a full disk must not look like a backup.
+    for args in [
+        &["completions", "bash"][..],
+        &["clients", "list"],
+        &["clients", "list", "--json"],
+        &["status", "--json"],
+        &["keys", "list"],
+    ] {
+        let output = admin_writing_to_a_full_disk(&daemon, args);
+        output.assert_code(1);
+        assert!(output.stderr.contains("cannot write"), "{args:?}: {output}");
+    }
+}
+
+/// Written to /dev/null, or to a closed stdout (which Rust's runtime reopens on /dev/null),
+/// a new secret would be lost without an error: the command is refused before it is made.
+#[test]
+fn a_secret_bound_for_dev_null_is_refused_before_anything_changes() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    for redirect in ["> /dev/null", ">&-"] {
+        for args in [
+            &["clients", "add", "lost"][..],
+            &["clients", "rotate-secret", client.id.as_str()],
+        ] {
+            let output = admin_with_stdout(&daemon, redirect, args);
+            output.assert_code(1);
+            assert!(
+                output.stderr.contains("/dev/null") && output.stderr.contains("would be lost"),
+                "{redirect} {args:?}: {output}"
+            );
+        }
+    }
+    let output = daemon.admin(&["clients", "list", "--json"]);
+    assert!(!output.stdout.contains("\"lost\""), "{output}");
+    // The old secret was never rotated away.
+    daemon.access_token(&client, &[]);
 }
 
 #[test]

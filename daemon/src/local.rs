@@ -78,7 +78,8 @@ pub fn setup(base: &Path) -> Result<LocalSetup, LocalError> {
         let secret = clients::new_secret();
         let text = format!(
             "# Who may get tokens. Only SHA-256 hashes of secrets are kept here, never a secret.\n\
-             # SIGHUP makes the daemon re-read this file.\n\
+             # The daemon loads it again as soon as it is saved.\n\
+             \n\
              [clients.{DEMO_CLIENT}]\n\
              secret_hashes = [\"{}\"]\n\
              audiences     = [\"*\"]\n\

@@ -64,9 +64,69 @@ pub enum EditError {
 /// the same text as `apply_whole` without holding a document of the whole file. Every
 /// other file goes through `apply_whole`.
 pub fn apply(text: &str, edit: &Edit, now: Timestamp) -> Result<String, EditError> {
+    if let Edit::Import { clients } = edit {
+        check_import(clients)?;
+    }
     match apply_to_tables(text, edit, now)? {
         Some(out) => Ok(out),
         None => apply_whole(text, edit, now),
+    }
+}
+
+/// An import is all or none, and means what it lists: at least one client, none twice (the
+/// tool checks this too; the protocol is open to other tools).
+fn check_import(clients: &[(String, [u8; 32])]) -> Result<(), EditError> {
+    if clients.is_empty() {
+        return Err(EditError::Invalid("the import lists no client".into()));
+    }
+    let mut ids: Vec<&str> = clients.iter().map(|(id, _)| id.as_str()).collect();
+    ids.sort_unstable();
+    match ids.windows(2).find(|w| w[0] == w[1]) {
+        Some(twice) => Err(EditError::Invalid(format!(
+            "client `{}` is listed twice in the import",
+            twice[0]
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// What stays of a removed table's prefix (the blank and comment lines above its header):
+/// everything down to its last blank line. Comments right above a header are the table's
+/// and go with it; a block set apart by a blank line (the file's opening comments, a note on
+/// the clients that follow) is not. The prefix's last, unfinished line is the header's own
+/// indentation.
+fn kept_of_prefix(prefix: &str) -> &str {
+    let mut kept = 0;
+    let mut at = 0;
+    for line in prefix.split_inclusive('\n') {
+        at += line.len();
+        if line.ends_with('\n') && line.trim().is_empty() {
+            kept = at;
+        }
+    }
+    &prefix[..kept]
+}
+
+/// `text` without its first line when that is blank: what follows a kept prefix, which ends
+/// with a blank line of its own, so that a removal leaves one blank line where it was, not
+/// two.
+fn without_leading_blank_line(text: &str) -> &str {
+    match text.split_inclusive('\n').next() {
+        Some(line) if line.ends_with('\n') && line.trim().is_empty() => &text[line.len()..],
+        _ => text,
+    }
+}
+
+/// Appends `piece`, without its leading blank line if it is the first text after a removed
+/// table's kept comments (`after_kept`, cleared by a piece that is not empty).
+fn push_after(out: &mut String, piece: &str, after_kept: &mut bool) {
+    if piece.is_empty() {
+        return;
+    }
+    if std::mem::take(after_kept) {
+        out.push_str(without_leading_blank_line(piece));
+    } else {
+        out.push_str(piece);
     }
 }
 
@@ -97,7 +157,41 @@ fn apply_whole(text: &str, edit: &Edit, now: Timestamp) -> Result<String, EditEr
         .as_table_like_mut()
         .ok_or_else(|| EditError::Invalid("`clients` is not a table".into()))?;
 
+    // A removed table's detached comments (`kept_of_prefix`) move to the table after it,
+    // or below the last one.
+    let mut kept = None;
+    if let Edit::Remove { id } = edit
+        && let Some(table) = clients.get(id).and_then(Item::as_table)
+    {
+        let prefix = table
+            .decor()
+            .prefix()
+            .and_then(|p| p.as_str())
+            .unwrap_or("");
+        let detached = kept_of_prefix(prefix);
+        if !detached.is_empty() {
+            kept = Some((table.position(), detached.to_owned()));
+        }
+    }
+
     edit_clients(clients, inline, edit)?;
+
+    let mut kept_below = None;
+    if let Some((position, detached)) = kept {
+        let next = clients
+            .iter_mut()
+            .filter_map(|(_, item)| item.as_table_mut())
+            .filter(|t| t.position() > position)
+            .min_by_key(|t| t.position());
+        match next {
+            Some(next) => {
+                let prefix = next.decor().prefix().and_then(|p| p.as_str()).unwrap_or("");
+                let joined = format!("{detached}{}", without_leading_blank_line(prefix));
+                next.decor_mut().set_prefix(joined);
+            }
+            None => kept_below = Some(detached),
+        }
+    }
 
     if let (Some(comments), Some(first)) = (
         moved_comments,
@@ -109,6 +203,13 @@ fn apply_whole(text: &str, edit: &Edit, now: Timestamp) -> Result<String, EditEr
         first.decor_mut().set_prefix(comments);
     }
     drop_expired(clients, now);
+    if let Some(detached) = kept_below {
+        let trailing = doc.trailing().as_str().unwrap_or("").to_owned();
+        doc.set_trailing(format!(
+            "{detached}{}",
+            without_leading_blank_line(&trailing)
+        ));
+    }
     let mut out = doc.to_string();
     // toml_edit writes every line break as `\n`; a file written with `\r\n` (on Windows,
     // or by an editor set so) keeps them, or every edit would show as a change of every line.
@@ -221,6 +322,7 @@ fn apply_to_tables(text: &str, edit: &Edit, now: Timestamp) -> Result<Option<Str
             .any(|s| s.expires.is_some_and(|e| e <= now)),
         id: spec.id.into_boxed_str(),
         start: range.start,
+        header: range.start,
         end: range.end,
     }) else {
         // Another shape, or not valid: `apply_whole` reads it, or says what is wrong.
@@ -343,18 +445,23 @@ fn apply_to_tables(text: &str, edit: &Edit, now: Timestamp) -> Result<Option<Str
     let mut out = String::with_capacity(text.len() + grown);
     let mut from = 0;
     let mut written = written.into_iter().peekable();
+    // After a removed table's kept comments, the text that follows loses a leading blank line.
+    let mut after_kept = false;
     for (at, table) in tables.iter().enumerate() {
         if Some(at) == removed {
-            out.push_str(&text[from..table.start]);
+            push_after(&mut out, &text[from..table.start], &mut after_kept);
+            let detached = kept_of_prefix(&text[table.start..table.header]);
+            out.push_str(detached);
+            after_kept = !detached.is_empty();
             from = table.end;
         } else if written.peek().is_some_and(|(w, _)| *w == at) {
             let (_, segment) = written.next().expect("peeked");
-            out.push_str(&text[from..table.start]);
-            out.push_str(&segment);
+            push_after(&mut out, &text[from..table.start], &mut after_kept);
+            push_after(&mut out, &segment, &mut after_kept);
             from = table.end;
         }
     }
-    out.push_str(&text[from..]);
+    push_after(&mut out, &text[from..], &mut after_kept);
     Ok(Some(out))
 }
 
@@ -364,6 +471,8 @@ struct Segment {
     /// Where its segment starts and ends: the blank and comment lines above its header, up
     /// to the line break after its last value.
     start: usize,
+    /// Where its header starts.
+    header: usize,
     end: usize,
     /// Whether it holds a secret hash expired by now.
     expired: bool,
@@ -974,6 +1083,56 @@ mod tests {
             },
         ]);
         edits
+    }
+
+    #[test]
+    fn a_removal_keeps_the_comments_set_apart_from_the_table() {
+        let h = format_hash(&H1);
+        let file = format!(
+            "# Managed by ops.\n# Owner: team-x\n\n[clients.first]\nsecret_hashes = [\"{h}\"]\n\n# Billing's services\n\n# the invoicer\n[clients.second]\nsecret_hashes = [\"{h}\"]\n\n# last\n[clients.third]\nsecret_hashes = [\"{h}\"]\n\n# end of file\n"
+        );
+        let remove = |id: &str| Edit::Remove { id: id.into() };
+        for (id, expected) in [
+            (
+                "first",
+                format!(
+                    "# Managed by ops.\n# Owner: team-x\n\n# Billing's services\n\n# the invoicer\n[clients.second]\nsecret_hashes = [\"{h}\"]\n\n# last\n[clients.third]\nsecret_hashes = [\"{h}\"]\n\n# end of file\n"
+                ),
+            ),
+            (
+                "second",
+                format!(
+                    "# Managed by ops.\n# Owner: team-x\n\n[clients.first]\nsecret_hashes = [\"{h}\"]\n\n# Billing's services\n\n# last\n[clients.third]\nsecret_hashes = [\"{h}\"]\n\n# end of file\n"
+                ),
+            ),
+            (
+                "third",
+                format!(
+                    "# Managed by ops.\n# Owner: team-x\n\n[clients.first]\nsecret_hashes = [\"{h}\"]\n\n# Billing's services\n\n# the invoicer\n[clients.second]\nsecret_hashes = [\"{h}\"]\n\n# end of file\n"
+                ),
+            ),
+        ] {
+            assert_eq!(apply(&file, &remove(id), now()).unwrap(), expected, "{id}");
+            assert_eq!(
+                apply_whole(&file, &remove(id), now()).unwrap(),
+                expected,
+                "{id}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_import_lists_each_client_once() {
+        let twice = Edit::Import {
+            clients: vec![("n1".into(), H1), ("n2".into(), H2), ("n1".into(), H2)],
+        };
+        let err = apply("", &twice, now()).unwrap_err();
+        assert_eq!(
+            err,
+            EditError::Invalid("client `n1` is listed twice in the import".into())
+        );
+        let none = Edit::Import { clients: vec![] };
+        assert!(apply("", &none, now()).is_err());
     }
 
     #[test]

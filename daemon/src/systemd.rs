@@ -1,7 +1,14 @@
 //! sd_notify(3): readiness, status, watchdog, reload and stop notifications to the service
 //! manager. Every call is a no-op when `NOTIFY_SOCKET` is unset.
 
-use std::{sync::Arc, sync::atomic::Ordering::Relaxed, time::Duration};
+use std::{
+    sync::Arc,
+    sync::atomic::{
+        AtomicBool,
+        Ordering::{Relaxed, SeqCst},
+    },
+    time::Duration,
+};
 
 use sd_notify::NotifyState;
 
@@ -9,6 +16,11 @@ use crate::State;
 
 /// How often the STATUS= line is refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
+
+/// Set by [`stopping`]: from then on the service manager hears no READY=1, RELOADING=1 or
+/// STATUS= line, which a reload still running at the stop would otherwise send after it
+/// (with systemd 252, a READY=1 then puts a stopping unit back to "running").
+static STOPPING: AtomicBool = AtomicBool::new(false);
 
 fn send(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
@@ -20,6 +32,9 @@ fn send(states: &[NotifyState<'_>]) {
 /// line it carries the bound addresses as `X_` variables (sd_notify(3) reserves that prefix
 /// for such extensions), so a supervisor or a test that asked for port 0 learns the port.
 pub fn ready(state: &State) {
+    if STOPPING.load(SeqCst) {
+        return;
+    }
     let status = format!("STATUS={}", status_line(state));
     let listen = format!("X_TOKENDEALER_LISTEN={}", state.listen);
     let admin = format!("X_TOKENDEALER_ADMIN={}", state.admin_socket.display());
@@ -41,6 +56,9 @@ pub fn starting() {
 
 /// RELOADING=1 with MONOTONIC_USEC=, which systemd 253+ requires beside it.
 pub fn reloading() {
+    if STOPPING.load(SeqCst) {
+        return;
+    }
     match NotifyState::monotonic_usec_now() {
         Ok(now) => send(&[NotifyState::Reloading, now]),
         Err(e) => tracing::warn!(error = %e, "cannot read the monotonic clock for RELOADING=1"),
@@ -49,6 +67,7 @@ pub fn reloading() {
 
 /// STOPPING=1.
 pub fn stopping() {
+    STOPPING.store(true, SeqCst);
     send(&[NotifyState::Stopping]);
 }
 
@@ -83,7 +102,7 @@ pub async fn keepalive(state: Arc<State>) {
         if watchdog.is_some() {
             send(&[NotifyState::Watchdog]);
         }
-        if since_status >= STATUS_EVERY {
+        if since_status >= STATUS_EVERY && !STOPPING.load(SeqCst) {
             since_status = Duration::ZERO;
             let status = status_line(&state);
             send(&[NotifyState::Status(&status)]);

@@ -180,6 +180,42 @@ fn speaks_sd_notify_ready_watchdog_reload_and_stopping() {
     );
 }
 
+/// A reload still running when the daemon is told to stop (here stuck reading a FIFO where
+/// the clients file was) must not say READY=1 after STOPPING=1: systemd would take the
+/// stopping service for a running one again.
+#[test]
+fn a_reload_running_at_the_stop_says_nothing_after_stopping() {
+    let (dir, notify) = setup("");
+    let clients = dir.path().join("clients.toml");
+    let mut cmd = Command::new(bins::tokendealerd());
+    cmd.arg("--config")
+        .arg(dir.path().join("config.toml"))
+        .env("NOTIFY_SOCKET", dir.path().join("notify.sock"))
+        .env_remove("WATCHDOG_USEC");
+    let mut service = spawn(cmd, dir, notify);
+    service.expect("READY=1");
+    fs::remove_file(&clients).expect("removing the clients file");
+    nix::unistd::mkfifo(&clients, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    service.signal(Signal::SIGHUP);
+    service.expect("RELOADING=1");
+    service.signal(Signal::SIGTERM);
+    service.expect("STOPPING=1");
+    let status = service.child.wait().expect("waiting for the daemon");
+    assert!(status.success(), "{status}\n{}", service.log());
+    // Everything sent after STOPPING=1, to the daemon's exit.
+    let mut after = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    while let Ok(n) = service.notify.recv(&mut buf) {
+        after.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(
+        !after
+            .iter()
+            .any(|m| m.lines().any(|l| l == "READY=1" || l == "RELOADING=1")),
+        "sent after STOPPING=1: {after:#?}"
+    );
+}
+
 #[test]
 fn takes_the_sockets_systemd_socket_activate_passes() {
     // An address this machine does not have: if the daemon tried to bind `listen` itself, it

@@ -61,6 +61,8 @@ pub struct Activity {
     /// The connection speaks HTTP/2, whose frames between requests (PING, SETTINGS,
     /// WINDOW_UPDATE) are no request on its way: they leave the idle deadline running.
     multiplexed: AtomicBool,
+    /// Dropped at its deadline: the transport resets rather than lingers (see [`Transport`]).
+    expired: AtomicBool,
 }
 
 /// Why a connection was closed by its deadline.
@@ -82,6 +84,7 @@ impl Activity {
             pending_since: AtomicU64::new(now),
             idle_since: AtomicU64::new(now),
             multiplexed: AtomicBool::new(false),
+            expired: AtomicBool::new(false),
         })
     }
 
@@ -135,20 +138,53 @@ impl Drop for InFlight {
     }
 }
 
+/// A connection's transport, which can be made to reset when it is closed.
+///
+/// A connection dropped at its deadline is one whose peer stopped reading (or never sent
+/// its request); closed the usual way, its unsent answers would stay queued in the kernel,
+/// the socket orphaned in FIN-WAIT-1 for as long as the peer keeps its end open, holding
+/// memory that `max_connections` no longer counts. With a zero linger, closing sends RST
+/// and frees them at once.
+pub trait Transport {
+    fn reset_on_close(&self);
+}
+
+impl Transport for tokio::net::TcpStream {
+    fn reset_on_close(&self) {
+        if let Err(e) = self.set_zero_linger() {
+            tracing::debug!(error = %e, "cannot set a zero linger on a connection");
+        }
+    }
+}
+
+impl Transport for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    fn reset_on_close(&self) {
+        self.get_ref().0.reset_on_close();
+    }
+}
+
 /// A connection's byte stream, noting when a request's first bytes arrive.
 #[derive(Debug)]
-pub struct Tracked<T> {
+pub struct Tracked<T: Transport> {
     inner: T,
     activity: Arc<Activity>,
 }
 
-impl<T> Tracked<T> {
+impl<T: Transport> Tracked<T> {
     pub fn new(inner: T, activity: Arc<Activity>) -> Self {
         Self { inner, activity }
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+impl<T: Transport> Drop for Tracked<T> {
+    fn drop(&mut self) {
+        if self.activity.expired.load(Relaxed) {
+            self.inner.reset_on_close();
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin + Transport> AsyncRead for Tracked<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -163,7 +199,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+impl<T: AsyncWrite + Unpin + Transport> AsyncWrite for Tracked<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -223,6 +259,8 @@ pub async fn serve_until_deadline<F: Future>(
     loop {
         tokio::select! {
             biased;
+            // Ended by itself, during the grace or not: an orderly close (FIN), whatever the
+            // kernel still has to send.
             done = &mut conn => return expired.map_or(Ok(done), Err),
             () = &mut closed, if graceful.is_some() => {
                 if let Some(graceful) = graceful.take() {
@@ -233,6 +271,7 @@ pub async fn serve_until_deadline<F: Future>(
                 let now = Instant::now();
                 if let Some(why) = expired {
                     if activity.deadline(limits).is_some() {
+                        activity.expired.store(true, Relaxed);
                         return Err(why);
                     }
                     // Serving a request taken during the grace (its body read is bounded by
@@ -249,7 +288,10 @@ pub async fn serve_until_deadline<F: Future>(
                             now + GRACE
                         }
                         // Already ending (the daemon is stopping): no more to wait for.
-                        None => return Err(why),
+                        None => {
+                            activity.expired.store(true, Relaxed);
+                            return Err(why);
+                        }
                     },
                     Some((at, _)) => at,
                     // Serving a request: look again after the shorter of the two limits.
@@ -357,6 +399,7 @@ mod tests {
         let started = Instant::now();
         let (ask, asked) = tokio::sync::oneshot::channel::<()>();
         let mut ask = Some(ask);
+        let asked_activity = Activity::new();
         let ended = serve_until_deadline(
             async move { drop(asked.await) },
             closing.watch(),
@@ -365,24 +408,33 @@ mod tests {
                     let _ = ask.send(());
                 }
             },
-            &Activity::new(),
+            &asked_activity,
             LIMITS,
         )
         .await;
         assert_eq!(ended, Err(Expired::Read));
         assert_eq!(started.elapsed(), LIMITS.read, "ended when asked");
+        assert!(
+            !asked_activity.expired.load(Relaxed),
+            "ended by itself: closed in order, not reset"
+        );
 
         let started = Instant::now();
+        let deaf_activity = Activity::new();
         let deaf = serve_until_deadline(
             std::future::pending::<()>(),
             closing.watch(),
             |_| {},
-            &Activity::new(),
+            &deaf_activity,
             LIMITS,
         )
         .await;
         assert_eq!(deaf, Err(Expired::Read));
         assert_eq!(started.elapsed(), LIMITS.read + GRACE);
+        assert!(
+            deaf_activity.expired.load(Relaxed),
+            "dropped: its transport resets on close"
+        );
 
         // A request taken during the grace is not cut: the drop waits until it is served.
         let activity = Activity::new();

@@ -155,7 +155,7 @@ async fn http<I>(
     closed: Closed,
     limits: Limits,
 ) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + conn::Transport + Unpin + Send + 'static,
 {
     let activity = Activity::new();
     let (serving, for_service) = (state.clone(), activity.clone());

@@ -422,12 +422,12 @@ impl State {
 /// Serves until SIGTERM or SIGINT; SIGHUP reloads meanwhile.
 pub async fn run(loaded: Loaded, listeners: Listeners, mut signals: Signals) -> io::Result<()> {
     let Loaded {
-        config,
+        mut config,
         keys,
         clients,
         tls,
     } = loaded;
-    raise_open_file_limit(config.max_connections);
+    config.max_connections = raise_open_file_limit(config.max_connections);
     let listen = listeners.http.local_addr()?;
     let admin_inherited = listeners.admin_inherited;
     let issuer = config.issuer.clone().unwrap_or_else(|| {
@@ -560,10 +560,17 @@ pub async fn run(loaded: Loaded, listeners: Listeners, mut signals: Signals) -> 
 /// Every connection is a file descriptor, and the usual soft limit (1024) is far below
 /// `max_connections`: raise the soft limit to the hard one, as servers commonly do, and say
 /// so when even that is too low.
-fn raise_open_file_limit(max_connections: u32) {
+/// Raises the open-file limit to its hard maximum, and returns how many HTTP connections
+/// may be open at once: `max_connections`, or fewer if the limit leaves no room for them.
+/// Past the limit, accept would fail with EMFILE, and so would every file the daemon opens
+/// meanwhile (a clients edit, a reload, a key written); waiting for a free slot instead
+/// keeps the excess in the listen backlog and the rest of the daemon working.
+fn raise_open_file_limit(max_connections: u32) -> u32 {
     use rustix::process::{Resource, getrlimit, setrlimit};
     // The listeners, the admin socket and its clients, watches, key and log files.
     const SPARE: u64 = 256;
+    // Fewer would hardly serve: a limit this low is a mistake to be told, not obeyed.
+    const LEAST: u32 = 16;
     let mut limit = getrlimit(Resource::Nofile);
     if limit.current != limit.maximum {
         limit.current = limit.maximum;
@@ -573,13 +580,19 @@ fn raise_open_file_limit(max_connections: u32) {
         limit = getrlimit(Resource::Nofile);
     }
     let needed = u64::from(max_connections) + SPARE;
-    if let Some(have) = limit.current.filter(|&have| have < needed) {
-        tracing::warn!(
-            open_file_limit = have,
-            max_connections,
-            "the open-file limit is below max_connections; raise LimitNOFILE= (or ulimit -n) or lower max_connections"
-        );
-    }
+    let Some(have) = limit.current.filter(|&have| have < needed) else {
+        return max_connections;
+    };
+    let room = u32::try_from(have.saturating_sub(SPARE))
+        .unwrap_or(u32::MAX)
+        .max(LEAST);
+    tracing::warn!(
+        open_file_limit = have,
+        max_connections,
+        serving = room,
+        "the open-file limit leaves room for fewer connections than max_connections: serving as many as it allows; raise LimitNOFILE= (or ulimit -n) or lower max_connections"
+    );
+    room
 }
 
 /// How often key upkeep looks at the clock when nothing else is due sooner.

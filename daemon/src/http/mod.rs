@@ -69,6 +69,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
     let max = usize::try_from(state.config.max_connections).unwrap_or(usize::MAX);
     let slots = Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS)));
     let mut warned_at: Option<Instant> = None;
+    let mut accept_warned_at: Option<Instant> = None;
     let closing = Closing::new();
     let connections = TaskTracker::new();
 
@@ -97,8 +98,12 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning on the error.
-                    tracing::warn!(error = %e, "accept failed");
+                    // EMFILE and friends: back off briefly instead of spinning on the error,
+                    // and say so once a minute rather than twenty times a second.
+                    if accept_warned_at.is_none_or(|at| at.elapsed() >= AT_LIMIT_WARNING_EVERY) {
+                        accept_warned_at = Some(Instant::now());
+                        tracing::warn!(error = %e, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }

@@ -60,15 +60,20 @@ fn disconnected(screen: &str) -> bool {
         .starts_with("disconnected — retrying (")
 }
 
+/// The keys the status bar always ends with, however long the rest of it is.
+const HELP_HINT: &str = "? help · q quit";
+
 /// Whether the status bar shows `lead` and then `rest`, as much of it as fits: the bar is cut
-/// at the right edge, and a temporary directory's path takes room.
+/// before the help hint at the right edge, and a temporary directory's path takes room.
 fn shows_cut(screen: &str, lead: &str, rest: &str) -> bool {
-    status_bar(screen)
-        .split_once(lead)
-        .is_some_and(|(_, shown)| {
-            let shown = shown.trim_end();
-            !shown.is_empty() && (rest.starts_with(shown) || shown.starts_with(rest))
-        })
+    let bar = status_bar(screen).trim_end();
+    let bar = bar
+        .strip_suffix(HELP_HINT)
+        .map_or(bar, |b| b.trim_end().trim_end_matches('·'));
+    bar.split_once(lead).is_some_and(|(_, shown)| {
+        let shown = shown.trim_end();
+        !shown.is_empty() && (rest.starts_with(shown) || shown.starts_with(rest))
+    })
 }
 
 /// The words of the clients table's row for `id`, if the screen shows one.
@@ -325,12 +330,8 @@ fn lists_the_clients_only_while_the_clients_screen_shows() {
     );
 }
 
-#[test]
-fn sigterm_gives_the_terminal_back() {
-    let daemon = Daemon::with_client(&TestClient::new("any"));
-    let tmux = dashboard(daemon.admin_socket());
-    tmux.wait_until("`connected` in the status bar", connected);
-    // The pane runs the wrapper shell; the dashboard is its child.
+/// The dashboard's process, the child of the wrapper shell the pane runs.
+fn dashboard_pid(tmux: &Tmux) -> nix::unistd::Pid {
     let shell = tmux.pane_format("#{pane_pid}");
     let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
         .expect("the wrapper's children");
@@ -339,13 +340,31 @@ fn sigterm_gives_the_terminal_back() {
         .next()
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no dashboard process under the wrapper ({children:?})"));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("sending SIGTERM to the dashboard");
+    nix::unistd::Pid::from_raw(pid)
+}
+
+/// A signal that ends a terminal program, sent from outside (not typed), ends the dashboard
+/// as `q` does.
+#[track_caller]
+fn signal_gives_the_terminal_back(signal: nix::sys::signal::Signal) {
+    let daemon = Daemon::with_client(&TestClient::new("any"));
+    let tmux = dashboard(daemon.admin_socket());
+    tmux.wait_until("`connected` in the status bar", connected);
+    nix::sys::signal::kill(dashboard_pid(&tmux), signal)
+        .unwrap_or_else(|e| panic!("sending {signal} to the dashboard: {e}"));
     let screen = tmux.wait_for("dashboard exited");
     assert_terminal_given_back(&tmux, &screen);
+}
+
+#[test]
+fn sigterm_gives_the_terminal_back() {
+    signal_gives_the_terminal_back(nix::sys::signal::Signal::SIGTERM);
+}
+
+/// `kill -INT`: in raw mode Ctrl-C arrives as a key, so only an outside SIGINT gets here.
+#[test]
+fn sigint_gives_the_terminal_back() {
+    signal_gives_the_terminal_back(nix::sys::signal::Signal::SIGINT);
 }
 
 #[test]
@@ -366,4 +385,168 @@ fn a_stopped_daemon_is_not_shown_as_connected() {
         framed(&screen)
     );
     tmux.wait_until("`connected` again in the status bar", connected);
+}
+
+/// What the status bar says when an action is asked for while another is unanswered.
+const ONE_AT_A_TIME: &str = "one action at a time";
+
+/// A secret exists nowhere but in the answer that brings it: while the daemon is stopped
+/// the registration waits, the dashboard says the daemon has gone quiet, refuses a second
+/// action (whose answer, coming right after the secret, used to replace it on screen), and
+/// shows the secret when the daemon wakes, until the user closes it.
+#[test]
+fn a_new_secret_outlives_a_stopped_daemon_and_no_second_action_is_sent() {
+    let daemon = Daemon::builder().start();
+    let tmux = dashboard(daemon.admin_socket());
+    tmux.wait_until("`connected` in the status bar", connected);
+    let active = keys::only(&keys::list(&daemon), "active").kid.clone();
+
+    // The form is filled in before the daemon stops, so that the registration is sent well
+    // within the silence the dashboard allows a daemon with no action pending.
+    tmux.send_keys(&["2"]);
+    tmux.wait_for("Clients: 0 shown");
+    tmux.send_keys(&["a"]);
+    tmux.wait_for("Register a client");
+    tmux.type_text(ID);
+    tmux.send_keys(&["Tab"]);
+    tmux.type_text(AUDIENCE);
+    tmux.send_keys(&["Tab"]);
+    tmux.type_text(SCOPE);
+    daemon.signal(nix::sys::signal::Signal::SIGSTOP);
+    tmux.send_keys(&["Enter"]);
+    tmux.wait_for(&format!("registering `{ID}`"));
+    // Esc stops the waiting, not the registration.
+    tmux.send_keys(&["Escape"]);
+    tmux.wait_until(
+        "the waiting dialog closed, the wait in the status bar",
+        |s| {
+            !s.contains(" Working ")
+                && status_bar(s).contains("still waiting for the daemon's answer")
+        },
+    );
+
+    // Rotating the keys would be a second action.
+    tmux.send_keys(&["3"]);
+    tmux.wait_for("Signing keys:");
+    tmux.send_keys(&["R"]);
+    let screen = tmux.wait_until(&format!("`{ONE_AT_A_TIME}` in the status bar"), |s| {
+        status_bar(s).contains(ONE_AT_A_TIME)
+    });
+    assert!(
+        !screen.contains("Rotate signing keys"),
+        "a rotation was offered while the registration is unanswered:\n{}",
+        framed(&screen)
+    );
+    // What the user would press to confirm it: there is nothing to confirm.
+    tmux.send_keys(&["y"]);
+
+    // The daemon says nothing: the bar says so instead of `connected`, and keeps the link.
+    tmux.wait_until("`no word from the daemon` in the status bar", |s| {
+        status_bar(s).contains("no word from the daemon for")
+    });
+    daemon.signal(nix::sys::signal::Signal::SIGCONT);
+    let screen = tmux.wait_for("New secret — shown once");
+    let secret = shown_secret(&screen);
+    let screen = tmux.wait_until("`connected` again in the status bar", connected);
+    assert!(
+        screen.contains("New secret — shown once") && !screen.contains("Refused"),
+        "the secret was replaced:\n{}",
+        framed(&screen)
+    );
+    assert!(
+        !status_bar(&screen).contains("still waiting"),
+        "the answer came, the waiting notice stayed:\n{}",
+        framed(&screen)
+    );
+
+    let client = TestClient::new(ID).secret(&secret);
+    let token = daemon.access_token(&client, &[("audience", AUDIENCE)]);
+    assert_eq!(jwt::decode(&token).claims["sub"], ID);
+    assert_eq!(
+        keys::only(&keys::list(&daemon), "active").kid,
+        active,
+        "the keys were rotated"
+    );
+
+    tmux.send_keys(&["Enter"]);
+    tmux.wait_until("the secret closed", |s| !s.contains("New secret"));
+    tmux.send_keys(&["q"]);
+    let screen = tmux.wait_for("dashboard exited");
+    assert_terminal_given_back(&tmux, &screen);
+}
+
+/// A uid the daemon does not admit (`nobody`, as the admin tests use).
+const NOBODY: u32 = 65_534;
+
+/// The admin socket opened to every uid and the directories above it made traversable, so
+/// that the daemon itself, not the file's mode, decides who may use it.
+fn open_socket_to_everyone(daemon: &Daemon) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut dir = daemon.admin_socket().parent();
+    while let Some(d) = dir {
+        let mode = std::fs::metadata(d)
+            .expect("a directory's metadata")
+            .permissions()
+            .mode();
+        if mode & 0o001 == 0 {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode((mode & 0o7777) | 0o755))
+                .unwrap_or_else(|e| panic!("making {} traversable: {e}", d.display()));
+        }
+        dir = d.parent();
+    }
+    std::fs::set_permissions(
+        daemon.admin_socket(),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .expect("opening the admin socket to everyone");
+}
+
+/// A refusal is final: asking again gets the same answer and a warning in the daemon's log
+/// each time. The dashboard shows the whole reason, stops, and still quits cleanly.
+#[test]
+fn a_dashboard_the_daemon_refuses_says_why_and_does_not_retry() {
+    assert_eq!(
+        nix::unistd::getuid().as_raw(),
+        0,
+        "this test runs the dashboard as uid {NOBODY} through setpriv, which needs root"
+    );
+    let daemon = Daemon::builder().log_level("debug").start();
+    open_socket_to_everyone(&daemon);
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(WRAPPER)
+        .arg("sh")
+        .arg("setpriv")
+        .arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--regid={NOBODY}"))
+        .arg("--clear-groups")
+        .arg(bins::tokendealer())
+        .arg("--socket")
+        .arg(daemon.admin_socket());
+    let refused = Tmux::start(WIDTH, HEIGHT, &cmd);
+    // The end of the reason, what to ask for, is what a status bar cut off.
+    refused.wait_until("the refusal and its whole reason", |s| {
+        s.contains("Refused by the daemon")
+            && s.contains(&NOBODY.to_string())
+            && s.contains("admin_uids/admin_gids)")
+    });
+
+    // A dashboard the daemon lets in lists the keys every 2 s: its requests in the log are
+    // the clock that shows the refused one has stopped asking.
+    let refusals = |log: &str| log.matches("admin connection refused").count();
+    let watcher = dashboard(daemon.admin_socket());
+    watcher.wait_until("`connected` in the status bar", connected);
+    let rounds = requests(&daemon.stderr(), "list keys");
+    let log = daemon.wait_for_log("three more refresh rounds", |log| {
+        requests(log, "list keys") >= rounds + 3
+    });
+    assert_eq!(
+        refusals(&log),
+        1,
+        "the refused dashboard asked again:\n{log}"
+    );
+
+    refused.send_keys(&["q"]);
+    let screen = refused.wait_for("dashboard exited");
+    assert_terminal_given_back(&refused, &screen);
 }

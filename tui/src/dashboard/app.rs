@@ -39,8 +39,14 @@ impl Screen {
 pub enum Connection {
     Connecting,
     Connected,
+    /// Connected, but the daemon has said nothing for this many seconds while an action is
+    /// answered: the link is kept, since dropping it could lose the answer (maybe a secret).
+    Silent(u64),
     /// Why the last attempt failed; the link retries by itself.
     Disconnected(String),
+    /// The daemon refused this dashboard for good (not permitted, another protocol): the
+    /// link does not retry, since asking again gets the same answer.
+    Refused(String),
 }
 
 /// What the clients table is sorted by.
@@ -109,6 +115,8 @@ pub enum Dialog {
     Working(String),
     /// The daemon refused an action.
     Failed(String),
+    /// The daemon refused the dashboard itself: the whole reason, which a status bar cuts.
+    Refused(String),
 }
 
 /// Everything the dashboard reacts to.
@@ -116,9 +124,13 @@ pub enum Dialog {
 pub enum Msg {
     Key(KeyEvent),
     Link(LinkEvent),
-    /// Nothing changed but the terminal (a resize).
-    Redraw,
-    /// A signal asks the program to end (SIGTERM, SIGHUP, SIGQUIT).
+    /// The terminal is now `height` rows tall (a page of a table is as many rows as show).
+    Resize {
+        height: u16,
+    },
+    /// A second has passed: notices age.
+    Second,
+    /// A signal asks the program to end (SIGTERM, SIGINT, SIGHUP, SIGQUIT).
     Quit,
 }
 
@@ -127,6 +139,10 @@ pub enum Msg {
 pub enum LinkEvent {
     Connected,
     Disconnected(String),
+    /// Nothing from the daemon for this many seconds while an action is answered.
+    Silent(u64),
+    /// Refused for good: the link has stopped.
+    Refused(String),
     Status(Box<Status>),
     Clients(Vec<ClientInfo>),
     Keys(Vec<KeyInfo>),
@@ -148,6 +164,22 @@ pub enum Outcome {
         old_until: Option<i64>,
     },
     Message(String),
+}
+
+/// How long a notice stays in the status bar, in seconds.
+pub const NOTICE_SECS: u32 = 8;
+
+/// What the status bar says when an action is asked for while another is unanswered.
+const ONE_AT_A_TIME: &str =
+    "one action at a time: still waiting for the daemon's answer to the last one";
+
+/// A one-line notice in the status bar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub text: String,
+    /// Seconds left on screen; `None` for a notice about the unanswered action, which
+    /// stays as long as it is true.
+    left: Option<u32>,
 }
 
 /// The dashboard's state.
@@ -172,8 +204,13 @@ pub struct App {
     pub filtering: bool,
     pub dialog: Option<Dialog>,
     pub help: bool,
-    /// A one-line notice in the status bar (the last action's result).
-    pub notice: Option<String>,
+    /// A one-line notice in the status bar (the last action's result, or the wait for it).
+    notice: Option<Notice>,
+    /// Dialogs that came while a secret was on screen, shown once it is closed: a secret is
+    /// never replaced before the user has it.
+    queued: VecDeque<Dialog>,
+    /// The terminal's height, for paging through a table.
+    height: u16,
     /// An action was sent and its answer has not come: no other is started meanwhile (its
     /// answer could replace a secret on screen before it is read).
     awaiting: bool,
@@ -202,6 +239,8 @@ impl App {
             dialog: None,
             help: false,
             notice: None,
+            queued: VecDeque::new(),
+            height: 24,
             awaiting: false,
             quit: false,
             color,
@@ -212,22 +251,74 @@ impl App {
         self.history.back()
     }
 
+    /// Whether the user watches an action being answered (its waiting dialog is open).
+    pub fn watching_action(&self) -> bool {
+        matches!(self.dialog, Some(Dialog::Working(_)))
+    }
+
+    /// The status bar's notice, if any.
+    pub fn notice(&self) -> Option<&str> {
+        self.notice.as_ref().map(|n| n.text.as_str())
+    }
+
+    /// Shows `text` in the status bar for [`NOTICE_SECS`].
+    fn say(&mut self, text: impl Into<String>) {
+        self.notice = Some(Notice {
+            text: text.into(),
+            left: Some(NOTICE_SECS),
+        });
+    }
+
+    /// Shows `text`, about the unanswered action, in the status bar until the answer comes.
+    fn say_until_answered(&mut self, text: impl Into<String>) {
+        self.notice = Some(Notice {
+            text: text.into(),
+            left: None,
+        });
+    }
+
+    /// The action was answered, or will never be: what was said about waiting is stale.
+    fn answered(&mut self) {
+        self.awaiting = false;
+        if self.notice.as_ref().is_some_and(|n| n.left.is_none()) {
+            self.notice = None;
+        }
+    }
+
+    /// Rows a page of a table moves: as many as it shows (the tabs, the status bar, the
+    /// hint line, the table's borders and its header take six).
+    fn page(&self) -> usize {
+        usize::from(self.height.saturating_sub(6)).max(1)
+    }
+
+    /// Tokens per second in the last tick.
+    pub fn tokens_per_second(&self) -> u64 {
+        self.last_tick()
+            .map_or(0, |t| per_second(t.issued, t.interval_ms))
+    }
+
+    /// Refused token requests per second in the last tick.
+    pub fn failures_per_second(&self) -> u64 {
+        self.last_tick()
+            .map_or(0, |t| per_second(t.failures, t.interval_ms))
+    }
+
     /// Tokens per second of one client in the last tick.
     pub fn client_rate(&self, id: &str) -> u64 {
-        self.last_tick()
-            .and_then(|t| t.clients.iter().find(|c| c.id == id))
-            .map_or(0, |c| {
-                c.issued * 1000 / self.last_tick().map_or(1000, |t| t.interval_ms.max(1))
-            })
+        self.last_tick().map_or(0, |t| {
+            t.clients
+                .iter()
+                .find(|c| c.id == id)
+                .map_or(0, |c| per_second(c.issued, t.interval_ms))
+        })
     }
 
     /// Tokens per second of every client active in the last tick.
     fn client_rates(&self) -> HashMap<&str, u64> {
         self.last_tick().map_or_else(HashMap::new, |t| {
-            let ms = t.interval_ms.max(1);
             t.clients
                 .iter()
-                .map(|c| (c.id.as_str(), c.issued * 1000 / ms))
+                .map(|c| (c.id.as_str(), per_second(c.issued, t.interval_ms)))
                 .collect()
         })
     }
@@ -286,7 +377,21 @@ impl App {
                 self.link(event);
                 None
             }
-            Msg::Redraw => None,
+            Msg::Resize { height } => {
+                self.height = height;
+                None
+            }
+            Msg::Second => {
+                if let Some(notice) = &mut self.notice
+                    && let Some(left) = &mut notice.left
+                {
+                    *left = left.saturating_sub(1);
+                    if *left == 0 {
+                        self.notice = None;
+                    }
+                }
+                None
+            }
             Msg::Quit => {
                 self.quit = true;
                 None
@@ -301,15 +406,35 @@ impl App {
     }
 
     fn link(&mut self, event: LinkEvent) {
+        // Any word from the daemon ends its silence.
+        if matches!(self.connection, Connection::Silent(_))
+            && !matches!(
+                event,
+                LinkEvent::Silent(_) | LinkEvent::Disconnected(_) | LinkEvent::Refused(_)
+            )
+        {
+            self.connection = Connection::Connected;
+        }
         match event {
             LinkEvent::Connected => self.connection = Connection::Connected,
             LinkEvent::Disconnected(why) => {
                 self.connection = Connection::Disconnected(why);
-                if std::mem::take(&mut self.awaiting) {
-                    self.dialog = Some(Dialog::Failed(
-                        "the daemon went away before answering; the change may have been made: look once it is back".into(),
-                    ));
+                if self.awaiting {
+                    self.answered();
+                    self.show(Dialog::Failed(UNKNOWN_OUTCOME.into()));
                 }
+            }
+            LinkEvent::Silent(secs) => self.connection = Connection::Silent(secs),
+            LinkEvent::Refused(why) => {
+                self.connection = Connection::Refused(why.clone());
+                // One dialog for both: the second would replace the first.
+                let shown = if self.awaiting {
+                    self.answered();
+                    format!("{why}. As for the last action, {UNKNOWN_OUTCOME}")
+                } else {
+                    why
+                };
+                self.show(Dialog::Refused(shown));
             }
             LinkEvent::Status(status) => self.status = Some(*status),
             LinkEvent::Clients(clients) => {
@@ -330,7 +455,7 @@ impl App {
                 }
             }
             LinkEvent::Done(outcome) => {
-                self.awaiting = false;
+                self.answered();
                 self.done(outcome);
             }
         }
@@ -340,7 +465,7 @@ impl App {
     fn done(&mut self, outcome: Result<Outcome, String>) {
         match outcome {
             Ok(Outcome::ClientAdded { id, secret }) => {
-                self.dialog = Some(Dialog::Secret {
+                self.show(Dialog::Secret {
                     note: format!("Client `{id}` is registered."),
                     id,
                     secret,
@@ -358,16 +483,38 @@ impl App {
                     ),
                     None => format!("The old secret of `{id}` no longer works."),
                 };
-                self.dialog = Some(Dialog::Secret { id, secret, note });
+                self.show(Dialog::Secret { id, secret, note });
             }
             Ok(Outcome::Message(message)) => {
                 // Closes the waiting dialog, not one opened after Esc left it.
                 if matches!(self.dialog, Some(Dialog::Working(_))) {
                     self.dialog = None;
                 }
-                self.notice = Some(message);
+                self.say(message);
             }
-            Err(reason) => self.dialog = Some(Dialog::Failed(reason)),
+            Err(reason) => self.show(Dialog::Failed(reason)),
+        }
+    }
+
+    /// Opens `dialog`, unless a secret is on screen: it is shown once the secret is closed,
+    /// since a secret replaced before it was copied is lost for good (only its hash is kept).
+    fn show(&mut self, dialog: Dialog) {
+        if matches!(self.dialog, Some(Dialog::Secret { .. })) {
+            self.queued.push_back(dialog);
+            self.say("more to read once the secret is closed");
+        } else {
+            self.dialog = Some(dialog);
+        }
+    }
+
+    /// Opens a dialog that ends in an action, if one may be sent now. One action at a time:
+    /// the answer to a second one could come right after the first's and, were the first's a
+    /// secret, take its place before the user has read it.
+    fn open_action(&mut self, dialog: Dialog) {
+        if self.awaiting {
+            self.say_until_answered(ONE_AT_A_TIME);
+        } else if self.connection == Connection::Connected {
+            self.dialog = Some(dialog);
         }
     }
 
@@ -434,27 +581,24 @@ impl App {
     }
 
     fn screen_key(&mut self, key: KeyEvent) -> Option<Request> {
-        let connected = self.connection == Connection::Connected;
-        if self.awaiting
-            && matches!(
-                key.code,
-                KeyCode::Char('a' | 'r' | 'd' | 'x') | KeyCode::Delete
-            )
-        {
-            self.notice = Some("still waiting for the daemon's answer to the last action".into());
-            return None;
+        if let Some(step) = Step::of(key.code) {
+            let page = self.page();
+            match self.screen {
+                Screen::Clients => {
+                    let rows = self.visible_clients().len();
+                    self.selected_client = step.from(self.selected_client, rows, page);
+                    self.selected_id = self.selected_client_id();
+                    return None;
+                }
+                Screen::Keys => {
+                    self.selected_key = step.from(self.selected_key, self.keys.len(), page);
+                    return None;
+                }
+                Screen::Overview => {}
+            }
         }
         match (self.screen, key.code) {
             (Screen::Overview, KeyCode::Char('t')) => self.long_window = !self.long_window,
-            (Screen::Clients, KeyCode::Up | KeyCode::Char('k')) => {
-                self.selected_client = self.selected_client.saturating_sub(1);
-                self.selected_id = self.selected_client_id();
-            }
-            (Screen::Clients, KeyCode::Down | KeyCode::Char('j')) => {
-                let last = self.visible_clients().len().saturating_sub(1);
-                self.selected_client = (self.selected_client + 1).min(last);
-                self.selected_id = self.selected_client_id();
-            }
             (Screen::Clients, KeyCode::Char('s')) => {
                 self.sort = self.sort.next();
                 // Activity reads best busiest-first; ids alphabetically.
@@ -466,48 +610,43 @@ impl App {
                 self.follow_selection();
             }
             (Screen::Clients, KeyCode::Char('/')) => self.filtering = true,
-            (Screen::Clients, KeyCode::Char('a')) if connected => {
-                self.dialog = Some(Dialog::AddClient {
+            (Screen::Clients, KeyCode::Char('a')) => {
+                self.open_action(Dialog::AddClient {
                     fields: Default::default(),
                     focus: 0,
                     error: None,
                 });
             }
-            (Screen::Clients, KeyCode::Char('r')) if connected => {
+            (Screen::Clients, KeyCode::Char('r')) => {
                 if let Some(id) = self.selected_client_id() {
-                    self.dialog = Some(Dialog::RotateSecret {
+                    self.open_action(Dialog::RotateSecret {
                         id,
                         overlap: "24h".into(),
                         error: None,
                     });
                 }
             }
-            (Screen::Clients, KeyCode::Char('d')) if connected => {
+            (Screen::Clients, KeyCode::Char('d')) => {
                 if let Some(client) = self.visible_clients().get(self.selected_client) {
-                    self.dialog = Some(Dialog::ToggleClient {
+                    let dialog = Dialog::ToggleClient {
                         id: client.id.clone(),
                         disable: !client.disabled,
-                    });
+                    };
+                    self.open_action(dialog);
                 }
             }
-            (Screen::Clients, KeyCode::Char('x') | KeyCode::Delete) if connected => {
+            (Screen::Clients, KeyCode::Char('x') | KeyCode::Delete) => {
                 if let Some(id) = self.selected_client_id() {
-                    self.dialog = Some(Dialog::RemoveClient { id });
+                    self.open_action(Dialog::RemoveClient { id });
                 }
             }
-            (Screen::Keys, KeyCode::Up | KeyCode::Char('k')) => {
-                self.selected_key = self.selected_key.saturating_sub(1);
-            }
-            (Screen::Keys, KeyCode::Down | KeyCode::Char('j')) => {
-                self.selected_key = (self.selected_key + 1).min(self.keys.len().saturating_sub(1));
-            }
-            (Screen::Keys, KeyCode::Char('r' | 'R')) if connected => {
+            (Screen::Keys, KeyCode::Char('r' | 'R')) => {
                 let next = self
                     .keys
                     .iter()
                     .find(|k| k.state == tokendealer_shared::admin::KeyState::Next)
                     .and_then(|k| k.may_sign_at.map(|at| (k.kid.clone(), at)));
-                self.dialog = Some(Dialog::RotateKey { next });
+                self.open_action(Dialog::RotateKey { next });
             }
             _ => {}
         }
@@ -666,7 +805,7 @@ impl App {
             // Esc stops the waiting, not the action: its answer, when it comes, is shown.
             Dialog::Working(what) => match key.code {
                 KeyCode::Esc => {
-                    self.notice = Some(format!(
+                    self.say_until_answered(format!(
                         "{} (still waiting for the daemon's answer)",
                         what.trim_end_matches('…')
                     ));
@@ -675,9 +814,65 @@ impl App {
                 _ => (Some(Dialog::Working(what)), None),
             },
             Dialog::Failed(_) => (None, None),
+            // Nothing more can happen once refused: `q` quits at once, as it would without
+            // the dialog.
+            Dialog::Refused(_) => {
+                self.quit = key.code == KeyCode::Char('q');
+                (None, None)
+            }
         };
-        self.dialog = next;
+        // What came while a secret was shown follows it.
+        self.dialog = next.or_else(|| self.queued.pop_front());
         request
+    }
+}
+
+/// What to say when the daemon is gone before it answered an action.
+const UNKNOWN_OUTCOME: &str = "the daemon went away before answering; the change may have been made: \
+     once it is back, look with `tokendealer clients list` (or `tokendealer keys list`)";
+
+/// `count` events in a tick `interval_ms` long, per second (to the nearest): ticks are about
+/// a second apart, not exactly.
+pub fn per_second(count: u64, interval_ms: u64) -> u64 {
+    let ms = interval_ms.max(1);
+    (count.saturating_mul(1000) + ms / 2) / ms
+}
+
+/// A move of a table's selection.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Up,
+    Down,
+    PageUp,
+    PageDown,
+    First,
+    Last,
+}
+
+impl Step {
+    fn of(code: KeyCode) -> Option<Self> {
+        Some(match code {
+            KeyCode::Up | KeyCode::Char('k') => Self::Up,
+            KeyCode::Down | KeyCode::Char('j') => Self::Down,
+            KeyCode::PageUp => Self::PageUp,
+            KeyCode::PageDown => Self::PageDown,
+            KeyCode::Home | KeyCode::Char('g') => Self::First,
+            KeyCode::End | KeyCode::Char('G') => Self::Last,
+            _ => return None,
+        })
+    }
+
+    /// The row selected after this move from row `at` of `rows`, `page` rows to a page.
+    fn from(self, at: usize, rows: usize, page: usize) -> usize {
+        let last = rows.saturating_sub(1);
+        match self {
+            Self::Up => at.saturating_sub(1),
+            Self::Down => at.saturating_add(1).min(last),
+            Self::PageUp => at.saturating_sub(page),
+            Self::PageDown => at.saturating_add(page).min(last),
+            Self::First => 0,
+            Self::Last => last,
+        }
     }
 }
 
@@ -957,7 +1152,7 @@ mod tests {
             app.dialog, None,
             "no form while the first add is unanswered"
         );
-        assert!(app.notice.as_deref().is_some_and(|n| n.contains("waiting")));
+        assert!(app.notice().is_some_and(|n| n.contains("waiting")));
         app.update(Msg::Link(LinkEvent::Done(Ok(Outcome::ClientAdded {
             id: "svc".into(),
             secret: "s3cret".into(),
@@ -969,6 +1164,224 @@ mod tests {
             matches!(app.dialog, Some(Dialog::AddClient { .. })),
             "answered: actions again"
         );
+    }
+
+    /// An add answered but not yet read: Esc has left its waiting dialog.
+    fn add_unanswered(app: &mut App) {
+        app.screen = Screen::Clients;
+        app.update(key(KeyCode::Char('a')));
+        typed(app, "svc");
+        assert!(app.update(key(KeyCode::Enter)).is_some());
+        app.update(key(KeyCode::Esc));
+        assert_eq!(app.dialog, None);
+    }
+
+    fn added(secret: &str) -> Msg {
+        Msg::Link(LinkEvent::Done(Ok(Outcome::ClientAdded {
+            id: "svc".into(),
+            secret: secret.into(),
+        })))
+    }
+
+    #[test]
+    fn no_action_of_any_kind_while_one_is_answered() {
+        let mut app = connected();
+        add_unanswered(&mut app);
+        app.screen = Screen::Keys;
+        for code in [KeyCode::Char('R'), KeyCode::Char('r')] {
+            app.update(key(code));
+            assert_eq!(app.dialog, None, "{code:?} offered a key rotation");
+            assert_eq!(app.notice(), Some(ONE_AT_A_TIME));
+        }
+        app.screen = Screen::Clients;
+        for code in [
+            KeyCode::Char('a'),
+            KeyCode::Char('r'),
+            KeyCode::Char('d'),
+            KeyCode::Char('x'),
+            KeyCode::Delete,
+        ] {
+            assert_eq!(app.update(key(code)), None);
+            assert_eq!(app.dialog, None, "{code:?} opened a dialog");
+        }
+        app.update(added("s3cret"));
+        assert_eq!(app.notice(), None, "answered: the wait is no longer news");
+    }
+
+    #[test]
+    fn a_secret_on_screen_is_never_replaced() {
+        let mut app = connected();
+        add_unanswered(&mut app);
+        app.update(added("s3cret"));
+        // Whatever comes next waits until the secret is closed.
+        app.update(Msg::Link(LinkEvent::Done(Err("too early".into()))));
+        app.update(Msg::Link(LinkEvent::Refused("permission denied".into())));
+        assert!(matches!(&app.dialog, Some(Dialog::Secret { secret, .. }) if secret == "s3cret"));
+        assert!(
+            app.notice()
+                .is_some_and(|n| n.contains("once the secret is closed"))
+        );
+        app.update(key(KeyCode::Char('q')));
+        assert!(
+            !app.quit && matches!(app.dialog, Some(Dialog::Secret { .. })),
+            "only Enter or Esc closes a secret"
+        );
+        app.update(key(KeyCode::Enter));
+        assert_eq!(app.dialog, Some(Dialog::Failed("too early".into())));
+        app.update(key(KeyCode::Enter));
+        assert_eq!(
+            app.dialog,
+            Some(Dialog::Refused("permission denied".into()))
+        );
+        app.update(key(KeyCode::Enter));
+        assert_eq!(app.dialog, None);
+    }
+
+    #[test]
+    fn notices_expire_but_the_wait_for_an_answer_is_told_until_it_comes() {
+        let mut app = connected();
+        add_unanswered(&mut app);
+        for _ in 0..NOTICE_SECS * 2 {
+            app.update(Msg::Second);
+        }
+        assert!(
+            app.notice()
+                .is_some_and(|n| n.contains("still waiting for the daemon's answer"))
+        );
+        app.update(Msg::Link(LinkEvent::Done(Ok(Outcome::Message(
+            "client `svc` removed".into(),
+        )))));
+        assert_eq!(app.notice(), Some("client `svc` removed"));
+        for _ in 1..NOTICE_SECS {
+            app.update(Msg::Second);
+        }
+        assert_eq!(app.notice(), Some("client `svc` removed"));
+        app.update(Msg::Second);
+        assert_eq!(app.notice(), None);
+    }
+
+    #[test]
+    fn a_reconnect_leaves_no_wait_behind() {
+        let mut app = connected();
+        add_unanswered(&mut app);
+        app.update(Msg::Link(LinkEvent::Disconnected("gone".into())));
+        assert!(matches!(&app.dialog, Some(Dialog::Failed(why)) if why.contains("clients list")));
+        app.update(Msg::Link(LinkEvent::Connected));
+        assert_eq!(app.notice(), None);
+    }
+
+    #[test]
+    fn a_silent_daemon_is_told_until_it_speaks() {
+        let mut app = connected();
+        add_unanswered(&mut app);
+        app.update(Msg::Link(LinkEvent::Silent(7)));
+        assert_eq!(app.connection, Connection::Silent(7));
+        app.update(Msg::Link(LinkEvent::Tick(tick(1000, 3))));
+        assert_eq!(app.connection, Connection::Connected);
+    }
+
+    #[test]
+    fn a_refusal_is_shown_whole_and_q_quits() {
+        let mut app = connected();
+        app.update(Msg::Link(LinkEvent::Refused(
+            "permission denied: uid 65534".into(),
+        )));
+        assert_eq!(
+            app.connection,
+            Connection::Refused("permission denied: uid 65534".into())
+        );
+        assert_eq!(
+            app.dialog,
+            Some(Dialog::Refused("permission denied: uid 65534".into()))
+        );
+        app.update(key(KeyCode::Esc));
+        assert!(!app.quit && app.dialog.is_none(), "Esc closes the dialog");
+        app.screen = Screen::Clients;
+        app.update(key(KeyCode::Char('a')));
+        assert_eq!(app.dialog, None, "no actions once refused");
+        app.update(Msg::Link(LinkEvent::Refused("again".into())));
+        app.update(key(KeyCode::Char('q')));
+        assert!(app.quit, "q quits from the refusal");
+    }
+
+    #[test]
+    fn tables_move_by_page_and_to_either_end() {
+        let mut app = connected();
+        app.update(Msg::Link(LinkEvent::Clients(
+            (0..30).map(|i| client(&format!("c{i:02}"), 0)).collect(),
+        )));
+        // 16 rows: 10 of them table rows.
+        app.update(Msg::Resize { height: 16 });
+        app.screen = Screen::Clients;
+        let mut at = |code| {
+            app.update(key(code));
+            app.selected_client_id().unwrap_or_default()
+        };
+        assert_eq!(at(KeyCode::PageDown), "c10");
+        assert_eq!(at(KeyCode::PageDown), "c20");
+        assert_eq!(at(KeyCode::PageDown), "c29");
+        assert_eq!(at(KeyCode::PageUp), "c19");
+        assert_eq!(at(KeyCode::Home), "c00");
+        assert_eq!(at(KeyCode::End), "c29");
+        assert_eq!(at(KeyCode::Char('g')), "c00");
+        assert_eq!(at(KeyCode::Char('G')), "c29");
+        assert_eq!(at(KeyCode::Char('k')), "c28");
+
+        app.update(Msg::Link(LinkEvent::Keys(
+            (0..3).map(|i| key_info(&format!("k{i}"))).collect(),
+        )));
+        app.screen = Screen::Keys;
+        app.update(key(KeyCode::End));
+        assert_eq!(app.selected_key, 2);
+        app.update(key(KeyCode::PageUp));
+        assert_eq!(app.selected_key, 0);
+        app.update(key(KeyCode::Char('G')));
+        assert_eq!(app.selected_key, 2);
+        app.update(key(KeyCode::Char('g')));
+        assert_eq!(app.selected_key, 0);
+    }
+
+    #[test]
+    fn rates_are_per_second_of_the_tick() {
+        let mut app = connected();
+        let mut long = tick(2_000, 10);
+        long.failures = 3;
+        long.clients = vec![tokendealer_shared::admin::ClientTick {
+            id: "a".into(),
+            issued: 10,
+            failures: 0,
+        }];
+        app.update(Msg::Link(LinkEvent::Tick(long)));
+        assert_eq!(app.tokens_per_second(), 5);
+        assert_eq!(app.client_rate("a"), 5);
+        assert_eq!(app.failures_per_second(), 2, "1.5 rounds to 2");
+    }
+
+    fn tick(interval_ms: u64, issued: u64) -> StatsTick {
+        StatsTick {
+            at_ms: 0,
+            interval_ms,
+            issued,
+            failures: 0,
+            failures_by_code: vec![],
+            clients: vec![],
+            p50_us: 0,
+            p99_us: 0,
+            issued_total: 0,
+            failures_total: 0,
+        }
+    }
+
+    fn key_info(kid: &str) -> KeyInfo {
+        KeyInfo {
+            kid: kid.into(),
+            alg: "RS512".into(),
+            state: tokendealer_shared::admin::KeyState::Active,
+            created: 0,
+            activated: None,
+            retire_at: None,
+            may_sign_at: None,
+        }
     }
 
     #[test]

@@ -26,31 +26,57 @@ pub async fn run(socket: PathBuf) -> io::Result<()> {
     // Listing every client is the one read whose cost grows with the registry; the link
     // keeps the list fresh only while it is on screen.
     let (clients_shown_tx, clients_shown) = watch::channel(false);
+    // Whether the user still watches an action being answered: a daemon silent while they
+    // do is waited for, however long.
+    let (watching_tx, watching) = watch::channel(false);
 
-    tokio::spawn(link::run(socket, events_tx.clone(), actions, clients_shown));
+    tokio::spawn(link::run(
+        socket,
+        events_tx.clone(),
+        actions,
+        link::Watched {
+            clients_shown,
+            watching,
+        },
+        link::Timing::default(),
+    ));
     // crossterm's reads block; a plain thread keeps them off the async loop. It ends with
     // the process.
     let keys_tx = events_tx.clone();
     std::thread::spawn(move || {
         loop {
             let msg = match event::read() {
-                Ok(Event::Key(key)) => Some(Msg::Key(key)),
-                // A resize needs only a redraw, which every message brings.
-                Ok(Event::Resize(..)) => None,
+                Ok(Event::Key(key)) => Msg::Key(key),
+                // Every message brings a redraw; the height is what a page of a table is.
+                Ok(Event::Resize(_, height)) => Msg::Resize { height },
                 Ok(_) => continue,
                 Err(_) => return,
             };
-            let msg = msg.unwrap_or(Msg::Redraw);
             if keys_tx.blocking_send(msg).is_err() {
                 return;
             }
         }
     });
 
-    // Signals that end a terminal program (the terminal closed, `kill`) quit as `q` does,
-    // so that the terminal is given back as it was.
+    // Notices age by the second, whether or not the daemon ticks.
+    let seconds_tx = events_tx.clone();
+    tokio::spawn(async move {
+        let mut second = tokio::time::interval(std::time::Duration::from_secs(1));
+        second.tick().await;
+        loop {
+            second.tick().await;
+            if seconds_tx.send(Msg::Second).await.is_err() {
+                return;
+            }
+        }
+    });
+
+    // Signals that end a terminal program (the terminal closed, `kill`, `kill -INT`: in raw
+    // mode Ctrl-C is a key, not a signal) quit as `q` does, so that the terminal is given
+    // back as it was.
     for kind in [
         tokio::signal::unix::SignalKind::terminate(),
+        tokio::signal::unix::SignalKind::interrupt(),
         tokio::signal::unix::SignalKind::hangup(),
         tokio::signal::unix::SignalKind::quit(),
     ] {
@@ -71,6 +97,9 @@ pub async fn run(socket: PathBuf) -> io::Result<()> {
         )
     })?;
     let result = async {
+        app.update(Msg::Resize {
+            height: terminal.size()?.height,
+        });
         loop {
             terminal.draw(|frame| ui::draw(frame, &app))?;
             let Some(msg) = events.recv().await else {
@@ -87,6 +116,10 @@ pub async fn run(socket: PathBuf) -> io::Result<()> {
             clients_shown_tx.send_if_modified(|shown| {
                 let now = app.screen == Screen::Clients;
                 std::mem::replace(shown, now) != now
+            });
+            watching_tx.send_if_modified(|watching| {
+                let now = app.watching_action();
+                std::mem::replace(watching, now) != now
             });
             if app.quit {
                 return Ok(());

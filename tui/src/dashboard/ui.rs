@@ -12,7 +12,7 @@ use ratatui::{
 };
 use tokendealer_shared::admin::{KeyState, ReloadOutcome};
 
-use super::app::{App, Connection, Dialog, FORM_FIELDS, SHORT_WINDOW, Screen};
+use super::app::{App, Connection, Dialog, FORM_FIELDS, SHORT_WINDOW, Screen, per_second};
 use crate::render::time;
 
 /// The screen as a person reads it.
@@ -66,23 +66,41 @@ fn draw_tabs(frame: &mut Frame<'_>, app: &App, area: Rect) {
     frame.render_widget(Line::from(spans), area);
 }
 
+/// The status bar's right end, kept whatever the rest says.
+const HELP_HINT: &str = " · ? help · q quit ";
+
 fn draw_status_bar(frame: &mut Frame<'_>, app: &App, area: Rect) {
     let (state, color) = match &app.connection {
         Connection::Connecting => ("connecting…".to_owned(), Color::Yellow),
         Connection::Connected => ("connected".to_owned(), Color::Green),
+        Connection::Silent(secs) => (
+            format!("no word from the daemon for {secs} s (still waiting for its answer)"),
+            Color::Yellow,
+        ),
         Connection::Disconnected(why) => (format!("disconnected — retrying ({why})"), Color::Red),
+        Connection::Refused(why) => (format!("refused — not retrying ({why})"), Color::Red),
     };
-    // Most important first, for narrow terminals: the connection state, then the notice.
+    // Most important first, for narrow terminals: the connection state, then the notice;
+    // the way to help and out keeps its place at the right end.
     let mut spans = vec![
         Span::raw(" "),
         Span::styled(state, style(app, color).add_modifier(Modifier::BOLD)),
     ];
-    if let Some(notice) = &app.notice {
+    if let Some(notice) = app.notice() {
         spans.push(Span::raw(format!(" · {notice}")));
     }
     spans.push(Span::raw(format!(" · {}", app.socket)));
-    spans.push(Span::raw(" · ? help · q quit"));
-    frame.render_widget(Line::from(spans), area);
+    let width = spans.iter().map(Span::width).sum::<usize>();
+    let hint = u16::try_from(HELP_HINT.chars().count()).unwrap_or(u16::MAX);
+    if width + usize::from(hint) <= usize::from(area.width) {
+        spans.push(Span::raw(HELP_HINT));
+        frame.render_widget(Line::from(spans), area);
+    } else {
+        let [text, keys] =
+            Layout::horizontal([Constraint::Min(0), Constraint::Length(hint)]).areas(area);
+        frame.render_widget(Line::from(spans), text);
+        frame.render_widget(Line::from(HELP_HINT), keys);
+    }
 }
 
 fn draw_overview(frame: &mut Frame<'_>, app: &App, area: Rect) {
@@ -101,7 +119,7 @@ fn draw_overview(frame: &mut Frame<'_>, app: &App, area: Rect) {
         .iter()
         .rev()
         .take(window)
-        .map(|t| t.issued)
+        .map(|t| per_second(t.issued, t.interval_ms))
         .collect();
     // One bar per column: each averages as many seconds as the window needs.
     let per_bar = points.len().div_ceil(width).max(1);
@@ -112,7 +130,7 @@ fn draw_overview(frame: &mut Frame<'_>, app: &App, area: Rect) {
     // Newest at the right edge: the unknown past is zeros.
     bars.resize(width.max(bars.len()), 0);
     bars.reverse();
-    let now = app.last_tick().map_or(0, |t| t.issued);
+    let now = app.tokens_per_second();
     let title = format!(
         " Tokens/s: {now} now · last {} (t: {}) ",
         if app.long_window { "hour" } else { "5 min" },
@@ -134,10 +152,13 @@ fn draw_overview(frame: &mut Frame<'_>, app: &App, area: Rect) {
                 micros(tick.p50_us),
                 micros(tick.p99_us)
             )));
-            lines.push(Line::from(format!("failures/s: {}", tick.failures)));
+            lines.push(Line::from(format!(
+                "failures/s: {}",
+                app.failures_per_second()
+            )));
             for (code, n) in &tick.failures_by_code {
                 lines.push(Line::from(Span::styled(
-                    format!("  {code}: {n}"),
+                    format!("  {code}: {}", per_second(*n, tick.interval_ms)),
                     style(app, Color::Red),
                 )));
             }
@@ -217,9 +238,21 @@ fn short_time(unix: i64) -> String {
     )
 }
 
-fn clock(unix: Option<i64>) -> String {
-    unix.and_then(|t| jiff::Timestamp::from_second(t).ok())
-        .map_or_else(|| "-".to_owned(), |t| t.strftime("%H:%M:%S").to_string())
+/// When something last happened, in at most 8 cells (UTC, as every time here): the time of
+/// day when it was on the day of `now`, else the day, with the year when not this one.
+fn when(unix: Option<i64>, now: i64) -> String {
+    let Some(at) = unix.and_then(|t| jiff::Timestamp::from_second(t).ok()) else {
+        return "-".to_owned();
+    };
+    let year = |t: jiff::Timestamp| t.strftime("%Y").to_string();
+    let format = if at.as_second().div_euclid(86_400) == now.div_euclid(86_400) {
+        "%H:%M:%S"
+    } else if jiff::Timestamp::from_second(now).is_ok_and(|now| year(now) == year(at)) {
+        "%b %d"
+    } else {
+        "%b %Y"
+    };
+    at.strftime(format).to_string()
 }
 
 fn list(items: &[String]) -> String {
@@ -327,6 +360,11 @@ fn draw_clients(frame: &mut Frame<'_>, app: &App, area: Rect) {
     let height = usize::from(table_area.height.saturating_sub(3)).max(1);
     let first = app.selected_client.saturating_sub(height - 1);
     let columns = fitting(&CLIENT_COLUMNS, table_area.width);
+    // The daemon's clock when it ticks, so that "today" is the day its times are from.
+    let now = app.last_tick().map_or_else(
+        || jiff::Timestamp::now().as_second(),
+        |t| t.at_ms.div_euclid(1000),
+    );
     let rows: Vec<Row<'_>> = clients
         .iter()
         .skip(first)
@@ -350,7 +388,7 @@ fn draw_clients(frame: &mut Frame<'_>, app: &App, area: Rect) {
                 state,
                 Cell::from(app.client_rate(&c.id).to_string()),
                 Cell::from(c.issued.to_string()),
-                Cell::from(clock(c.last_issued)),
+                Cell::from(when(c.last_issued, now)),
             ];
             Row::new(kept(cells, &columns))
         })
@@ -547,6 +585,18 @@ fn draw_dialog(frame: &mut Frame<'_>, app: &App, dialog: &Dialog) {
             72,
         ),
         Dialog::Working(what) => popup(frame, "Working", vec![Line::from(what.clone())], 50),
+        Dialog::Refused(reason) => popup(
+            frame,
+            "Refused by the daemon",
+            vec![
+                Line::from(Span::styled(reason.clone(), style(app, Color::Red))),
+                Line::from(
+                    "Asking again would get the same answer: the dashboard has stopped trying.",
+                ),
+                Line::from("q quit · any other key to close"),
+            ],
+            76,
+        ),
         Dialog::Failed(reason) => popup(
             frame,
             "Refused",
@@ -563,6 +613,10 @@ fn draw_help(frame: &mut Frame<'_>, _app: &App) {
     let keys = [
         ("Tab / Shift-Tab, 1 2 3", "switch screen"),
         ("↑ ↓ or k j", "move the selection"),
+        (
+            "PgUp PgDn Home End g G",
+            "a page up or down, to the first or last",
+        ),
         ("t", "overview: 5-minute / 1-hour chart"),
         ("a", "clients: register a client"),
         ("r", "clients: rotate the secret · keys: rotate keys"),
@@ -573,6 +627,10 @@ fn draw_help(frame: &mut Frame<'_>, _app: &App) {
         ("?", "this help"),
         ("q / Esc / Ctrl-C", "quit (Esc closes a dialog first)"),
     ];
+    let notes = [
+        "TOTAL and LAST count since the daemon started; LAST is a time",
+        "today, else a day (UTC).",
+    ];
     let lines: Vec<Line<'_>> = keys
         .iter()
         .map(|(k, what)| {
@@ -581,6 +639,8 @@ fn draw_help(frame: &mut Frame<'_>, _app: &App) {
                 Span::raw(*what),
             ])
         })
+        .chain([Line::from("")])
+        .chain(notes.map(Line::from))
         .chain([Line::from(""), Line::from("any key to close")])
         .collect();
     popup(frame, "Keys", lines, 76);
@@ -598,7 +658,9 @@ mod tests {
     };
 
     use super::*;
-    use crate::dashboard::app::{Dialog, LinkEvent, Msg};
+    use tokendealer_shared::admin::AdminError;
+
+    use crate::dashboard::app::{Dialog, LinkEvent, Msg, Outcome};
 
     const T0: i64 = 1_795_780_800; // 2026-11-27T12:00:00Z
 
@@ -860,6 +922,10 @@ mod tests {
                 "failed",
                 Dialog::Failed("client `svc` already exists".into()),
             ),
+            (
+                "refused",
+                Dialog::Refused(AdminError::PermissionDenied { uid: 65_534 }.to_string()),
+            ),
         ];
         for (name, dialog) in dialogs {
             let mut app = app(false);
@@ -867,6 +933,82 @@ mod tests {
             app.dialog = Some(dialog);
             insta::assert_snapshot!(format!("dialog_{name}"), render(&app));
         }
+    }
+
+    /// A last issuance of another day shows that day (with its year if not this one), not a
+    /// time that reads as today's.
+    #[test]
+    fn last_issuance_shows_the_day_when_not_today() {
+        let mut app = app(false);
+        app.screen = Screen::Clients;
+        let mut older = client("older", 5, false, false);
+        older.last_issued = Some(T0 - 2 * 86_400);
+        let mut oldest = client("oldest", 5, false, false);
+        oldest.last_issued = Some(T0 - 365 * 86_400);
+        app.update(Msg::Link(LinkEvent::Clients(vec![
+            client("billing", 9_000, false, false),
+            older,
+            oldest,
+        ])));
+        let screen = render(&app);
+        let last = |id: &str| {
+            screen
+                .lines()
+                .find(|l| l.contains(&format!(" {id} ")))
+                .map(|l| {
+                    // The LAST column: the row's last 8 cells inside the border.
+                    let cells: Vec<char> = l.trim_end_matches(['"', '│']).chars().collect();
+                    cells[cells.len().saturating_sub(8)..]
+                        .iter()
+                        .collect::<String>()
+                        .trim()
+                        .to_owned()
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(last("billing"), "12:00:42", "{screen}");
+        assert_eq!(last("older"), "Nov 25", "{screen}");
+        assert_eq!(last("oldest"), "Nov 2025", "{screen}");
+    }
+
+    #[test]
+    fn a_long_notice_leaves_the_help_hint() {
+        let mut app = app(false);
+        app.update(Msg::Link(LinkEvent::Done(Ok(Outcome::Message(format!(
+            "keys rotated: {} signs now",
+            "k".repeat(60)
+        ))))));
+        let screen = render(&app);
+        let bar = screen.lines().last().unwrap_or_default();
+        assert!(bar.contains("keys rotated"), "{bar}");
+        assert!(bar.ends_with(" ? help · q quit \""), "{bar}");
+    }
+
+    #[test]
+    fn a_silent_daemon_is_not_shown_as_connected() {
+        let mut app = app(false);
+        app.update(Msg::Link(LinkEvent::Silent(12)));
+        let screen = render(&app);
+        let bar = screen.lines().last().unwrap_or_default();
+        assert!(
+            bar.starts_with("\" no word from the daemon for 12 s"),
+            "{bar}"
+        );
+        assert!(bar.ends_with(" ? help · q quit \""), "{bar}");
+    }
+
+    /// The headline figures are per second, as the clients' rates are, whatever the tick's
+    /// length.
+    #[test]
+    fn headline_rates_are_per_second() {
+        let mut app = app(false);
+        let mut long = tick(300, 30);
+        long.interval_ms = 2_000;
+        app.update(Msg::Link(LinkEvent::Tick(long)));
+        let screen = render(&app);
+        assert!(screen.contains("Tokens/s: 150 now"), "{screen}");
+        assert!(screen.contains("failures/s: 15 "), "{screen}");
+        assert!(screen.contains("invalid_client: 15 "), "{screen}");
     }
 
     #[test]

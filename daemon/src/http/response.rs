@@ -229,11 +229,26 @@ pub async fn read_body(body: Incoming, timeout: std::time::Duration) -> Result<B
     }
 }
 
-/// Whether the request's media type is `expected` (parameters such as charset allowed).
+/// Whether the request's media type is `expected`, given once (RFC 9110 §5.3: a field
+/// defined as a single value may not be repeated; which one a proxy took is anyone's guess),
+/// in UTF-8 if it names a charset: the body is read as UTF-8 (RFC 6749 Appendix B), and a
+/// body sent as ISO-8859-1 would be read as something else.
 pub fn has_media_type(headers: &http::HeaderMap, expected: &str) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case(expected))
+    let mut values = headers.get_all(header::CONTENT_TYPE).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let mut parts = value.split(';');
+    let media_type = parts.next().unwrap_or_default();
+    media_type.trim().eq_ignore_ascii_case(expected)
+        && parts.all(|parameter| match parameter.split_once('=') {
+            Some((name, charset)) if name.trim().eq_ignore_ascii_case("charset") => {
+                let charset = charset.trim().trim_matches('"');
+                charset.eq_ignore_ascii_case("utf-8") || charset.eq_ignore_ascii_case("us-ascii")
+            }
+            _ => true,
+        })
 }

@@ -156,7 +156,7 @@ pub fn check_head(head: &http::request::Parts) -> Result<Option<Authorization>, 
     }
     if !response::has_media_type(&head.headers, FORM) {
         return Err(OAuthError::invalid_request(
-            "the request body must be application/x-www-form-urlencoded",
+            "the request body must be application/x-www-form-urlencoded (in UTF-8), in one Content-Type header",
         ));
     }
     let mut authorizations = head.headers.get_all(header::AUTHORIZATION).iter();

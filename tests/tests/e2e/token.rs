@@ -648,6 +648,34 @@ fn non_form_content_type_is_invalid_request() {
         .assert_oauth_error(400, "invalid_request");
 }
 
+/// Content-Type is a single field: given twice, which one counts depends on who reads it.
+/// And the body is read as UTF-8, so another charset would be misread.
+#[test]
+fn two_content_types_or_another_charset_are_invalid_request() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let basic = http::basic_header(&client.id, &client.secret);
+    for content_types in [
+        &[FORM, "text/plain"][..],
+        &["text/plain", FORM],
+        &["application/x-www-form-urlencoded; charset=ISO-8859-1"],
+    ] {
+        let mut headers: Vec<(&str, String)> = content_types
+            .iter()
+            .map(|t| ("content-type", (*t).to_owned()))
+            .collect();
+        headers.push(("authorization", basic.clone()));
+        daemon
+            .request(Request {
+                method: "POST",
+                url: daemon.url(TOKEN),
+                headers,
+                body: Some(b"grant_type=client_credentials".to_vec()),
+            })
+            .assert_oauth_error(400, "invalid_request");
+    }
+}
+
 #[test]
 fn form_content_type_with_charset_is_accepted() {
     let client = service_client();

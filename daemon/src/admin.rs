@@ -15,7 +15,7 @@ use std::{
 
 use tokendealer_shared::{
     admin::{
-        AdminError, ClientFrame, ClientInfo, Event, Hello, KeyInfo, KeyState, MAX_PAGE,
+        AdminError, ChangeKind, ClientFrame, ClientInfo, Event, Hello, KeyInfo, KeyState, MAX_PAGE,
         PROTOCOL_VERSION, Request, Response, ServerFrame, Status,
     },
     clients_file,
@@ -483,6 +483,7 @@ async fn handle(state: &Arc<State>, request: Request, uid: u32) -> Response {
             match result {
                 Ok(Ok(r)) => {
                     tracing::info!(uid, active = %r.active, forced = now, "admin: keys rotated");
+                    state.changes.note_active_key(Some(&r.active), Some(uid));
                     Response::KeyRotated {
                         active: r.active,
                         retiring: r.retiring,
@@ -503,10 +504,16 @@ async fn handle(state: &Arc<State>, request: Request, uid: u32) -> Response {
             match result {
                 Ok(Ok(former_state)) => {
                     tracing::warn!(uid, %kid, "admin: key revoked");
+                    let keyring = state.keys.load();
+                    state.changes.note_revoked(
+                        kid.clone(),
+                        keyring.active().map(crate::keys::SigningKey::kid),
+                        Some(uid),
+                    );
                     Response::KeyRevoked {
                         kid,
                         former_state,
-                        active: state.keys.load().active_kid().to_owned(),
+                        active: keyring.active_kid().to_owned(),
                     }
                 }
                 Ok(Err(e)) => Response::Error(key_error(e)),
@@ -544,7 +551,7 @@ async fn handle(state: &Arc<State>, request: Request, uid: u32) -> Response {
                 ttl,
                 secret_hash: clients::hash_secret(&secret),
             };
-            match apply(state, edit).await {
+            match apply(state, uid, edit).await {
                 Ok(()) => {
                     tracing::info!(uid, client = %id, "admin: client added");
                     Response::ClientAdded { id, secret }
@@ -566,15 +573,11 @@ async fn handle(state: &Arc<State>, request: Request, uid: u32) -> Response {
                 new_hash: clients::hash_secret(&secret),
                 keep_old_until,
             };
-            match apply(state, edit).await {
+            match apply(state, uid, edit).await {
                 Ok(()) => {
                     // What the file now holds, not what was asked: the old secret may have
                     // had less time left than the overlap asked for.
-                    let old_valid_until = state
-                        .clients
-                        .load()
-                        .get(&id)
-                        .and_then(|c| c.old_secret_until(jiff::Timestamp::now().as_second()));
+                    let old_valid_until = old_secret_until(state, &id);
                     tracing::info!(uid, client = %id, old_valid_until, "admin: secret rotated");
                     Response::SecretRotated {
                         id,
@@ -612,7 +615,7 @@ async fn handle(state: &Arc<State>, request: Request, uid: u32) -> Response {
         Request::ImportClients { clients } => {
             let count = clients.len() as u64;
             let ids: Vec<String> = clients.iter().map(|(id, _)| id.clone()).collect();
-            match apply(state, Edit::Import { clients }).await {
+            match apply(state, uid, Edit::Import { clients }).await {
                 Ok(()) => {
                     tracing::info!(uid, count, clients = ?ids, "admin: clients imported");
                     Response::Imported { count }
@@ -628,7 +631,7 @@ async fn done(state: &State, uid: u32, what: &'static str, edit: Edit) -> Respon
         Edit::SetDisabled { id, .. } | Edit::Remove { id } => id.clone(),
         _ => String::new(),
     };
-    match apply(state, edit).await {
+    match apply(state, uid, edit).await {
         Ok(()) => {
             tracing::info!(uid, client = %id, "admin: {what}");
             Response::Done
@@ -637,8 +640,55 @@ async fn done(state: &State, uid: u32, what: &'static str, edit: Edit) -> Respon
     }
 }
 
-/// Runs a clients-file edit on the blocking pool (it fsyncs) and types its failure.
-async fn apply(state: &State, edit: Edit) -> Result<(), AdminError> {
+/// Until when a client's previous secret works, as the file now holds it: after a rotation,
+/// maybe less than the overlap asked for, if the old secret had less time left.
+fn old_secret_until(state: &State, id: &str) -> Option<i64> {
+    state
+        .clients
+        .load()
+        .get(id)
+        .and_then(|c| c.old_secret_until(jiff::Timestamp::now().as_second()))
+}
+
+/// What an edit changes, for the change log.
+fn change_of(edit: &Edit) -> ChangeKind {
+    match edit {
+        Edit::Add { id, .. } => ChangeKind::ClientAdded { id: id.clone() },
+        Edit::Remove { id } => ChangeKind::ClientRemoved { id: id.clone() },
+        Edit::SetDisabled { id, disabled: true } => ChangeKind::ClientDisabled { id: id.clone() },
+        Edit::SetDisabled {
+            id,
+            disabled: false,
+        } => ChangeKind::ClientEnabled { id: id.clone() },
+        Edit::RotateSecret { id, .. } => ChangeKind::SecretRotated {
+            id: id.clone(),
+            old_valid_until: None,
+        },
+        Edit::Import { clients } => ChangeKind::ClientsImported {
+            count: clients.len() as u64,
+        },
+    }
+}
+
+/// Runs a clients-file edit on the blocking pool (it fsyncs) and types its failure; a
+/// change made is logged with `uid`.
+async fn apply(state: &State, uid: u32, edit: Edit) -> Result<(), AdminError> {
+    let mut change = change_of(&edit);
+    let applied = apply_edit(state, edit).await;
+    if applied.is_ok() {
+        if let ChangeKind::SecretRotated {
+            id,
+            old_valid_until,
+        } = &mut change
+        {
+            *old_valid_until = old_secret_until(state, id);
+        }
+        state.changes.record(Some(uid), change);
+    }
+    applied
+}
+
+async fn apply_edit(state: &State, edit: Edit) -> Result<(), AdminError> {
     let (clients, keys, token_ttl) = (state.clients.clone(), state.keys.clone(), state.token_ttl);
     let result = tokio::task::spawn_blocking(move || {
         let result = clients.edit(&edit);
@@ -760,6 +810,14 @@ fn key_infos(state: &State) -> Vec<KeyInfo> {
 }
 
 fn status(state: &State) -> Status {
+    let registry = state.clients.load();
+    let now = jiff::Timestamp::now().as_second();
+    let (disabled, rotating) = registry.iter().fold((0, 0), |(disabled, rotating), c| {
+        (
+            disabled + u64::from(c.disabled),
+            rotating + u64::from(c.old_secret_until(now).is_some()),
+        )
+    });
     Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         pid: std::process::id(),
@@ -769,8 +827,13 @@ fn status(state: &State) -> Status {
         issuer: state.issuer.clone(),
         algorithm: state.config.algorithm.to_string(),
         clients_file: state.clients.path().display().to_string(),
-        clients: state.clients.load().len() as u64,
+        clients: registry.len() as u64,
+        disabled,
+        rotating,
         last_reload: state.clients.last_reload(),
         keys: key_infos(state),
+        key_rotations: state.changes.key_rotations(),
+        secret_rotations: state.changes.secret_rotations(),
+        changes: state.changes.recent(),
     }
 }

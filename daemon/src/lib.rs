@@ -9,6 +9,7 @@
 //! 3. [`run`]: serve until the `shutdown` future completes, then drain and clean up.
 
 pub mod admin;
+pub mod changes;
 pub mod clients;
 pub mod config;
 pub mod fsio;
@@ -240,6 +241,8 @@ pub struct State {
     /// Who may use the admin socket besides root and the daemon's own user: the config's
     /// lists as last loaded, so that a reload takes someone's access away at once.
     pub admin_access: ArcSwap<AdminAccess>,
+    /// The latest changes to clients and keys, for `status` and the dashboard.
+    pub changes: changes::Changes,
     pub issuer: String,
     pub default_audience: String,
     pub token_ttl: Duration,
@@ -292,6 +295,13 @@ impl State {
         note_longest_ttl(&self.keys, &self.clients, self.token_ttl);
     }
 
+    /// Logs a change of signing key that no admin asked for here: the schedule's rotation,
+    /// another daemon's change adopted.
+    pub fn note_active_key(&self) {
+        self.changes
+            .note_active_key(self.keys.load().active().map(keys::SigningKey::kid), None);
+    }
+
     /// [`State::reload`] on the blocking pool, announced to systemd (RELOADING=1 … READY=1,
     /// once for overlapping reloads). SIGHUP and `tokendealer reload` both come here.
     pub async fn reload_announced(
@@ -333,8 +343,7 @@ impl State {
             .path
             .as_deref()
             .and_then(|path| self.reload_config(path));
-        let outcome = self.clients.reload();
-        self.note_longest_ttl();
+        let outcome = self.reload_clients();
         match config_failed {
             Some(failed) => {
                 self.clients.note_outcome(failed.clone());
@@ -342,6 +351,32 @@ impl State {
             }
             None => outcome,
         }
+    }
+
+    /// Reloads the clients file (a save, SIGHUP, `tokendealer reload`); a file whose clients
+    /// changed is logged as a change (a hand edit: the tool's own edits are recognised and
+    /// not loaded again). Blocking.
+    pub fn reload_clients(&self) -> ReloadOutcome {
+        let loads = self
+            .clients
+            .reloads
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let outcome = self.clients.reload();
+        self.note_longest_ttl();
+        if self
+            .clients
+            .reloads
+            .load(std::sync::atomic::Ordering::Relaxed)
+            != loads
+        {
+            self.changes.record(
+                None,
+                tokendealer_shared::admin::ChangeKind::ClientsFileLoaded {
+                    clients: self.clients.load().len() as u64,
+                },
+            );
+        }
+        outcome
     }
 
     /// Applies what a reload takes from the config file; the first failure, if any.
@@ -441,6 +476,7 @@ pub async fn run(loaded: Loaded, listeners: Listeners, mut signals: Signals) -> 
         }
         issuer
     });
+    let change_log = changes::Changes::new(keys.load().active().map(keys::SigningKey::kid));
     let state = Arc::new(State {
         default_audience: config
             .default_audience
@@ -461,6 +497,7 @@ pub async fn run(loaded: Loaded, listeners: Listeners, mut signals: Signals) -> 
         started: Instant::now(),
         reloads_running: std::sync::atomic::AtomicUsize::new(0),
         admin_access: ArcSwap::from_pointee(AdminAccess::of(&config)),
+        changes: change_log,
         config,
     });
 
@@ -476,8 +513,7 @@ pub async fn run(loaded: Loaded, listeners: Listeners, mut signals: Signals) -> 
     // Without the watches the daemon still serves, and SIGHUP still reloads.
     let watching = state.clone();
     let reload_clients = move || {
-        drop(watching.clients.reload());
-        watching.note_longest_ttl();
+        drop(watching.reload_clients());
     };
     let _clients_watch = watch::start(state.clients.path(), reload_clients.clone(), &stop)
         .inspect_err(|e| tracing::error!(error = %e, "cannot watch the clients file; edits apply on SIGHUP only"))
@@ -492,7 +528,10 @@ pub async fn run(loaded: Loaded, listeners: Listeners, mut signals: Signals) -> 
         move || match adopting.keys.refresh() {
             // A key another daemon made active signs here too, maybe with longer lifetimes
             // than that daemon's: its retiring window must know at once.
-            Ok(true) => adopting.note_longest_ttl(),
+            Ok(true) => {
+                adopting.note_longest_ttl();
+                adopting.note_active_key();
+            }
             Ok(false) => {}
             Err(e) => {
                 tracing::error!(error = %e, "a key change in the key directory was not adopted; the keys in force stay");
@@ -626,7 +665,9 @@ async fn key_upkeep(state: Arc<State>, stop: CancellationToken) {
             if let Err(e) = upkeep.keys.refresh() {
                 tracing::error!(error = %e, "a key change in the key directory was not adopted; the keys in force stay");
             }
-            upkeep.keys.maintain(upkeep.longest_ttl())
+            let maintained = upkeep.keys.maintain(upkeep.longest_ttl());
+            upkeep.note_active_key();
+            maintained
         })
         .await;
         failed = match result {

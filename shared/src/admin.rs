@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any change to a message other than [`Hello`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The first frame each side sends. Its layout is frozen (see the crate docs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -274,8 +274,87 @@ pub struct Status {
     pub algorithm: String,
     pub clients_file: String,
     pub clients: u64,
+    /// Of `clients`, those disabled.
+    pub disabled: u64,
+    /// Of `clients`, those whose previous secret still works (a rotation's overlap).
+    pub rotating: u64,
     pub last_reload: ReloadOutcome,
     pub keys: Vec<KeyInfo>,
+    /// Since the daemon started: active keys replaced (by `keys rotate`, on schedule, or
+    /// by another daemon sharing the key directory), and secrets rotated.
+    pub key_rotations: u64,
+    pub secret_rotations: u64,
+    /// The latest changes to clients and keys, newest first (at most [`MAX_CHANGES`]).
+    pub changes: Vec<Change>,
+}
+
+/// The most changes a [`Status`] lists.
+pub const MAX_CHANGES: usize = 32;
+
+/// One change to the clients or the signing keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// Unix seconds.
+    pub at: i64,
+    /// The uid of the admin who asked for it over the socket; `None` for what the daemon
+    /// did itself (a scheduled rotation), another daemon did (a key adopted), or the
+    /// clients file brought (a hand edit).
+    pub by: Option<u32>,
+    pub what: ChangeKind,
+}
+
+/// What changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChangeKind {
+    ClientAdded {
+        id: String,
+    },
+    ClientRemoved {
+        id: String,
+    },
+    ClientDisabled {
+        id: String,
+    },
+    ClientEnabled {
+        id: String,
+    },
+    /// Unix seconds until which the previous secret still works, if it does.
+    SecretRotated {
+        id: String,
+        old_valid_until: Option<i64>,
+    },
+    ClientsImported {
+        count: u64,
+    },
+    /// The clients file changed on disk and was loaded: what it now holds.
+    ClientsFileLoaded {
+        clients: u64,
+    },
+    /// Another key signs from now on.
+    KeyRotated {
+        active: String,
+    },
+    KeyRevoked {
+        kid: String,
+    },
+}
+
+impl std::fmt::Display for ChangeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ClientAdded { id } => write!(f, "client `{id}` added"),
+            Self::ClientRemoved { id } => write!(f, "client `{id}` removed"),
+            Self::ClientDisabled { id } => write!(f, "client `{id}` disabled"),
+            Self::ClientEnabled { id } => write!(f, "client `{id}` enabled"),
+            Self::SecretRotated { id, .. } => write!(f, "secret of `{id}` rotated"),
+            Self::ClientsImported { count } => write!(f, "{count} clients imported"),
+            Self::ClientsFileLoaded { clients } => {
+                write!(f, "clients file changed on disk: {clients} clients")
+            }
+            Self::KeyRotated { active } => write!(f, "keys rotated: {active} signs"),
+            Self::KeyRevoked { kid } => write!(f, "key {kid} revoked"),
+        }
+    }
 }
 
 /// The outcome of the most recent attempt to (re)load the clients file.

@@ -14,8 +14,8 @@ use proptest::{
 use serde::{Serialize, de::DeserializeOwned};
 use tokendealer_shared::{
     admin::{
-        AdminError, ClientFrame, ClientInfo, ClientTick, Event, Hello, KeyInfo, KeyState,
-        ReloadOutcome, Request, Response, ServerFrame, StatsTick, Status,
+        AdminError, Change, ChangeKind, ClientFrame, ClientInfo, ClientTick, Event, Hello, KeyInfo,
+        KeyState, ReloadOutcome, Request, Response, ServerFrame, StatsTick, Status,
     },
     frame,
 };
@@ -189,17 +189,58 @@ fn reload_outcome() -> impl Strategy<Value = ReloadOutcome> {
     ]
 }
 
+fn change_kind_covered(kind: &ChangeKind) {
+    match kind {
+        ChangeKind::ClientAdded { .. }
+        | ChangeKind::ClientRemoved { .. }
+        | ChangeKind::ClientDisabled { .. }
+        | ChangeKind::ClientEnabled { .. }
+        | ChangeKind::SecretRotated { .. }
+        | ChangeKind::ClientsImported { .. }
+        | ChangeKind::ClientsFileLoaded { .. }
+        | ChangeKind::KeyRotated { .. }
+        | ChangeKind::KeyRevoked { .. } => {}
+    }
+}
+
+fn change() -> impl Strategy<Value = Change> {
+    let what = prop_oneof![
+        text().prop_map(|id| ChangeKind::ClientAdded { id }),
+        text().prop_map(|id| ChangeKind::ClientRemoved { id }),
+        text().prop_map(|id| ChangeKind::ClientDisabled { id }),
+        text().prop_map(|id| ChangeKind::ClientEnabled { id }),
+        (text(), option::of(any::<i64>())).prop_map(|(id, old_valid_until)| {
+            ChangeKind::SecretRotated {
+                id,
+                old_valid_until,
+            }
+        }),
+        any::<u64>().prop_map(|count| ChangeKind::ClientsImported { count }),
+        any::<u64>().prop_map(|clients| ChangeKind::ClientsFileLoaded { clients }),
+        text().prop_map(|active| ChangeKind::KeyRotated { active }),
+        text().prop_map(|kid| ChangeKind::KeyRevoked { kid }),
+    ];
+    (any::<i64>(), option::of(any::<u32>()), what).prop_map(|(at, by, what)| {
+        change_kind_covered(&what);
+        Change { at, by, what }
+    })
+}
+
 fn status() -> impl Strategy<Value = Status> {
     (
         (text(), any::<u32>(), any::<u64>(), option::of(text())),
         (text(), text(), text(), text()),
-        (any::<u64>(), reload_outcome(), vec(key_info(), 0..3)),
+        (any::<u64>(), any::<u64>(), any::<u64>()),
+        (reload_outcome(), vec(key_info(), 0..3)),
+        (any::<u64>(), any::<u64>(), vec(change(), 0..4)),
     )
         .prop_map(
             |(
                 (version, pid, uptime_secs, config_path),
                 (listen, issuer, algorithm, clients_file),
-                (clients, last_reload, keys),
+                (clients, disabled, rotating),
+                (last_reload, keys),
+                (key_rotations, secret_rotations, changes),
             )| Status {
                 version,
                 pid,
@@ -210,8 +251,13 @@ fn status() -> impl Strategy<Value = Status> {
                 algorithm,
                 clients_file,
                 clients,
+                disabled,
+                rotating,
                 last_reload,
                 keys,
+                key_rotations,
+                secret_rotations,
+                changes,
             },
         )
 }

@@ -6,7 +6,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use tokendealer_shared::admin::{ClientInfo, KeyInfo, ReloadOutcome, Status};
+use tokendealer_shared::admin::{Change, ChangeKind, ClientInfo, KeyInfo, ReloadOutcome, Status};
 
 /// RFC 3339 in UTC, or the raw number if it is out of range.
 pub fn time(unix: i64) -> String {
@@ -83,10 +83,61 @@ pub fn status_json(s: &Status) -> Value {
         "algorithm": s.algorithm,
         "clients_file": s.clients_file,
         "clients": s.clients,
+        "disabled": s.disabled,
+        "rotating": s.rotating,
         "last_reload": reload_json(&s.last_reload),
         "keys": s.keys.iter().map(key_json).collect::<Vec<_>>(),
+        "key_rotations": s.key_rotations,
+        "secret_rotations": s.secret_rotations,
+        "changes": s.changes.iter().map(change_json).collect::<Vec<_>>(),
     })
 }
+
+/// One change: its time, who asked for it (a uid, or null for the daemon and the file), a
+/// kind a script can match on, the subject, and the sentence `status` prints.
+pub fn change_json(c: &Change) -> Value {
+    let mut value = json!({
+        "at": time(c.at),
+        "by": c.by,
+        "text": c.what.to_string(),
+    });
+    let (kind, subject) = match &c.what {
+        ChangeKind::ClientAdded { id } => ("client_added", json!({ "client": id })),
+        ChangeKind::ClientRemoved { id } => ("client_removed", json!({ "client": id })),
+        ChangeKind::ClientDisabled { id } => ("client_disabled", json!({ "client": id })),
+        ChangeKind::ClientEnabled { id } => ("client_enabled", json!({ "client": id })),
+        ChangeKind::SecretRotated {
+            id,
+            old_valid_until,
+        } => (
+            "secret_rotated",
+            json!({ "client": id, "old_valid_until": old_valid_until.map(time) }),
+        ),
+        ChangeKind::ClientsImported { count } => ("clients_imported", json!({ "count": count })),
+        ChangeKind::ClientsFileLoaded { clients } => {
+            ("clients_file_loaded", json!({ "clients": clients }))
+        }
+        ChangeKind::KeyRotated { active } => ("key_rotated", json!({ "active": active })),
+        ChangeKind::KeyRevoked { kid } => ("key_revoked", json!({ "kid": kid })),
+    };
+    value["kind"] = json!(kind);
+    if let (Some(value), Value::Object(subject)) = (value.as_object_mut(), subject) {
+        value.extend(subject);
+    }
+    value
+}
+
+/// Who made a change, for a person: the uid that asked, or where it came from.
+pub fn change_by(c: &Change) -> String {
+    match (c.by, &c.what) {
+        (Some(uid), _) => format!("uid {uid}"),
+        (None, ChangeKind::ClientsFileLoaded { .. }) => "the file".to_owned(),
+        (None, _) => "the daemon".to_owned(),
+    }
+}
+
+/// The changes listed after the keys in `status`.
+const CHANGES_SHOWN: usize = 10;
 
 pub fn write_status(out: &mut dyn Write, s: &Status) -> io::Result<()> {
     let uptime = tokendealer_shared::duration::format(Duration::from_secs(s.uptime_secs.max(1)));
@@ -103,15 +154,39 @@ pub fn write_status(out: &mut dyn Write, s: &Status) -> io::Result<()> {
                 .clone()
                 .unwrap_or_else(|| "(local mode defaults)".into()),
         ),
-        ("clients", format!("{} from {}", s.clients, s.clients_file)),
+        (
+            "clients",
+            format!(
+                "{} from {} ({} disabled, {} with an old secret still working)",
+                s.clients, s.clients_file, s.disabled, s.rotating
+            ),
+        ),
         ("last reload", reload_text(&s.last_reload)),
         ("algorithm", s.algorithm.clone()),
+        (
+            "rotations",
+            format!(
+                "{} of the signing key, {} of secrets, since start",
+                s.key_rotations, s.secret_rotations
+            ),
+        ),
     ];
     for (name, value) in rows {
         writeln!(out, "{name:<12} {value}")?;
     }
     writeln!(out)?;
-    write_keys(out, &s.keys)
+    write_keys(out, &s.keys)?;
+    if !s.changes.is_empty() {
+        writeln!(out)?;
+        let rows: Vec<[String; 3]> = s
+            .changes
+            .iter()
+            .take(CHANGES_SHOWN)
+            .map(|c| [time(c.at), c.what.to_string(), change_by(c)])
+            .collect();
+        write_table(out, &["CHANGED", "WHAT", "BY"], &rows)?;
+    }
+    Ok(())
 }
 
 pub fn write_keys(out: &mut dyn Write, keys: &[KeyInfo]) -> io::Result<()> {

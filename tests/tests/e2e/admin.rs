@@ -1615,3 +1615,95 @@ fn open_connections_and_dashboards_never_keep_a_command_out() {
     }
     daemon.access_token(&client, &[]);
 }
+
+/// `status` tells what changed and who asked: clients registered, disabled, secrets and
+/// keys rotated, keys revoked, hand edits of the clients file; newest first, with counts.
+#[test]
+fn status_lists_the_changes_newest_first_with_who_made_them() {
+    let client = service_client();
+    let mut daemon = Daemon::with_client(&client);
+    let uid = u64::from(own_uid());
+    add_client(&daemon, "fresh", &[]);
+    daemon
+        .admin(&["clients", "disable", "fresh"])
+        .assert_success();
+    daemon
+        .admin(&[
+            "clients",
+            "rotate-secret",
+            client.id.as_str(),
+            "--keep-old",
+            "1h",
+        ])
+        .assert_success();
+    daemon.admin(&["keys", "rotate", "--now"]).assert_success();
+
+    let status = admin_json(&daemon, &["status"]);
+    let kinds: Vec<&str> = status["changes"]
+        .as_array()
+        .expect("a list of changes")
+        .iter()
+        .map(|c| c["kind"].as_str().expect("a kind"))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "key_rotated",
+            "secret_rotated",
+            "client_disabled",
+            "client_added"
+        ],
+        "{status:#}"
+    );
+    let changes = &status["changes"];
+    for change in changes.as_array().expect("a list") {
+        assert_eq!(change["by"], uid, "{change}");
+        assert!(change["at"].is_string(), "{change}");
+    }
+    assert_eq!(changes[2]["client"], "fresh");
+    assert_eq!(changes[2]["text"], "client `fresh` disabled");
+    assert_eq!(changes[1]["client"], client.id.as_str());
+    assert!(changes[1]["old_valid_until"].is_string(), "{status:#}");
+    assert_eq!(status["disabled"], 1, "{status:#}");
+    assert_eq!(status["rotating"], 1, "{status:#}");
+    assert_eq!(status["key_rotations"], 1, "{status:#}");
+    assert_eq!(status["secret_rotations"], 1, "{status:#}");
+
+    // A hand edit comes from the file, not from anyone the daemon knows.
+    let newcomer = TestClient::new("by-hand").audiences(&[API]);
+    let mut text = fs::read_to_string(daemon.clients_path()).expect("the clients file");
+    text.push_str(&format!("\n{}", newcomer.to_toml()));
+    fs::write(daemon.clients_path(), text).expect("a hand edit");
+    let deadline = Instant::now() + TAKES_EFFECT * 10;
+    let loaded = loop {
+        let status = admin_json(&daemon, &["status"]);
+        if status["changes"][0]["kind"] == "clients_file_loaded" {
+            break status["changes"][0].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hand edit was never noted: {status:#}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(loaded["by"], Value::Null, "{loaded}");
+    assert_eq!(loaded["clients"], 3, "{loaded}");
+
+    // The text form, for people.
+    let output = daemon.admin(&["status"]);
+    output.assert_success();
+    for needle in [
+        "3 from",
+        "(1 disabled, 1 with an old secret still working)",
+        "1 of the signing key, 1 of secrets",
+        "client `fresh` disabled",
+        &format!("uid {uid}"),
+        "the file",
+    ] {
+        assert!(
+            output.stdout.contains(needle),
+            "no `{needle}` in:\n{output}"
+        );
+    }
+    daemon.stop();
+}

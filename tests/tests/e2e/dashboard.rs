@@ -550,3 +550,38 @@ fn a_dashboard_the_daemon_refuses_says_why_and_does_not_retry() {
     let screen = refused.wait_for("dashboard exited");
     assert_terminal_given_back(&refused, &screen);
 }
+
+/// The overview follows what admins do: a client disabled and a secret rotated with the
+/// command-line tool show up in its feed of changes as they happen, with who did them, and
+/// the count of disabled clients moves.
+#[test]
+fn the_overview_shows_changes_as_they_happen() {
+    let client = TestClient::new("feed-me");
+    let daemon = Daemon::builder().client(&client).start();
+    let tmux = dashboard(daemon.admin_socket());
+    tmux.wait_until("`connected` and no change yet", |s| {
+        connected(s) && s.contains("none since the daemon started")
+    });
+    daemon
+        .admin(&["clients", "disable", "feed-me"])
+        .assert_success();
+    tmux.wait_until("the disabling in the feed, and counted", |s| {
+        s.contains("client `feed-me` disabled (uid ") && s.contains("1 clients: 1 disabled")
+    });
+    daemon
+        .admin(&["clients", "rotate-secret", "feed-me"])
+        .assert_success();
+    let screen = tmux.wait_until("the rotation above the disabling", |s| {
+        s.contains("secret of `feed-me` rotated") && s.contains("1 secret rotations")
+    });
+    let newest = screen
+        .lines()
+        .position(|l| l.contains("secret of `feed-me` rotated"));
+    let older = screen
+        .lines()
+        .position(|l| l.contains("client `feed-me` disabled"));
+    assert!(newest < older, "newest first:\n{screen}");
+    tmux.send_keys(&["q"]);
+    let screen = tmux.wait_for("dashboard exited");
+    assert_terminal_given_back(&tmux, &screen);
+}

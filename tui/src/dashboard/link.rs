@@ -673,6 +673,10 @@ mod tests {
             let _ = frame::read::<ClientFrame, _>(&mut stream).await;
             let refusal = Response::Error(AdminError::TooManySubscribers { max: 24 });
             let _ = frame::write(&mut stream, &ServerFrame::Response(refusal)).await;
+            // As the daemon does, the connection stays open after the refusal (a closed one
+            // would fail the link's next write before it reads the answer); until the link
+            // hangs up, whatever else it asks goes unanswered.
+            while let Ok(Some(_)) = frame::read::<ClientFrame, _>(&mut stream).await {}
         });
         let mut link = link(&socket, eager());
         for _ in 0..2 {
@@ -697,8 +701,13 @@ mod tests {
             algorithm: "RS512".into(),
             clients_file: "clients.toml".into(),
             clients: 0,
+            disabled: 0,
+            rotating: 0,
             last_reload: ReloadOutcome::Ok { at: 0, clients: 0 },
             keys: vec![],
+            key_rotations: 0,
+            secret_rotations: 0,
+            changes: vec![],
         }
     }
 

@@ -104,7 +104,18 @@ fn draw_status_bar(frame: &mut Frame<'_>, app: &App, area: Rect) {
 }
 
 fn draw_overview(frame: &mut Frame<'_>, app: &App, area: Rect) {
-    let [charts, info] = Layout::vertical([Constraint::Min(8), Constraint::Length(7)]).areas(area);
+    // The feed of changes across the whole width, so that a line holds a change: up to
+    // five of them, one line when there are none yet.
+    let shown_changes = app
+        .status
+        .as_ref()
+        .map_or(1, |s| s.changes.len().clamp(1, CHANGES_SHOWN));
+    let [charts, changes, info] = Layout::vertical([
+        Constraint::Min(8),
+        Constraint::Length(u16::try_from(shown_changes).unwrap_or(1) + 2),
+        Constraint::Length(7),
+    ])
+    .areas(area);
     let [rate, failures] =
         Layout::horizontal([Constraint::Percentage(65), Constraint::Percentage(35)]).areas(charts);
 
@@ -169,6 +180,7 @@ fn draw_overview(frame: &mut Frame<'_>, app: &App, area: Rect) {
         Paragraph::new(lines).block(Block::bordered().title(" Failures/s · latency ")),
         failures,
     );
+    draw_changes(frame, app, changes);
 
     let mut lines = Vec::new();
     if let Some(tick) = app.last_tick() {
@@ -180,13 +192,16 @@ fn draw_overview(frame: &mut Frame<'_>, app: &App, area: Rect) {
     match &app.status {
         Some(s) => {
             lines.push(Line::from(format!(
-                "tokendealerd {} · up {} · listening on {} · {} clients",
+                "tokendealerd {} · up {} · listening on {}",
                 s.version,
                 tokendealer_shared::duration::format(std::time::Duration::from_secs(
                     s.uptime_secs.max(1)
                 )),
                 s.listen,
-                s.clients
+            )));
+            lines.push(Line::from(format!(
+                "{} clients: {} disabled, {} with an old secret still working",
+                s.clients, s.disabled, s.rotating
             )));
             lines.push(Line::from(format!(
                 "issuer {} · algorithm {}",
@@ -219,6 +234,45 @@ fn draw_overview(frame: &mut Frame<'_>, app: &App, area: Rect) {
             .wrap(Wrap { trim: true })
             .block(Block::bordered().title(" Daemon ")),
         info,
+    );
+}
+
+/// The most changes the overview lists.
+const CHANGES_SHOWN: usize = 5;
+
+/// The latest changes to clients and keys, newest first, as many as fit: what was
+/// registered, disabled, rotated, and by whom.
+fn draw_changes(frame: &mut Frame<'_>, app: &App, area: Rect) {
+    let title = match &app.status {
+        Some(s) => format!(
+            " Changes · since start: {} key rotations, {} secret rotations ",
+            s.key_rotations, s.secret_rotations
+        ),
+        None => " Changes ".to_owned(),
+    };
+    let now = app.last_tick().map_or_else(
+        || jiff::Timestamp::now().as_second(),
+        |t| t.at_ms.div_euclid(1000),
+    );
+    let lines: Vec<Line<'_>> = match &app.status {
+        Some(s) if s.changes.is_empty() => vec![Line::from("none since the daemon started")],
+        Some(s) => s
+            .changes
+            .iter()
+            .take(usize::from(area.height.saturating_sub(2)))
+            .map(|c| {
+                let by = c.by.map(|uid| format!(" (uid {uid})")).unwrap_or_default();
+                Line::from(vec![
+                    Span::styled(when(Some(c.at), now), style(app, Color::DarkGray)),
+                    Span::raw(format!(" {}{by}", c.what)),
+                ])
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    frame.render_widget(
+        Paragraph::new(lines).block(Block::bordered().title(title)),
+        area,
     );
 }
 
@@ -654,11 +708,11 @@ mod tests {
 
     use ratatui::{Terminal, backend::TestBackend};
     use tokendealer_shared::admin::{
-        ClientInfo, ClientTick, KeyInfo, KeyState, ReloadOutcome, StatsTick, Status,
+        AdminError, Change, ChangeKind, ClientInfo, ClientTick, KeyInfo, KeyState, ReloadOutcome,
+        StatsTick, Status,
     };
 
     use super::*;
-    use tokendealer_shared::admin::AdminError;
 
     use crate::dashboard::app::{Dialog, LinkEvent, Msg, Outcome};
 
@@ -743,8 +797,34 @@ mod tests {
             algorithm: "RS512".into(),
             clients_file: "/etc/tokendealer/clients.toml".into(),
             clients: 3,
+            disabled: 1,
+            rotating: 1,
             last_reload,
             keys: keys(),
+            key_rotations: 1,
+            secret_rotations: 2,
+            changes: vec![
+                Change {
+                    at: T0 + 30,
+                    by: Some(0),
+                    what: ChangeKind::ClientDisabled { id: "audit".into() },
+                },
+                Change {
+                    at: T0 + 20,
+                    by: None,
+                    what: ChangeKind::KeyRotated {
+                        active: "k2".into(),
+                    },
+                },
+                Change {
+                    at: T0 + 10,
+                    by: Some(1000),
+                    what: ChangeKind::SecretRotated {
+                        id: "billing".into(),
+                        old_valid_until: Some(T0 + 86_400),
+                    },
+                },
+            ],
         }
     }
 

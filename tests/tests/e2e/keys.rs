@@ -462,6 +462,27 @@ fn rotate_every_rotates_on_its_own() {
     let token = token(&daemon, &client);
     assert_eq!(kid_of(&token), next);
     pyjwt_verifies(&daemon, &token);
+
+    // Told as a change the daemon made, no admin's.
+    let deadline = Instant::now() + AUTO_ROTATION_DEADLINE;
+    loop {
+        let output = daemon.admin(&["status", "--json"]);
+        output.assert_success();
+        let status: Value = serde_json::from_str(&output.stdout).expect("JSON");
+        let changes = status["changes"].as_array().cloned().unwrap_or_default();
+        if let Some(rotated) = changes
+            .iter()
+            .find(|c| c["kind"] == "key_rotated" && c["active"] == next.as_str())
+        {
+            assert_eq!(rotated["by"], Value::Null, "{rotated}");
+            assert!(status["key_rotations"].as_u64() >= Some(1), "{status:#}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no key_rotated change: {status:#}"
+        );
+    }
 }
 
 #[test]

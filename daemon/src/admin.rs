@@ -132,7 +132,7 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, stop: Cancellation
         .local_addr()
         .ok()
         .and_then(|a| a.as_pathname().map(Path::to_owned));
-    loop {
+    'accepting: loop {
         let stream = tokio::select! {
             () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -144,9 +144,10 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, stop: Cancellation
                 }
             },
         };
-        let Some((uid, allowed)) = peer(&stream, socket_file.as_deref(), &state) else {
+        let Some((uid, gid)) = credentials(&stream) else {
             continue;
         };
+        let allowed = permitted(uid, gid, socket_file.as_deref(), &state);
         // A peer that may not administer takes no slot: silent connections from it must not
         // keep permitted admins waiting, nor end their idle ones. It is told why on a budget
         // of its own, or, with that spent, just closed.
@@ -155,15 +156,26 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, stop: Cancellation
                 Ok(permit) => permit,
                 Err(_) => {
                     // Every slot is taken: make room by ending the connection idle longest
-                    // (a script's leaked connection, a peer that never greeted). While this
-                    // peer waits for a slot no other is accepted, so the excess stays in the
+                    // (a script's leaked connection, a peer that never greeted); with none
+                    // idle, the first to become so (a request answered). While this peer
+                    // waits for a slot no other is accepted, so the excess stays in the
                     // backlog rather than holding open connections.
-                    if idle.evict_oldest() {
-                        tracing::info!("admin connections all taken; closed the one idle longest");
-                    }
-                    tokio::select! {
-                        () = stop.cancelled() => break,
-                        permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
+                    loop {
+                        let went_idle = idle.entered.notified();
+                        tokio::pin!(went_idle);
+                        // Registered before looking, so that a connection going idle in
+                        // between is not missed.
+                        went_idle.as_mut().enable();
+                        if idle.evict_oldest() {
+                            tracing::info!(
+                                "admin connections all taken; closed the one idle longest"
+                            );
+                        }
+                        tokio::select! {
+                            () = stop.cancelled() => break 'accepting,
+                            permit = slots.clone().acquire_owned() => break permit.expect("semaphore never closed"),
+                            () = &mut went_idle => {}
+                        }
                     }
                 }
             }
@@ -178,7 +190,9 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, stop: Cancellation
         };
         let peer = Peer {
             uid,
+            gid,
             allowed,
+            socket_file: socket_file.clone(),
             idle: idle.clone(),
             subscribers: subscribers.clone(),
         };
@@ -205,7 +219,11 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, stop: Cancellation
 /// One admin connection's peer, and the shared budgets it draws on.
 struct Peer {
     uid: u32,
+    gid: u32,
+    /// Whether it was permitted when it connected; each request checks again (a reload may
+    /// have taken its access away since).
     allowed: bool,
+    socket_file: Option<PathBuf>,
     idle: Arc<Idle>,
     subscribers: Arc<Semaphore>,
 }
@@ -216,6 +234,8 @@ struct Peer {
 struct Idle {
     waiting: std::sync::Mutex<std::collections::BTreeMap<u64, CancellationToken>>,
     next: std::sync::atomic::AtomicU64,
+    /// Told whenever a connection becomes idle: a newcomer waiting for a slot closes it.
+    entered: tokio::sync::Notify,
 }
 
 impl Idle {
@@ -225,6 +245,7 @@ impl Idle {
         let seq = self.next.fetch_add(1, Relaxed);
         let token = CancellationToken::new();
         self.lock().insert(seq, token.clone());
+        self.entered.notify_waiters();
         IdleGuard {
             idle: self.clone(),
             seq,
@@ -260,24 +281,26 @@ impl Drop for IdleGuard {
     }
 }
 
-/// The peer's uid, and whether it may administer; `None` when it cannot be told.
-fn peer(stream: &UnixStream, socket_file: Option<&Path>, state: &State) -> Option<(u32, bool)> {
-    let cred = match stream.peer_cred() {
-        Ok(cred) => cred,
+/// The peer's uid and primary gid; `None` when they cannot be told.
+fn credentials(stream: &UnixStream) -> Option<(u32, u32)> {
+    match stream.peer_cred() {
+        Ok(cred) => Some((cred.uid(), cred.gid())),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read admin peer credentials; closing");
-            return None;
+            None
         }
-    };
-    let uid = cred.uid();
+    }
+}
+
+/// Whether a peer may administer, by the access lists in force now.
+fn permitted(uid: u32, gid: u32, socket_file: Option<&Path>, state: &State) -> bool {
     let access = state.admin_access.load();
     let gids = &access.gids;
-    let allowed = uid == 0
+    uid == 0
         || uid == own_uid()
         || access.uids.contains(&uid)
-        || gids.contains(&cred.gid())
-        || socket_file.is_some_and(|path| connecting_takes_membership(path, gids));
-    Some((uid, allowed))
+        || gids.contains(&gid)
+        || socket_file.is_some_and(|path| connecting_takes_membership(path, gids))
 }
 
 /// Whether connecting through the socket file at `path` took membership of one of `gids`:
@@ -408,6 +431,13 @@ async fn converse(
                     Some(Err(e)) => return Err(e),
                 };
                 tracing::debug!(uid, request = request.name(), "admin request");
+                // A reload may have taken this peer's access away since it connected: an
+                // open dashboard must not go on changing clients.
+                if !permitted(uid, peer.gid, peer.socket_file.as_deref(), state) {
+                    tracing::warn!(uid, "admin connection closed: uid no longer permitted");
+                    let refusal = AdminError::PermissionDenied { uid };
+                    return send(&mut tx, &ServerFrame::Response(Response::Error(refusal))).await;
+                }
                 if request == Request::Subscribe && subscribed.is_none() {
                     match peer.subscribers.clone().try_acquire_owned() {
                         Ok(permit) => {

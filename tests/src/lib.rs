@@ -16,6 +16,7 @@
 //! tokendealer-tests`: run `cargo build --workspace --bins` first. [`bins`] finds them beside
 //! the test executable, as ripgrep's harness does.
 
+pub mod access;
 pub mod admin_wire;
 pub mod bins;
 pub mod clients;

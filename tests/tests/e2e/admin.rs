@@ -8,7 +8,7 @@
 use std::{
     fs,
     io::{ErrorKind, Read as _, Write as _},
-    os::unix::{fs::MetadataExt as _, fs::PermissionsExt as _, net::UnixStream},
+    os::unix::{fs::PermissionsExt as _, net::UnixStream},
     path::Path,
     process::Command,
     thread,
@@ -22,6 +22,7 @@ use tokendealer_shared::admin::{
 };
 use tokendealer_tests::{
     Auth, Daemon, Output, Reply, TestClient,
+    access::{NOBODY, open_socket_to_everyone, own_uid},
     admin_wire::{self, Received},
     bins,
     daemon::admin_command,
@@ -40,9 +41,6 @@ const TICKS_WITHIN: Duration = Duration::from_secs(20);
 /// The daemon gives up writing to a peer that does not read after this long (`WRITE_TIMEOUT`
 /// in `daemon/src/admin.rs`); issuance held up behind such a peer would take at least this.
 const DAEMON_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// `nobody`: a uid that is neither root nor the daemon's.
-const NOBODY: u32 = 65_534;
 
 /// A secret as `tokendealer clients import` takes it without `--force`: 32 characters or more.
 fn seed_secret() -> String {
@@ -849,31 +847,6 @@ fn keys_list_shows_the_one_active_key_of_the_jwks() {
 }
 
 // --- who may talk: SO_PEERCRED ---
-
-/// The uid this test runs as (the owner of `/proc/self`), as the daemon finds its own.
-fn own_uid() -> u32 {
-    fs::metadata("/proc/self").expect("/proc/self").uid()
-}
-
-/// Opens the socket file to every uid, so that the daemon's peer check is the only gate.
-fn open_socket_to_everyone(daemon: &Daemon) {
-    assert_eq!(
-        own_uid(),
-        0,
-        "this test runs the admin tool as uid {NOBODY} through setpriv, which needs root"
-    );
-    let mut dir = daemon.admin_socket().parent();
-    while let Some(d) = dir {
-        let mode = fs::metadata(d).expect("a directory's metadata").mode();
-        if mode & 0o001 == 0 {
-            fs::set_permissions(d, fs::Permissions::from_mode((mode & 0o7777) | 0o755))
-                .unwrap_or_else(|e| panic!("making {} traversable: {e}", d.display()));
-        }
-        dir = d.parent();
-    }
-    fs::set_permissions(daemon.admin_socket(), fs::Permissions::from_mode(0o666))
-        .expect("opening the admin socket to everyone");
-}
 
 /// `tokendealer --socket … ARGS` run as uid and gid [`NOBODY`] with no supplementary groups.
 fn admin_as_nobody(socket: &Path, args: &[&str]) -> Output {

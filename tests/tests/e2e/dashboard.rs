@@ -4,7 +4,9 @@
 use std::{path::Path, process::Command};
 
 use tokendealer_tests::{
-    Daemon, TestClient, bins, jwt, keys,
+    Daemon, TestClient,
+    access::{NOBODY, open_socket_to_everyone},
+    bins, jwt, keys,
     tmux::{Tmux, framed},
 };
 
@@ -475,41 +477,45 @@ fn a_new_secret_outlives_a_stopped_daemon_and_no_second_action_is_sent() {
     assert_terminal_given_back(&tmux, &screen);
 }
 
-/// A uid the daemon does not admit (`nobody`, as the admin tests use).
-const NOBODY: u32 = 65_534;
+/// The dashboard of an admin taken off `admin_uids` stops working at the reload, though it
+/// connected before: it is refused, not left able to change clients until it reconnects.
+#[test]
+fn a_dashboard_open_when_its_access_is_taken_away_is_refused() {
+    let daemon = Daemon::builder()
+        .config(&format!("admin_uids = [{NOBODY}]"))
+        .start();
+    open_socket_to_everyone(&daemon);
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(WRAPPER)
+        .arg("sh")
+        .arg("setpriv")
+        .arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--regid={NOBODY}"))
+        .arg("--clear-groups")
+        .arg(bins::tokendealer())
+        .arg("--socket")
+        .arg(daemon.admin_socket());
+    let tmux = Tmux::start(WIDTH, HEIGHT, &cmd);
+    tmux.wait_until("`connected` in the status bar", connected);
 
-/// The admin socket opened to every uid and the directories above it made traversable, so
-/// that the daemon itself, not the file's mode, decides who may use it.
-fn open_socket_to_everyone(daemon: &Daemon) {
-    use std::os::unix::fs::PermissionsExt as _;
-    let mut dir = daemon.admin_socket().parent();
-    while let Some(d) = dir {
-        let mode = std::fs::metadata(d)
-            .expect("a directory's metadata")
-            .permissions()
-            .mode();
-        if mode & 0o001 == 0 {
-            std::fs::set_permissions(d, std::fs::Permissions::from_mode((mode & 0o7777) | 0o755))
-                .unwrap_or_else(|e| panic!("making {} traversable: {e}", d.display()));
-        }
-        dir = d.parent();
-    }
-    std::fs::set_permissions(
-        daemon.admin_socket(),
-        std::fs::Permissions::from_mode(0o666),
-    )
-    .expect("opening the admin socket to everyone");
+    let config = std::fs::read_to_string(daemon.config_path()).expect("the config");
+    let without = config.replace(&format!("admin_uids = [{NOBODY}]"), "");
+    assert_ne!(without, config);
+    std::fs::write(daemon.config_path(), without).expect("writing the config");
+    daemon.admin(&["reload"]).assert_success();
+    tmux.wait_until("the refusal of the open dashboard", |s| {
+        s.contains("Refused by the daemon") && s.contains(&NOBODY.to_string())
+    });
+    tmux.send_keys(&["q"]);
+    let screen = tmux.wait_for("dashboard exited");
+    assert_terminal_given_back(&tmux, &screen);
 }
 
 /// A refusal is final: asking again gets the same answer and a warning in the daemon's log
 /// each time. The dashboard shows the whole reason, stops, and still quits cleanly.
 #[test]
 fn a_dashboard_the_daemon_refuses_says_why_and_does_not_retry() {
-    assert_eq!(
-        nix::unistd::getuid().as_raw(),
-        0,
-        "this test runs the dashboard as uid {NOBODY} through setpriv, which needs root"
-    );
     let daemon = Daemon::builder().log_level("debug").start();
     open_socket_to_everyone(&daemon);
     let mut cmd = Command::new("sh");

@@ -860,7 +860,7 @@ fn status(state: &State) -> Status {
         clients: registry.len() as u64,
         disabled,
         rotating,
-        last_reload: state.clients.last_reload(),
+        last_reload: state.last_reload(),
         keys: key_infos(state),
         key_rotations: state.changes.key_rotations(),
         secret_rotations: state.changes.secret_rotations(),

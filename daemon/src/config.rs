@@ -104,6 +104,15 @@ pub struct Config {
     pub metrics_by_client: bool,
 }
 
+/// What a name in `admin_groups` that cannot be looked up does to reading a config.
+#[derive(Debug, Clone, Copy)]
+enum Groups {
+    /// Refuses it (a start, check-config).
+    Required,
+    /// Reads the rest, and says so apart (a reload).
+    Apart,
+}
+
 /// Where the HTTP listener's certificate chain and private key are (PEM files).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -131,19 +140,35 @@ pub enum ConfigError {
 impl Config {
     /// Reads and validates a config file. Relative paths in it are relative to its directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        Self::read(path)
+        Self::read(path, Groups::Required).map(|(config, _)| config)
     }
 
-    fn read(path: &Path) -> Result<Self, ConfigError> {
+    /// [`Config::load`] for a reload: an `admin_groups` name that cannot be looked up (NSS
+    /// briefly unreachable, a group deleted) does not hold back the rest of the config. It
+    /// comes back apart, and the config's `admin_gids` are then incomplete: the caller keeps
+    /// the access lists it had.
+    pub fn load_for_reload(path: &Path) -> Result<(Self, Option<ConfigError>), ConfigError> {
+        Self::read(path, Groups::Apart)
+    }
+
+    fn read(path: &Path, groups: Groups) -> Result<(Self, Option<ConfigError>), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, Some(path))
+        Self::parse_with(&text, Some(path), groups)
     }
 
     /// Validates config text; `path` names it in errors and anchors relative paths.
     pub fn parse(text: &str, path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::parse_with(text, path, Groups::Required).map(|(config, _)| config)
+    }
+
+    fn parse_with(
+        text: &str,
+        path: Option<&Path>,
+        groups: Groups,
+    ) -> Result<(Self, Option<ConfigError>), ConfigError> {
         let shown = path.map_or_else(|| PathBuf::from("<config>"), Path::to_owned);
         let invalid =
             |span: Option<std::ops::Range<usize>>, message: String| ConfigError::Invalid {
@@ -257,23 +282,24 @@ impl Config {
             .transpose()?;
 
         let mut admin_gids = raw.admin_gids;
+        let mut groups_unresolved = None;
         for name in &raw.admin_groups {
-            match nix::unistd::Group::from_name(name.get_ref()) {
-                Ok(Some(group)) => admin_gids.push(group.gid.as_raw()),
-                Ok(None) => {
-                    return Err(invalid(
-                        Some(name.span()),
-                        format!("`admin_groups`: there is no group \"{}\"", name.get_ref()),
-                    ));
+            let problem = match nix::unistd::Group::from_name(name.get_ref()) {
+                Ok(Some(group)) => {
+                    admin_gids.push(group.gid.as_raw());
+                    continue;
                 }
-                Err(e) => {
-                    return Err(invalid(
-                        Some(name.span()),
-                        format!(
-                            "`admin_groups`: cannot look up group \"{}\": {e}",
-                            name.get_ref()
-                        ),
-                    ));
+                Ok(None) => format!("`admin_groups`: there is no group \"{}\"", name.get_ref()),
+                Err(e) => format!(
+                    "`admin_groups`: cannot look up group \"{}\": {e}",
+                    name.get_ref()
+                ),
+            };
+            let problem = invalid(Some(name.span()), problem);
+            match groups {
+                Groups::Required => return Err(problem),
+                Groups::Apart => {
+                    groups_unresolved.get_or_insert(problem);
                 }
             }
         }
@@ -334,7 +360,7 @@ impl Config {
         let read_timeout = positive(raw.read_timeout, "read_timeout", DEFAULT_READ_TIMEOUT)?;
         let idle_timeout = positive(raw.idle_timeout, "idle_timeout", DEFAULT_IDLE_TIMEOUT)?;
 
-        Ok(Self {
+        let config = Self {
             path: path.map(Path::to_owned),
             issuer,
             listen,
@@ -355,7 +381,8 @@ impl Config {
             read_timeout,
             idle_timeout,
             metrics_by_client: raw.metrics_by_client,
-        })
+        };
+        Ok((config, groups_unresolved))
     }
 }
 
@@ -481,9 +508,13 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_admin_group_is_refused() {
-        let text = "admin_groups = [\"no-such-group-here\"]\n";
+    fn an_unknown_admin_group_is_refused_at_start_and_told_apart_at_a_reload() {
+        let text = "admin_gids = [7]\nadmin_groups = [\"no-such-group-here\"]\n";
         assert!(Config::parse(text, None).is_err());
+        let (config, unresolved) = Config::parse_with(text, None, Groups::Apart).unwrap();
+        assert_eq!(config.admin_gids, [7]);
+        let unresolved = unresolved.expect("the group's problem").to_string();
+        assert!(unresolved.contains("no-such-group-here"), "{unresolved}");
     }
 
     #[test]

@@ -243,6 +243,8 @@ pub struct State {
     pub admin_access: ArcSwap<AdminAccess>,
     /// The latest changes to clients and keys, for `status` and the dashboard.
     pub changes: changes::Changes,
+    /// The last reload's failure to apply the config file, if the last reload failed so.
+    config_failure: std::sync::Mutex<Option<ReloadOutcome>>,
     pub issuer: String,
     pub default_audience: String,
     pub token_ttl: Duration,
@@ -344,13 +346,23 @@ impl State {
             .as_deref()
             .and_then(|path| self.reload_config(path));
         let outcome = self.reload_clients();
-        match config_failed {
-            Some(failed) => {
-                self.clients.note_outcome(failed.clone());
-                failed
-            }
-            None => outcome,
-        }
+        // Kept until a reload applies the config: the clients file's own reloads, at every
+        // save, must not make `status` say all is well while the config is still broken.
+        *self
+            .config_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = config_failed.clone();
+        config_failed.unwrap_or(outcome)
+    }
+
+    /// What `status` shows as the last reload: a config that failed to reload, until one
+    /// reloads, else the clients file's last load.
+    pub fn last_reload(&self) -> ReloadOutcome {
+        self.config_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .unwrap_or_else(|| self.clients.last_reload())
     }
 
     /// Reloads the clients file (a save, SIGHUP, `tokendealer reload`); a file whose clients
@@ -381,27 +393,34 @@ impl State {
 
     /// Applies what a reload takes from the config file; the first failure, if any.
     fn reload_config(&self, path: &Path) -> Option<ReloadOutcome> {
-        let config = match Config::load(path) {
-            Ok(config) => config,
+        // The outcome carries file and line apart; the reason need not repeat them.
+        let failed = |e: config::ConfigError| {
+            let (line, reason) = match e {
+                config::ConfigError::Invalid { line, message, .. } => {
+                    (line.and_then(|l| u32::try_from(l).ok()), message)
+                }
+                config::ConfigError::Read { source, .. } => (None, source.to_string()),
+            };
+            ReloadOutcome::Failed {
+                at: jiff::Timestamp::now().as_second(),
+                file: path.display().to_string(),
+                line,
+                reason,
+            }
+        };
+        let (config, groups_unresolved) = match Config::load_for_reload(path) {
+            Ok(loaded) => loaded,
             Err(e) => {
                 tracing::error!(error = %e, "config not reloaded; the previous settings stay");
-                // The outcome carries file and line apart; the reason need not repeat them.
-                let (line, reason) = match e {
-                    config::ConfigError::Invalid { line, message, .. } => {
-                        (line.and_then(|l| u32::try_from(l).ok()), message)
-                    }
-                    config::ConfigError::Read { source, .. } => (None, source.to_string()),
-                };
-                return Some(ReloadOutcome::Failed {
-                    at: jiff::Timestamp::now().as_second(),
-                    file: path.display().to_string(),
-                    line,
-                    reason,
-                });
+                return Some(failed(e));
             }
         };
         let access = AdminAccess::of(&config);
-        if **self.admin_access.load() != access {
+        let access_failed = groups_unresolved.map(|e| {
+            tracing::error!(error = %e, "admin access lists not reloaded; the previous ones stay");
+            failed(e)
+        });
+        if access_failed.is_none() && **self.admin_access.load() != access {
             tracing::info!(
                 uids = ?access.uids,
                 gids = ?access.gids,
@@ -421,7 +440,7 @@ impl State {
         // A broken key directory holds back neither a renewed certificate nor the clients
         // file, nor a bad certificate the clients file.
         let tls_failed = self.reload_tls(&config);
-        keys_failed.or(tls_failed)
+        access_failed.or(keys_failed).or(tls_failed)
     }
 
     /// A renewed certificate and key are served from now on; on an error the previous ones
@@ -498,6 +517,7 @@ pub async fn run(loaded: Loaded, listeners: Listeners, mut signals: Signals) -> 
         reloads_running: std::sync::atomic::AtomicUsize::new(0),
         admin_access: ArcSwap::from_pointee(AdminAccess::of(&config)),
         changes: change_log,
+        config_failure: std::sync::Mutex::new(None),
         config,
     });
 

@@ -183,12 +183,6 @@ impl ClientsStore {
         self.outcome.lock().expect("outcome lock").clone()
     }
 
-    /// Keeps `outcome` as the last reload's: a reload whose config failed is told as such by
-    /// `status`, even though the clients file itself loaded.
-    pub fn note_outcome(&self, outcome: ReloadOutcome) {
-        *self.outcome.lock().expect("outcome lock") = outcome;
-    }
-
     /// Re-reads the file and swaps in its registry; a file that fails keeps the previous
     /// registry serving and the failure is kept as the last reload outcome.
     pub fn reload(&self) -> ReloadOutcome {

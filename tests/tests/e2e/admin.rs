@@ -936,6 +936,37 @@ fn admin_groups_names_a_group_whose_members_are_let_in() {
     admin_as_nobody(daemon.admin_socket(), &["status"]).assert_success();
 }
 
+/// A name in `admin_groups` that cannot be looked up at a reload (a group deleted, NSS
+/// down) fails the reload naming it and keeps the access lists in force; the rest of the
+/// config (here a new algorithm) still applies.
+#[test]
+fn a_reload_whose_admin_group_cannot_be_found_keeps_the_access_lists() {
+    let daemon = Daemon::builder()
+        .client(&service_client())
+        .algorithm("EdDSA")
+        .config("admin_groups = [\"nogroup\"]")
+        .start();
+    open_socket_to_everyone(&daemon);
+    let config = fs::read_to_string(daemon.config_path()).expect("the config");
+    let broken = config
+        .replace("\"nogroup\"", "\"no-such-group-here\"")
+        .replace("algorithm = \"EdDSA\"", "algorithm = \"ES256\"");
+    assert!(
+        broken.contains("no-such-group-here") && broken.contains("ES256"),
+        "{broken}"
+    );
+    fs::write(daemon.config_path(), broken).expect("writing the config");
+    let output = daemon.admin(&["reload"]);
+    assert_eq!(output.code(), Some(1), "{output}");
+    assert!(output.stderr.contains("no-such-group-here"), "{output}");
+    admin_as_nobody(daemon.admin_socket(), &["status"]).assert_success();
+    let keys = tokendealer_tests::keys::list(&daemon);
+    assert!(
+        keys.iter().any(|k| k.state == "next" && k.alg == "ES256"),
+        "the new algorithm's next key: {keys:#?}"
+    );
+}
+
 /// A gid for the tests below that no user here has as primary group.
 const ADMIN_GROUP: u32 = 4242;
 

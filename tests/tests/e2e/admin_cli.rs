@@ -143,6 +143,27 @@ fn reload_with_a_broken_config_fails_and_status_says_so() {
             .is_some_and(|f| f.ends_with("config.toml")),
         "{output}"
     );
+    // A hand edit of the clients file loads, and the config is still what is broken.
+    let another = TestClient::new("another").audiences(&[API]);
+    daemon.write_clients(&[newcomer, another.clone()]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while daemon
+        .token_request(
+            tokendealer_tests::Auth::Basic(&another.id, &another.secret),
+            &[],
+        )
+        .status
+        != 200
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hand edit never loaded"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let output = daemon.admin(&["status", "--json"]);
+    let status: Value = serde_json::from_str(&output.stdout).expect("status JSON");
+    assert_eq!(status["last_reload"]["ok"], false, "{output}");
 
     std::fs::write(daemon.config_path(), &config).expect("the config");
     daemon.admin(&["reload"]).assert_success();

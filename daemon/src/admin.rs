@@ -445,7 +445,7 @@ async fn converse(
                             ticks = Some(state.stats.subscribe());
                         }
                         Err(_) => {
-                            tracing::warn!(uid, max = MAX_SUBSCRIBERS, "admin: subscription refused, too many dashboards open");
+                            tracing::info!(uid, max = MAX_SUBSCRIBERS, "admin: subscription refused, too many dashboards open");
                             let refusal = AdminError::TooManySubscribers { max: MAX_SUBSCRIBERS };
                             send(&mut tx, &ServerFrame::Response(Response::Error(refusal))).await?;
                             continue;
@@ -513,7 +513,9 @@ async fn handle(state: &Arc<State>, request: Request, uid: u32) -> Response {
             match result {
                 Ok(Ok(r)) => {
                     tracing::info!(uid, active = %r.active, forced = now, "admin: keys rotated");
-                    state.changes.note_active_key(Some(&r.active), Some(uid));
+                    state
+                        .changes
+                        .note_active_key(|| state.active_kid(), Some(uid));
                     Response::KeyRotated {
                         active: r.active,
                         retiring: r.retiring,
@@ -534,16 +536,13 @@ async fn handle(state: &Arc<State>, request: Request, uid: u32) -> Response {
             match result {
                 Ok(Ok(former_state)) => {
                     tracing::warn!(uid, %kid, "admin: key revoked");
-                    let keyring = state.keys.load();
-                    state.changes.note_revoked(
-                        kid.clone(),
-                        keyring.active().map(crate::keys::SigningKey::kid),
-                        Some(uid),
-                    );
+                    state
+                        .changes
+                        .note_revoked(kid.clone(), || state.active_kid(), Some(uid));
                     Response::KeyRevoked {
                         kid,
                         former_state,
-                        active: keyring.active_kid().to_owned(),
+                        active: state.keys.load().active_kid().to_owned(),
                     }
                 }
                 Ok(Err(e)) => Response::Error(key_error(e)),

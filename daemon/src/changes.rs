@@ -54,28 +54,31 @@ impl Changes {
         recent.truncate(MAX_CHANGES);
     }
 
-    /// Notes the key signing now: a rotation if it is another than the last seen. Called
-    /// after every key change, by whichever path made or noticed it (an admin's rotation,
-    /// the schedule, another daemon's change adopted), so that each is told once.
-    pub fn note_active_key(&self, active: Option<&str>, by: Option<u32>) {
+    /// Notes the key signing now, `active()`: a rotation if it is another than the last
+    /// seen. Called after every key change, by whichever path made or noticed it (an admin's
+    /// rotation, the schedule, another daemon's change adopted), so that each is told once.
+    /// `active` is read under the lock: a path that read the keys before another's change
+    /// and noted after it would otherwise log a rotation back to the old key.
+    pub fn note_active_key(&self, active: impl FnOnce() -> Option<String>, by: Option<u32>) {
         let mut last = lock(&self.active);
-        if let Some(active) = active
-            && last.as_deref() != Some(active)
+        if let Some(active) = active()
+            && last.as_deref() != Some(active.as_str())
         {
-            *last = Some(active.to_owned());
-            self.record(
-                by,
-                ChangeKind::KeyRotated {
-                    active: active.to_owned(),
-                },
-            );
+            *last = Some(active.clone());
+            self.record(by, ChangeKind::KeyRotated { active });
         }
     }
 
-    /// A revocation, and the key that signs after it, which is no rotation of its own.
-    pub fn note_revoked(&self, kid: String, active: Option<&str>, by: Option<u32>) {
+    /// A revocation, and the key that signs after it (`active()`, read under the lock),
+    /// which is no rotation of its own.
+    pub fn note_revoked(
+        &self,
+        kid: String,
+        active: impl FnOnce() -> Option<String>,
+        by: Option<u32>,
+    ) {
         let mut last = lock(&self.active);
-        *last = active.map(str::to_owned);
+        *last = active();
         self.record(by, ChangeKind::KeyRevoked { kid });
     }
 
@@ -99,18 +102,22 @@ mod tests {
 
     #[test]
     fn a_rotation_is_told_once_whoever_notices_it() {
+        let key = |kid: &str| {
+            let kid = kid.to_owned();
+            move || Some(kid)
+        };
         let changes = Changes::new(Some("k1"));
-        changes.note_active_key(Some("k1"), None);
+        changes.note_active_key(key("k1"), None);
         assert!(changes.recent().is_empty(), "the start's key is no change");
-        changes.note_active_key(Some("k2"), Some(0));
-        changes.note_active_key(Some("k2"), None);
+        changes.note_active_key(key("k2"), Some(0));
+        changes.note_active_key(key("k2"), None);
         let recent = changes.recent();
         assert_eq!(recent.len(), 1, "{recent:?}");
         assert_eq!(recent[0].by, Some(0));
         assert_eq!(changes.key_rotations(), 1);
 
-        changes.note_revoked("k2".into(), Some("k3"), Some(0));
-        changes.note_active_key(Some("k3"), None);
+        changes.note_revoked("k2".into(), key("k3"), Some(0));
+        changes.note_active_key(key("k3"), None);
         assert_eq!(
             changes.key_rotations(),
             1,

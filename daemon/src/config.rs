@@ -427,6 +427,9 @@ const NOT_TEXT: &[&str] = &[
     "admin_gids",
 ];
 
+/// The keys whose values are lists of text.
+const TEXT_LISTS: &[&str] = &["admin_groups", "trusted_proxies"];
+
 /// toml's message, with the key named and the form it takes said where toml speaks of Rust
 /// types: "`rsa_bits`: invalid type: string \"2048\", expected u32" leaves an admin to work
 /// out that the quotes are the problem.
@@ -455,15 +458,22 @@ fn toml_message(text: &str, e: &toml::de::Error) -> String {
     } else {
         value
     };
+    // Numbers written as text lose their quotes, inside a list too: `["1000"]` is `[1000]`.
+    let numbers = || value.replace(['"', '\''], "");
     let hint = if message.starts_with("invalid type: string") {
         if message.ends_with("expected a sequence") {
-            format!("; a list is written in brackets: {key} = [{value}]")
+            let items = if NOT_TEXT.contains(&key) {
+                numbers()
+            } else {
+                value.to_owned()
+            };
+            format!("; a list is written in brackets: {key} = [{items}]")
         } else if message.ends_with("expected a boolean") {
             format!("; write {key} = true or {key} = false, without quotes")
         } else if message.contains("expected u") || message.contains("expected i") {
             format!(
                 "; a number is written without quotes: {key} = {}",
-                value.trim_matches('"')
+                numbers()
             )
         } else {
             String::new()
@@ -477,7 +487,11 @@ fn toml_message(text: &str, e: &toml::de::Error) -> String {
     {
         // A listen address, a duration or a path written bare is a syntax error whose words
         // ("invalid float") are about what toml tried to read it as.
-        format!("; text is written in quotes: {key} = \"{value}\"")
+        if TEXT_LISTS.contains(&key) {
+            format!("; a list of text is written in brackets and quotes: {key} = [\"{value}\"]")
+        } else {
+            format!("; text is written in quotes: {key} = \"{value}\"")
+        }
     } else {
         String::new()
     };
@@ -591,6 +605,22 @@ mod tests {
             (
                 "metrics_by_client = \"yes\"\n",
                 "; write metrics_by_client = true or metrics_by_client = false, without quotes",
+            ),
+            (
+                "admin_uids = [\"1000\"]\n",
+                "a number is written without quotes: admin_uids = [1000]",
+            ),
+            (
+                "rsa_bits = '2048'\n",
+                "a number is written without quotes: rsa_bits = 2048",
+            ),
+            (
+                "admin_gids = \"4242\"\n",
+                "a list is written in brackets: admin_gids = [4242]",
+            ),
+            (
+                "trusted_proxies = 10.0.0.0/8\n",
+                "written in brackets and quotes: trusted_proxies = [\"10.0.0.0/8\"]",
             ),
             // A number's typo is not told to be quoted.
             (

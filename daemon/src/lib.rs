@@ -300,8 +300,12 @@ impl State {
     /// Logs a change of signing key that no admin asked for here: the schedule's rotation,
     /// another daemon's change adopted.
     pub fn note_active_key(&self) {
-        self.changes
-            .note_active_key(self.keys.load().active().map(keys::SigningKey::kid), None);
+        self.changes.note_active_key(|| self.active_kid(), None);
+    }
+
+    /// The kid of the key signing now, if one does.
+    pub fn active_kid(&self) -> Option<String> {
+        self.keys.load().active().map(|k| k.kid().to_owned())
     }
 
     /// [`State::reload`] on the blocking pool, announced to systemd (RELOADING=1 … READY=1,
@@ -369,18 +373,9 @@ impl State {
     /// changed is logged as a change (a hand edit: the tool's own edits are recognised and
     /// not loaded again). Blocking.
     pub fn reload_clients(&self) -> ReloadOutcome {
-        let loads = self
-            .clients
-            .reloads
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let outcome = self.clients.reload();
+        let (outcome, changed) = self.clients.reload_telling();
         self.note_longest_ttl();
-        if self
-            .clients
-            .reloads
-            .load(std::sync::atomic::Ordering::Relaxed)
-            != loads
-        {
+        if changed {
             self.changes.record(
                 None,
                 tokendealer_shared::admin::ChangeKind::ClientsFileLoaded {
@@ -644,7 +639,11 @@ fn raise_open_file_limit(max_connections: u32) -> u32 {
     };
     let room = u32::try_from(have.saturating_sub(SPARE))
         .unwrap_or(u32::MAX)
-        .max(LEAST);
+        .max(LEAST)
+        .min(max_connections);
+    if room == max_connections {
+        return max_connections;
+    }
     tracing::warn!(
         open_file_limit = have,
         max_connections,

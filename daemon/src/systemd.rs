@@ -2,11 +2,7 @@
 //! manager. Every call is a no-op when `NOTIFY_SOCKET` is unset.
 
 use std::{
-    sync::Arc,
-    sync::atomic::{
-        AtomicBool,
-        Ordering::{Relaxed, SeqCst},
-    },
+    sync::{Arc, Mutex, PoisonError, atomic::Ordering::Relaxed},
     time::Duration,
 };
 
@@ -19,8 +15,17 @@ const STATUS_EVERY: Duration = Duration::from_secs(5);
 
 /// Set by [`stopping`]: from then on the service manager hears no READY=1, RELOADING=1 or
 /// STATUS= line, which a reload still running at the stop would otherwise send after it
-/// (with systemd 252, a READY=1 then puts a stopping unit back to "running").
-static STOPPING: AtomicBool = AtomicBool::new(false);
+/// (with systemd 252, a READY=1 then puts a stopping unit back to "running"). Held while
+/// such a message is checked and sent, so that none can slip in after STOPPING=1.
+static STOPPING: Mutex<bool> = Mutex::new(false);
+
+/// Sends `states` unless the daemon is stopping.
+fn send_unless_stopping(states: &[NotifyState<'_>]) {
+    let stopping = STOPPING.lock().unwrap_or_else(PoisonError::into_inner);
+    if !*stopping {
+        send(states);
+    }
+}
 
 fn send(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
@@ -32,13 +37,10 @@ fn send(states: &[NotifyState<'_>]) {
 /// line it carries the bound addresses as `X_` variables (sd_notify(3) reserves that prefix
 /// for such extensions), so a supervisor or a test that asked for port 0 learns the port.
 pub fn ready(state: &State) {
-    if STOPPING.load(SeqCst) {
-        return;
-    }
     let status = format!("STATUS={}", status_line(state));
     let listen = format!("X_TOKENDEALER_LISTEN={}", state.listen);
     let admin = format!("X_TOKENDEALER_ADMIN={}", state.admin_socket.display());
-    send(&[
+    send_unless_stopping(&[
         NotifyState::Ready,
         NotifyState::Custom(&status),
         NotifyState::Custom(&listen),
@@ -56,18 +58,16 @@ pub fn starting() {
 
 /// RELOADING=1 with MONOTONIC_USEC=, which systemd 253+ requires beside it.
 pub fn reloading() {
-    if STOPPING.load(SeqCst) {
-        return;
-    }
     match NotifyState::monotonic_usec_now() {
-        Ok(now) => send(&[NotifyState::Reloading, now]),
+        Ok(now) => send_unless_stopping(&[NotifyState::Reloading, now]),
         Err(e) => tracing::warn!(error = %e, "cannot read the monotonic clock for RELOADING=1"),
     }
 }
 
 /// STOPPING=1.
 pub fn stopping() {
-    STOPPING.store(true, SeqCst);
+    let mut stopping = STOPPING.lock().unwrap_or_else(PoisonError::into_inner);
+    *stopping = true;
     send(&[NotifyState::Stopping]);
 }
 
@@ -102,10 +102,10 @@ pub async fn keepalive(state: Arc<State>) {
         if watchdog.is_some() {
             send(&[NotifyState::Watchdog]);
         }
-        if since_status >= STATUS_EVERY && !STOPPING.load(SeqCst) {
+        if since_status >= STATUS_EVERY {
             since_status = Duration::ZERO;
             let status = status_line(&state);
-            send(&[NotifyState::Status(&status)]);
+            send_unless_stopping(&[NotifyState::Status(&status)]);
         }
     }
 }

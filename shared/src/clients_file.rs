@@ -339,9 +339,13 @@ fn syntax_message(text: &str, e: &toml::de::Error) -> String {
     let Some((start, key)) = key else {
         return message.to_owned();
     };
-    // A second `[clients.ID]` header: the key is on a line that starts a table.
+    // A second `[clients.ID]` header: the key is on a line that starts a table, after
+    // `clients.`; right after the `[`, it is the `[clients]` table itself.
     let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
-    if text[line_start..].trim_start().starts_with('[') {
+    let before_key = text[line_start..start].trim();
+    if before_key == "[" {
+        format!("duplicate table `[{key}]`: write it once")
+    } else if before_key.starts_with('[') {
         let id = key.trim_matches(['"', '\'']);
         format!("duplicate client `{id}`: each client has one `[clients.ID]` table")
     } else {
@@ -585,6 +589,14 @@ secret_hashes = ["{HASH}"]
         let text = format!("[clients.a]\nsecret_hashes = [\"{HASH}\"]\nscopes = []\nscopes = []\n");
         let err = parse(&text).unwrap_err();
         assert_eq!(err.to_string(), "line 4: duplicate key `scopes`");
+        let text = format!(
+            "[clients]\na = {{ secret_hashes = [\"{HASH}\"] }}\n[clients]\nb = {{ secret_hashes = [\"{HASH}\"] }}\n"
+        );
+        let err = parse(&text).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "line 3: duplicate table `[clients]`: write it once"
+        );
     }
 
     #[test]

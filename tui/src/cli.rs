@@ -208,19 +208,13 @@ struct Output {
 }
 
 impl Output {
-    /// Prints a result. A closed pipe (`| head`) is not worth an error message; any other
-    /// failure (a full disk under `> backup.json`) is, and exit status 1.
+    /// Prints a result; a failure to is told as [`written`] says.
     fn print(
         &self,
         json: impl FnOnce() -> Value,
         text: impl FnOnce(&mut dyn Write) -> io::Result<()>,
     ) -> Result<(), CliError> {
-        match self.write(json, text) {
-            Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
-                Err(CliError::Input(format!("cannot write the output: {e}")))
-            }
-            _ => Ok(()),
-        }
+        written(self.write(json, text), "the output")
     }
 
     /// Prints a result that holds a secret, which exists nowhere else: failing to print it
@@ -279,6 +273,17 @@ fn refuse_to_lose_a_secret(id: &str) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The outcome of writing `what` to stdout: a closed pipe (`| head`) is not worth an error
+/// message; any other failure (a full disk) is, and exit status 1.
+fn written(result: io::Result<()>, what: &str) -> Result<(), CliError> {
+    match result {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+            Err(CliError::Input(format!("cannot write {what}: {e}")))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn unexpected() -> CliError {
     ClientError::Unexpected.into()
 }
@@ -291,20 +296,16 @@ async fn execute(socket: &Path, command: Command, out: &Output) -> Result<(), Cl
             let mut script = Vec::new();
             clap_complete::generate(*shell, &mut Args::command(), "tokendealer", &mut script);
             let mut out = io::stdout().lock();
-            return match out.write_all(&script).and_then(|()| out.flush()) {
-                Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(CliError::Input(format!(
-                    "cannot write the completion script: {e}"
-                ))),
-                _ => Ok(()),
-            };
+            return written(
+                out.write_all(&script).and_then(|()| out.flush()),
+                "the completion script",
+            );
         }
         Command::Man => {
-            return match clap_mangen::Man::new(Args::command()).render(&mut io::stdout()) {
-                Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(CliError::Input(format!(
-                    "cannot write the manual page: {e}"
-                ))),
-                _ => Ok(()),
-            };
+            return written(
+                clap_mangen::Man::new(Args::command()).render(&mut io::stdout()),
+                "the manual page",
+            );
         }
         _ => {}
     }

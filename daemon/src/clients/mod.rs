@@ -186,10 +186,18 @@ impl ClientsStore {
     /// Re-reads the file and swaps in its registry; a file that fails keeps the previous
     /// registry serving and the failure is kept as the last reload outcome.
     pub fn reload(&self) -> ReloadOutcome {
+        self.reload_telling().0
+    }
+
+    /// [`ClientsStore::reload`], also telling whether it swapped in clients read from a
+    /// changed file (decided under the write lock: two reloads at once tell it once).
+    pub fn reload_telling(&self) -> (ReloadOutcome, bool) {
         // Serialised with writes, so a reload never swaps in an older file over a newer write.
         let _writing = self.write_lock.lock().expect("write lock");
+        let mut changed = false;
         let outcome = match self.load_if_changed() {
-            Ok(count) => {
+            Ok((count, swapped)) => {
+                changed = swapped;
                 self.last_success.store(now(), Ordering::Relaxed);
                 ReloadOutcome::Ok {
                     at: now(),
@@ -223,12 +231,12 @@ impl ClientsStore {
             }
         };
         *self.outcome.lock().expect("outcome lock") = outcome.clone();
-        outcome
+        (outcome, changed)
     }
 
     /// Reads the file and, when it differs from what is loaded, swaps in its registry.
-    /// Returns the number of clients now served.
-    fn load_if_changed(&self) -> Result<u64, LoadError> {
+    /// Returns the number of clients now served, and whether they were swapped in.
+    fn load_if_changed(&self) -> Result<(u64, bool), LoadError> {
         let started = Instant::now();
         let current = self.current.load_full();
         let applied = *self.applied.lock().expect("applied lock");
@@ -236,7 +244,7 @@ impl ClientsStore {
         // every client of a large file again for nothing.
         let Some((registry, digest)) = read(&self.path, Some(&current), Some(applied))? else {
             tracing::debug!(file = %self.path.display(), "clients file unchanged");
-            return Ok(current.len() as u64);
+            return Ok((current.len() as u64, false));
         };
         drop(current);
         let count = self.replace(registry, digest);
@@ -247,7 +255,7 @@ impl ClientsStore {
             duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "clients file reloaded"
         );
-        Ok(count)
+        Ok((count, true))
     }
 
     /// Swaps in `registry`, read from text whose digest is `digest`. Returns the number of

@@ -165,14 +165,9 @@ fn kid_of(token: &str) -> String {
         .to_owned()
 }
 
-#[test]
-fn registers_a_client_rotates_the_keys_and_rides_out_a_daemon_restart() {
-    let mut daemon = Daemon::builder().start();
-    let socket = daemon.admin_socket().to_path_buf();
-    let tmux = dashboard(&socket);
-    tmux.wait_until("`connected` in the status bar", connected);
-
-    // Register a client with the form; its secret is shown once.
+/// Opens the clients screen (no client yet) and fills in the registration form for [`ID`]
+/// with [`AUDIENCE`] and [`SCOPE`], leaving it to be sent.
+fn fill_in_registration(tmux: &Tmux) {
     tmux.send_keys(&["2"]);
     tmux.wait_for("Clients: 0 shown");
     tmux.send_keys(&["a"]);
@@ -182,6 +177,17 @@ fn registers_a_client_rotates_the_keys_and_rides_out_a_daemon_restart() {
     tmux.type_text(AUDIENCE);
     tmux.send_keys(&["Tab"]);
     tmux.type_text(SCOPE);
+}
+
+#[test]
+fn registers_a_client_rotates_the_keys_and_rides_out_a_daemon_restart() {
+    let mut daemon = Daemon::builder().start();
+    let socket = daemon.admin_socket().to_path_buf();
+    let tmux = dashboard(&socket);
+    tmux.wait_until("`connected` in the status bar", connected);
+
+    // Register a client with the form; its secret is shown once.
+    fill_in_registration(&tmux);
     tmux.send_keys(&["Enter"]);
     let screen = tmux.wait_for("New secret — shown once");
     let secret = shown_secret(&screen);
@@ -405,15 +411,7 @@ fn a_new_secret_outlives_a_stopped_daemon_and_no_second_action_is_sent() {
 
     // The form is filled in before the daemon stops, so that the registration is sent well
     // within the silence the dashboard allows a daemon with no action pending.
-    tmux.send_keys(&["2"]);
-    tmux.wait_for("Clients: 0 shown");
-    tmux.send_keys(&["a"]);
-    tmux.wait_for("Register a client");
-    tmux.type_text(ID);
-    tmux.send_keys(&["Tab"]);
-    tmux.type_text(AUDIENCE);
-    tmux.send_keys(&["Tab"]);
-    tmux.type_text(SCOPE);
+    fill_in_registration(&tmux);
     daemon.signal(nix::sys::signal::Signal::SIGSTOP);
     tmux.send_keys(&["Enter"]);
     tmux.wait_for(&format!("registering `{ID}`"));

@@ -1388,18 +1388,7 @@ mod tests {
     fn history_is_bounded() {
         let mut app = connected();
         for i in 0..(HISTORY as u64 + 10) {
-            app.update(Msg::Link(LinkEvent::Tick(StatsTick {
-                at_ms: 0,
-                interval_ms: 1000,
-                issued: i,
-                failures: 0,
-                failures_by_code: vec![],
-                clients: vec![],
-                p50_us: 0,
-                p99_us: 0,
-                issued_total: 0,
-                failures_total: 0,
-            })));
+            app.update(Msg::Link(LinkEvent::Tick(tick(1000, i))));
         }
         assert_eq!(app.history.len(), HISTORY);
         assert_eq!(app.last_tick().unwrap().issued, HISTORY as u64 + 9);

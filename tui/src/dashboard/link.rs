@@ -20,6 +20,8 @@ use crate::client::{ClientError, Connection};
 
 /// Between connection attempts.
 const RETRY: Duration = Duration::from_secs(1);
+/// Between attempts while the daemon has as many dashboards as it takes.
+const FULL_RETRY: Duration = Duration::from_secs(15);
 /// A subscribed daemon sends a stats tick every second: this long without a frame, it is
 /// stopped or stuck, and the link starts over rather than show it as connected.
 const SILENCE: Duration = Duration::from_secs(5);
@@ -32,6 +34,8 @@ const GIVE_UP: Duration = Duration::from_secs(30);
 pub struct Timing {
     /// Between connection attempts.
     pub retry: Duration,
+    /// Between attempts while the daemon has as many dashboards as it takes.
+    pub full_retry: Duration,
     /// Without a frame, no action pending: the link starts over.
     pub silence: Duration,
     /// Without a frame, an action pending and the user no longer waiting for it: the link
@@ -43,6 +47,7 @@ impl Default for Timing {
     fn default() -> Self {
         Self {
             retry: RETRY,
+            full_retry: FULL_RETRY,
             silence: SILENCE,
             give_up: GIVE_UP,
         }
@@ -66,6 +71,8 @@ enum End {
     WriteFailed(String),
     /// The daemon refused this dashboard, and would again: the link stops.
     Refused(String),
+    /// The daemon has as many dashboards as it takes: the link tries again, less often.
+    Full(String),
 }
 
 impl From<String> for End {
@@ -88,6 +95,7 @@ impl End {
             AdminError::PermissionDenied { .. } | AdminError::ProtocolMismatch { .. } => {
                 Self::Refused(e.to_string())
             }
+            AdminError::TooManySubscribers { .. } => Self::Full(e.to_string()),
             _ => Self::Lost(e.to_string()),
         }
     }
@@ -152,8 +160,10 @@ pub async fn run(
             }
             Err(e) => End::opening(&e),
         };
-        let reason = match end {
-            End::Lost(reason) | End::WriteFailed(reason) => reason,
+        let (reason, wait) = match end {
+            End::Lost(reason) | End::WriteFailed(reason) => (reason, timing.retry),
+            // A slot frees when someone closes a dashboard, which is not a matter of seconds.
+            End::Full(reason) => (reason, timing.full_retry),
             End::Refused(reason) => {
                 let _ = events.send(Msg::Link(LinkEvent::Refused(reason))).await;
                 return;
@@ -167,7 +177,7 @@ pub async fn run(
             return;
         }
         // While waiting to retry, actions cannot be carried: say so at once.
-        let retry = tokio::time::sleep(timing.retry);
+        let retry = tokio::time::sleep(wait);
         tokio::pin!(retry);
         loop {
             tokio::select! {
@@ -606,6 +616,7 @@ mod tests {
     fn eager() -> Timing {
         Timing {
             retry: Duration::from_millis(10),
+            full_retry: Duration::from_millis(10),
             ..Timing::default()
         }
     }
@@ -736,6 +747,7 @@ mod tests {
         });
         let timing = Timing {
             retry: Duration::from_millis(10),
+            full_retry: Duration::from_millis(10),
             silence: Duration::from_secs(1),
             give_up: Duration::from_secs(3),
         };

@@ -10,7 +10,7 @@ use std::{
     os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::{Arc, OnceLock, atomic::Ordering::Relaxed},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokendealer_shared::{
@@ -28,7 +28,7 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    State,
+    AdminAccess, State,
     clients::{self, Client, Edit, EditError, WriteError},
     config::MAX_TOKEN_TTL,
     keys::{KeyChangeError, RotationRefused},
@@ -147,7 +147,12 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, stop: Cancellation
         let Some((uid, gid)) = credentials(&stream) else {
             continue;
         };
-        let allowed = permitted(uid, gid, socket_file.as_deref(), &state);
+        // Whether connecting through the socket file proved membership of its group: told
+        // now, as the kernel checked it now; which groups may administer is asked of the
+        // lists in force at each request.
+        let vouched = socket_file.as_deref().and_then(vouching_group);
+        let lists = state.admin_access.load_full();
+        let allowed = permitted(uid, gid, vouched, &lists);
         // A peer that may not administer takes no slot: silent connections from it must not
         // keep permitted admins waiting, nor end their idle ones. It is told why on a budget
         // of its own, or, with that spent, just closed.
@@ -166,15 +171,33 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, stop: Cancellation
                         // Registered before looking, so that a connection going idle in
                         // between is not missed.
                         went_idle.as_mut().enable();
-                        if idle.evict_oldest() {
-                            tracing::info!(
-                                "admin connections all taken; closed the one idle longest"
-                            );
-                        }
-                        tokio::select! {
-                            () = stop.cancelled() => break 'accepting,
-                            permit = slots.clone().acquire_owned() => break permit.expect("semaphore never closed"),
-                            () = &mut went_idle => {}
+                        match idle.evict_oldest(Instant::now()) {
+                            // Its slot comes back as soon as its task has ended: wait for
+                            // that alone, or a second connection would be closed for one
+                            // newcomer.
+                            Eviction::Evicted => {
+                                tracing::info!(
+                                    "admin connections all taken; closed the one idle longest"
+                                );
+                                tokio::select! {
+                                    () = stop.cancelled() => break 'accepting,
+                                    permit = slots.clone().acquire_owned() => break permit.expect("semaphore never closed"),
+                                }
+                            }
+                            // Idle for less than a moment: maybe between two pages of a
+                            // listing. Its turn comes when it has been idle a while.
+                            Eviction::NotBefore(at) => tokio::select! {
+                                biased;
+                                () = stop.cancelled() => break 'accepting,
+                                permit = slots.clone().acquire_owned() => break permit.expect("semaphore never closed"),
+                                () = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
+                            },
+                            Eviction::NoneIdle => tokio::select! {
+                                biased;
+                                () = stop.cancelled() => break 'accepting,
+                                permit = slots.clone().acquire_owned() => break permit.expect("semaphore never closed"),
+                                () = &mut went_idle => {}
+                            },
                         }
                     }
                 }
@@ -192,7 +215,8 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, stop: Cancellation
             uid,
             gid,
             allowed,
-            socket_file: socket_file.clone(),
+            vouched,
+            lists,
             idle: idle.clone(),
             subscribers: subscribers.clone(),
         };
@@ -220,22 +244,40 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, stop: Cancellation
 struct Peer {
     uid: u32,
     gid: u32,
-    /// Whether it was permitted when it connected; each request checks again (a reload may
-    /// have taken its access away since).
+    /// Whether it was permitted when it connected; each request and stats tick checks
+    /// again after a reload (which may have taken its access away).
     allowed: bool,
-    socket_file: Option<PathBuf>,
+    /// The group whose membership connecting through the socket file proved, if any.
+    vouched: Option<u32>,
+    /// The access lists `allowed` was decided by.
+    lists: Arc<AdminAccess>,
     idle: Arc<Idle>,
     subscribers: Arc<Semaphore>,
 }
 
+/// How long a connection must have been idle before a newcomer may close it: a tool paging
+/// through a listing is idle between two pages for far less.
+const EVICTABLE_AFTER: Duration = Duration::from_millis(500);
+
 /// The connections waiting for their peer's next frame, none of them subscribed, by how
-/// long they have waited: the first is the one to end when a newcomer needs its slot.
+/// long they have waited (and since when): the first is the one to end when a newcomer
+/// needs its slot.
 #[derive(Default)]
 struct Idle {
-    waiting: std::sync::Mutex<std::collections::BTreeMap<u64, CancellationToken>>,
+    waiting: std::sync::Mutex<IdleMap>,
     next: std::sync::atomic::AtomicU64,
-    /// Told whenever a connection becomes idle: a newcomer waiting for a slot closes it.
+    /// Told whenever a connection becomes idle: a newcomer waiting for a slot looks again.
     entered: tokio::sync::Notify,
+}
+
+type IdleMap = std::collections::BTreeMap<u64, (Instant, CancellationToken)>;
+
+/// What [`Idle::evict_oldest`] did.
+enum Eviction {
+    Evicted,
+    /// The oldest may be closed from then on.
+    NotBefore(Instant),
+    NoneIdle,
 }
 
 impl Idle {
@@ -244,7 +286,7 @@ impl Idle {
     fn enter(self: &Arc<Self>) -> IdleGuard {
         let seq = self.next.fetch_add(1, Relaxed);
         let token = CancellationToken::new();
-        self.lock().insert(seq, token.clone());
+        self.lock().insert(seq, (Instant::now(), token.clone()));
         self.entered.notify_waiters();
         IdleGuard {
             idle: self.clone(),
@@ -253,15 +295,22 @@ impl Idle {
         }
     }
 
-    /// Ends the connection idle longest; false when none is idle.
-    fn evict_oldest(&self) -> bool {
-        let oldest = self.lock().pop_first();
-        oldest.map(|(_, token)| token.cancel()).is_some()
+    /// Ends the connection idle longest, if it has been idle for [`EVICTABLE_AFTER`].
+    fn evict_oldest(&self, now: Instant) -> Eviction {
+        let mut waiting = self.lock();
+        let Some(mut oldest) = waiting.first_entry() else {
+            return Eviction::NoneIdle;
+        };
+        let evictable_at = oldest.get().0 + EVICTABLE_AFTER;
+        if evictable_at > now {
+            return Eviction::NotBefore(evictable_at);
+        }
+        oldest.get_mut().1.cancel();
+        oldest.remove();
+        Eviction::Evicted
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, CancellationToken>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, IdleMap> {
         // The map is consistent whatever panicked while holding it.
         self.waiting
             .lock()
@@ -292,34 +341,58 @@ fn credentials(stream: &UnixStream) -> Option<(u32, u32)> {
     }
 }
 
-/// Whether a peer may administer, by the access lists in force now.
-fn permitted(uid: u32, gid: u32, socket_file: Option<&Path>, state: &State) -> bool {
-    let access = state.admin_access.load();
-    let gids = &access.gids;
+/// Whether a peer may administer by `access`: root, the daemon's own uid, a listed uid, a
+/// listed primary gid, or a listed group its connection proved membership of.
+fn permitted(uid: u32, gid: u32, vouched: Option<u32>, access: &AdminAccess) -> bool {
     uid == 0
         || uid == own_uid()
         || access.uids.contains(&uid)
-        || gids.contains(&gid)
-        || socket_file.is_some_and(|path| connecting_takes_membership(path, gids))
+        || access.gids.contains(&gid)
+        || vouched.is_some_and(|group| access.gids.contains(&group))
 }
 
-/// Whether connecting through the socket file at `path` took membership of one of `gids`:
-/// the file belongs to root or to us, its group is one of them with read and write, and
+/// A permitted peer's access, checked again whenever the access lists were reloaded.
+struct Access<'p> {
+    peer: &'p Peer,
+    checked: Arc<AdminAccess>,
+}
+
+impl<'p> Access<'p> {
+    fn new(peer: &'p Peer) -> Self {
+        Self {
+            peer,
+            checked: peer.lists.clone(),
+        }
+    }
+
+    /// Whether the peer may still administer: true at once unless a reload stored other
+    /// lists since the last look.
+    fn still_permits(&mut self, state: &State) -> bool {
+        let now = state.admin_access.load_full();
+        if Arc::ptr_eq(&now, &self.checked) {
+            return true;
+        }
+        self.checked = now;
+        let peer = self.peer;
+        permitted(peer.uid, peer.gid, peer.vouched, &self.checked)
+    }
+}
+
+/// The group membership that connecting through the socket file at `path` takes: the
+/// file's group, when the file belongs to root or to us, its group may read and write, and
 /// other users have no access. Then the kernel checked every peer against all of its
 /// groups when it connected, supplementary ones included (`usermod -aG`), which
 /// SO_PEERCRED cannot tell: it carries the primary gid only.
 ///
 /// Not with a POSIX ACL on the file: its group bits are then the ACL's mask, and a named
 /// user entry could let in someone in none of the groups.
-fn connecting_takes_membership(path: &Path, gids: &[u32]) -> bool {
-    !gids.is_empty()
-        && fs::metadata(path).is_ok_and(|file| {
-            (file.uid() == 0 || file.uid() == own_uid())
-                && gids.contains(&file.gid())
-                && file.mode() & 0o060 == 0o060
-                && file.mode() & 0o007 == 0
-        })
-        && !has_acl(path)
+fn vouching_group(path: &Path) -> Option<u32> {
+    let file = fs::metadata(path).ok()?;
+    let vouches = (file.uid() == 0 || file.uid() == own_uid())
+        && file.mode() & 0o060 == 0o060
+        && file.mode() & 0o007 == 0
+        && !has_acl(path);
+    vouches.then(|| file.gid())
 }
 
 /// Whether the file carries an access ACL. An error other than "no ACL" or "no ACL support
@@ -346,6 +419,7 @@ async fn converse(
     let waiting = allowed.then(|| peer.idle.enter());
     let evicted = waiting.as_ref().map(|w| w.token.clone().cancelled_owned());
     let greeting = tokio::select! {
+        biased;
         () = stop.cancelled() => return Ok(()),
         () = async { evicted.expect("guarded").await }, if evicted.is_some() => return Ok(()),
         greeting = tokio::time::timeout(HELLO_TIMEOUT, frame::read::<ClientFrame, _>(&mut rx)) => greeting,
@@ -407,6 +481,7 @@ async fn converse(
         }
     });
     let _reader = AbortOnDrop(reader);
+    let mut access = Access::new(peer);
     let mut ticks: Option<tokio::sync::broadcast::Receiver<_>> = None;
     // Held while subscribed: a dashboard's slot is never taken for a newcomer.
     let mut subscribed = None;
@@ -415,6 +490,9 @@ async fn converse(
         let waiting = subscribed.is_none().then(|| peer.idle.enter());
         let evicted = waiting.as_ref().map(|w| w.token.clone().cancelled_owned());
         tokio::select! {
+            // Closed when told, even with a request arrived meanwhile: the newcomer waits for
+            // this slot alone.
+            biased;
             () = stop.cancelled() => return Ok(()),
             () = async { evicted.expect("guarded").await }, if evicted.is_some() => {
                 tracing::info!(uid, "admin connection closed: idle, and its slot was wanted");
@@ -433,7 +511,7 @@ async fn converse(
                 tracing::debug!(uid, request = request.name(), "admin request");
                 // A reload may have taken this peer's access away since it connected: an
                 // open dashboard must not go on changing clients.
-                if !permitted(uid, peer.gid, peer.socket_file.as_deref(), state) {
+                if !access.still_permits(state) {
                     tracing::warn!(uid, "admin connection closed: uid no longer permitted");
                     let refusal = AdminError::PermissionDenied { uid };
                     return send(&mut tx, &ServerFrame::Response(Response::Error(refusal))).await;
@@ -466,6 +544,11 @@ async fn converse(
                 send(&mut tx, &ServerFrame::Response(response)).await?;
             }
             tick = async { ticks.as_mut().expect("guarded").recv().await }, if ticks.is_some() => {
+                // Nor go on seeing which clients get tokens.
+                if !access.still_permits(state) {
+                    tracing::warn!(uid, "admin connection closed: uid no longer permitted");
+                    return Ok(());
+                }
                 match tick {
                     Ok(tick) => send(&mut tx, &ServerFrame::Event(Event::Stats((*tick).clone()))).await?,
                     // A slow reader missed some ticks; it gets the next ones.

@@ -88,6 +88,9 @@ pub struct Config {
     /// Groups whose members may use the admin socket: `admin_gids` and the gids of the
     /// `admin_groups` names, resolved when the config is read.
     pub admin_gids: Vec<u32>,
+    /// The `admin_groups` names and the gid each resolved to (`None`: not found at a
+    /// reload, see [`Config::load_for_reload`]).
+    pub admin_groups: Vec<(String, Option<u32>)>,
     /// Peers whose `X-Forwarded-For` is believed when throttling.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Certificate chain and key (PEM) when the HTTP listener speaks TLS.
@@ -282,11 +285,13 @@ impl Config {
             .transpose()?;
 
         let mut admin_gids = raw.admin_gids;
+        let mut admin_groups = Vec::new();
         let mut groups_unresolved = None;
         for name in &raw.admin_groups {
             let problem = match nix::unistd::Group::from_name(name.get_ref()) {
                 Ok(Some(group)) => {
                     admin_gids.push(group.gid.as_raw());
+                    admin_groups.push((name.get_ref().clone(), Some(group.gid.as_raw())));
                     continue;
                 }
                 Ok(None) => format!("`admin_groups`: there is no group \"{}\"", name.get_ref()),
@@ -299,6 +304,7 @@ impl Config {
             match groups {
                 Groups::Required => return Err(problem),
                 Groups::Apart => {
+                    admin_groups.push((name.get_ref().clone(), None));
                     groups_unresolved.get_or_insert(problem);
                 }
             }
@@ -375,6 +381,7 @@ impl Config {
             default_audience,
             admin_uids: raw.admin_uids,
             admin_gids,
+            admin_groups,
             trusted_proxies,
             tls,
             max_connections,

@@ -245,6 +245,8 @@ pub struct State {
     pub changes: changes::Changes,
     /// The last reload's failure to apply the config file, if the last reload failed so.
     config_failure: std::sync::Mutex<Option<ReloadOutcome>>,
+    /// Held by the reload running (SIGHUP and `tokendealer reload` may overlap).
+    reloading: std::sync::Mutex<()>,
     pub issuer: String,
     pub default_audience: String,
     pub token_ttl: Duration,
@@ -271,14 +273,35 @@ pub struct State {
 pub struct AdminAccess {
     pub uids: Vec<u32>,
     pub gids: Vec<u32>,
+    /// The `admin_groups` names with the gid each stands for in `gids`.
+    pub groups: Vec<(String, u32)>,
 }
 
 impl AdminAccess {
-    fn of(config: &Config) -> Self {
-        Self {
+    /// The lists of `config`; a group name it could not resolve keeps the gid it had in
+    /// `previous`, if any (a name not found at a reload neither gains nor loses access).
+    fn of(config: &Config, previous: Option<&Self>) -> Self {
+        let mut access = Self {
             uids: config.admin_uids.clone(),
             gids: config.admin_gids.clone(),
+            groups: Vec::new(),
+        };
+        for (name, gid) in &config.admin_groups {
+            let kept = || {
+                previous?
+                    .groups
+                    .iter()
+                    .find(|(had, _)| had == name)
+                    .map(|&(_, gid)| gid)
+            };
+            if let Some(gid) = gid.or_else(kept) {
+                if !access.gids.contains(&gid) {
+                    access.gids.push(gid);
+                }
+                access.groups.push((name.clone(), gid));
+            }
         }
+        access
     }
 }
 
@@ -344,6 +367,12 @@ impl State {
     /// cannot be read or applied holds back nothing else, the clients file included, and is
     /// the outcome told (and kept for `status`). Blocking.
     pub fn reload(&self) -> ReloadOutcome {
+        // One at a time: a reload that read the config earlier must not store its outcome
+        // over a later one's (an RSA key generated in between takes seconds).
+        let _reloading = self
+            .reloading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let config_failed = self
             .config
             .path
@@ -360,13 +389,23 @@ impl State {
     }
 
     /// What `status` shows as the last reload: a config that failed to reload, until one
-    /// reloads, else the clients file's last load.
+    /// reloads, unless the clients file failed to load since (its error, with its line, is
+    /// then the news); else the clients file's last load.
     pub fn last_reload(&self) -> ReloadOutcome {
-        self.config_failure
+        let clients = self.clients.last_reload();
+        let config = self
+            .config_failure
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-            .unwrap_or_else(|| self.clients.last_reload())
+            .clone();
+        match (config, &clients) {
+            (
+                Some(ReloadOutcome::Failed { at: config_at, .. }),
+                ReloadOutcome::Failed { at, .. },
+            ) if *at > config_at => clients,
+            (Some(config), _) => config,
+            (None, _) => clients,
+        }
     }
 
     /// Reloads the clients file (a save, SIGHUP, `tokendealer reload`); a file whose clients
@@ -410,16 +449,23 @@ impl State {
                 return Some(failed(e));
             }
         };
-        let access = AdminAccess::of(&config);
+        // Everything else of the lists applies, a removal above all; a name not found keeps
+        // the gid it had, so that an NSS outage neither locks its members out nor lets a
+        // renamed group in.
+        let access = AdminAccess::of(&config, Some(&self.admin_access.load()));
         let access_failed = groups_unresolved.map(|e| {
-            tracing::error!(error = %e, "admin access lists not reloaded; the previous ones stay");
-            failed(e)
+            tracing::error!(error = %e, "an admin group was not found; its members keep the access they had, the rest of the lists apply");
+            let mut outcome = failed(e);
+            if let ReloadOutcome::Failed { reason, .. } = &mut outcome {
+                reason.push_str("; its members keep the access they had, the rest of the admin lists apply");
+            }
+            outcome
         });
-        if access_failed.is_none() && **self.admin_access.load() != access {
+        if **self.admin_access.load() != access {
             tracing::info!(
                 uids = ?access.uids,
                 gids = ?access.gids,
-                "admin access lists reloaded; they apply to connections from now on"
+                "admin access lists reloaded; they apply to open connections too"
             );
             self.admin_access.store(Arc::new(access));
         }
@@ -510,9 +556,10 @@ pub async fn run(loaded: Loaded, listeners: Listeners, mut signals: Signals) -> 
         conns: http::conn::ConnStats::default(),
         started: Instant::now(),
         reloads_running: std::sync::atomic::AtomicUsize::new(0),
-        admin_access: ArcSwap::from_pointee(AdminAccess::of(&config)),
+        admin_access: ArcSwap::from_pointee(AdminAccess::of(&config, None)),
         changes: change_log,
         config_failure: std::sync::Mutex::new(None),
+        reloading: std::sync::Mutex::new(()),
         config,
     });
 
@@ -761,5 +808,32 @@ impl Signals {
             },
             hangup: signal(SignalKind::hangup())?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A group name not found at a reload keeps the gid it had; the rest of the lists, a
+    /// name taken off included, is what the config says.
+    #[test]
+    fn a_group_not_found_keeps_only_its_own_gid() {
+        let mut before = Config::parse("admin_uids = [1000]\n", None).expect("a config");
+        before.admin_groups = vec![("ops".into(), Some(50)), ("old".into(), Some(60))];
+        before.admin_gids = vec![50, 60];
+        let previous = AdminAccess::of(&before, None);
+        assert_eq!(previous.gids, [50, 60]);
+
+        let mut after = Config::parse("admin_gids = [7]\n", None).expect("a config");
+        after.admin_groups = vec![("ops".into(), None), ("new".into(), None)];
+        let access = AdminAccess::of(&after, Some(&previous));
+        assert!(access.uids.is_empty(), "uid 1000 taken off");
+        assert_eq!(
+            access.gids,
+            [7, 50],
+            "ops kept its gid; old is gone; new has none yet"
+        );
+        assert_eq!(access.groups, [("ops".to_owned(), 50)]);
     }
 }

@@ -937,10 +937,10 @@ fn admin_groups_names_a_group_whose_members_are_let_in() {
 }
 
 /// A name in `admin_groups` that cannot be looked up at a reload (a group deleted, NSS
-/// down) fails the reload naming it and keeps the access lists in force; the rest of the
-/// config (here a new algorithm) still applies.
+/// down) fails the reload naming it, but the rest of the lists apply, a removal above all,
+/// and so does the rest of the config (here a new algorithm).
 #[test]
-fn a_reload_whose_admin_group_cannot_be_found_keeps_the_access_lists() {
+fn a_reload_whose_admin_group_cannot_be_found_applies_the_rest() {
     let daemon = Daemon::builder()
         .client(&service_client())
         .algorithm("EdDSA")
@@ -948,23 +948,32 @@ fn a_reload_whose_admin_group_cannot_be_found_keeps_the_access_lists() {
         .start();
     open_socket_to_everyone(&daemon);
     let config = fs::read_to_string(daemon.config_path()).expect("the config");
-    let broken = config
-        .replace("\"nogroup\"", "\"no-such-group-here\"")
-        .replace("algorithm = \"EdDSA\"", "algorithm = \"ES256\"");
-    assert!(
-        broken.contains("no-such-group-here") && broken.contains("ES256"),
-        "{broken}"
-    );
-    fs::write(daemon.config_path(), broken).expect("writing the config");
-    let output = daemon.admin(&["reload"]);
-    assert_eq!(output.code(), Some(1), "{output}");
-    assert!(output.stderr.contains("no-such-group-here"), "{output}");
+    let reload_with = |groups: &str| {
+        let text = config
+            .replace("[\"nogroup\"]", groups)
+            .replace("algorithm = \"EdDSA\"", "algorithm = \"ES256\"");
+        assert!(text.contains(groups) && text.contains("ES256"), "{text}");
+        fs::write(daemon.config_path(), text).expect("writing the config");
+        let output = daemon.admin(&["reload"]);
+        assert_eq!(output.code(), Some(1), "{output}");
+        assert!(
+            output.stderr.contains("no-such-group-here")
+                && output.stderr.contains("the rest of the admin lists apply"),
+            "{output}"
+        );
+    };
+    // `nogroup` (NOBODY's group) stays, the new name is not found.
+    reload_with("[\"nogroup\", \"no-such-group-here\"]");
     admin_as_nobody(daemon.admin_socket(), &["status"]).assert_success();
     let keys = tokendealer_tests::keys::list(&daemon);
     assert!(
         keys.iter().any(|k| k.state == "next" && k.alg == "ES256"),
         "the new algorithm's next key: {keys:#?}"
     );
+    // `nogroup` taken off while the other name is still not found: the removal applies.
+    reload_with("[\"no-such-group-here\"]");
+    let output = admin_as_nobody(daemon.admin_socket(), &["status"]);
+    assert_fails_with(&output, &["permission denied"]);
 }
 
 /// A gid for the tests below that no user here has as primary group.
@@ -1641,6 +1650,17 @@ fn status_lists_the_changes_newest_first_with_who_made_them() {
         ])
         .assert_success();
     daemon.admin(&["keys", "rotate", "--now"]).assert_success();
+    let retiring =
+        tokendealer_tests::keys::only(&tokendealer_tests::keys::list(&daemon), "retiring")
+            .kid
+            .clone();
+    daemon
+        .admin(&["keys", "revoke", retiring.as_str()])
+        .assert_success();
+    let seed = write_seed(&daemon, &[("seeded", &"s".repeat(40))]);
+    daemon
+        .admin(&["clients", "import", seed.as_str()])
+        .assert_success();
 
     let status = admin_json(&daemon, &["status"]);
     let kinds: Vec<&str> = status["changes"]
@@ -1652,6 +1672,8 @@ fn status_lists_the_changes_newest_first_with_who_made_them() {
     assert_eq!(
         kinds,
         [
+            "clients_imported",
+            "key_revoked",
             "key_rotated",
             "secret_rotated",
             "client_disabled",
@@ -1664,13 +1686,18 @@ fn status_lists_the_changes_newest_first_with_who_made_them() {
         assert_eq!(change["by"], uid, "{change}");
         assert!(change["at"].is_string(), "{change}");
     }
-    assert_eq!(changes[2]["client"], "fresh");
-    assert_eq!(changes[2]["text"], "client `fresh` disabled");
-    assert_eq!(changes[1]["client"], client.id.as_str());
-    assert!(changes[1]["old_valid_until"].is_string(), "{status:#}");
+    assert_eq!(changes[0]["count"], 1, "{status:#}");
+    assert_eq!(changes[1]["kid"], retiring.as_str(), "{status:#}");
+    assert_eq!(changes[4]["client"], "fresh");
+    assert_eq!(changes[4]["text"], "client `fresh` disabled");
+    assert_eq!(changes[3]["client"], client.id.as_str());
+    assert!(changes[3]["old_valid_until"].is_string(), "{status:#}");
     assert_eq!(status["disabled"], 1, "{status:#}");
     assert_eq!(status["rotating"], 1, "{status:#}");
-    assert_eq!(status["key_rotations"], 1, "{status:#}");
+    assert_eq!(
+        status["key_rotations"], 1,
+        "the revocation is no rotation: {status:#}"
+    );
     assert_eq!(status["secret_rotations"], 1, "{status:#}");
 
     // A hand edit comes from the file, not from anyone the daemon knows.
@@ -1691,13 +1718,13 @@ fn status_lists_the_changes_newest_first_with_who_made_them() {
         thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(loaded["by"], Value::Null, "{loaded}");
-    assert_eq!(loaded["clients"], 3, "{loaded}");
+    assert_eq!(loaded["clients"], 4, "{loaded}");
 
     // The text form, for people.
     let output = daemon.admin(&["status"]);
     output.assert_success();
     for needle in [
-        "3 from",
+        "4 from",
         "(1 disabled, 1 with an old secret still working)",
         "1 of the signing key, 1 of secrets",
         "client `fresh` disabled",

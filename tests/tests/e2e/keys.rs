@@ -482,6 +482,7 @@ fn rotate_every_rotates_on_its_own() {
             Instant::now() < deadline,
             "no key_rotated change: {status:#}"
         );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -110,10 +110,17 @@ fn draw_overview(frame: &mut Frame<'_>, app: &App, area: Rect) {
         .status
         .as_ref()
         .map_or(1, |s| s.changes.len().clamp(1, CHANGES_SHOWN));
+    // The daemon's lines, and two more for a failed load's file, line and reason, which
+    // wrap: cut off, the reason is what would be lost.
+    let failed = app
+        .status
+        .as_ref()
+        .is_some_and(|s| matches!(s.last_reload, ReloadOutcome::Failed { .. }));
+    let info_height = if failed { 9 } else { 7 };
     let [charts, changes, info] = Layout::vertical([
         Constraint::Min(8),
         Constraint::Length(u16::try_from(shown_changes).unwrap_or(1) + 2),
-        Constraint::Length(7),
+        Constraint::Length(info_height),
     ])
     .areas(area);
     let [rate, failures] =
@@ -876,7 +883,12 @@ mod tests {
                 reason: "unknown field `scope`".into(),
             },
         )))));
-        insta::assert_snapshot!(render(&app));
+        let screen = render(&app);
+        assert!(
+            screen.contains("line 7: unknown field `scope`"),
+            "the reason is shown whole:\n{screen}"
+        );
+        insta::assert_snapshot!(screen);
     }
 
     #[test]

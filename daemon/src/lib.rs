@@ -320,9 +320,8 @@ impl State {
         note_longest_ttl(&self.keys, &self.clients, self.token_ttl);
     }
 
-    /// Logs a change of signing key that no admin asked for here: the schedule's rotation,
-    /// another daemon's change adopted.
-    pub fn note_active_key(&self) {
+    /// Logs a change of signing key adopted from another daemon sharing the key directory.
+    pub fn note_adopted_key(&self) {
         self.changes.note_active_key(|| self.active_kid(), None);
     }
 
@@ -592,7 +591,7 @@ pub async fn run(loaded: Loaded, listeners: Listeners, mut signals: Signals) -> 
             // than that daemon's: its retiring window must know at once.
             Ok(true) => {
                 adopting.note_longest_ttl();
-                adopting.note_active_key();
+                adopting.note_adopted_key();
             }
             Ok(false) => {}
             Err(e) => {
@@ -728,16 +727,26 @@ async fn key_upkeep(state: Arc<State>, stop: CancellationToken) {
         let result = tokio::task::spawn_blocking(move || {
             // The directory watch brings other daemons' key changes at once; this brings
             // them within KEY_UPKEEP even when the watch could not be set up or missed one.
-            if let Err(e) = upkeep.keys.refresh() {
-                tracing::error!(error = %e, "a key change in the key directory was not adopted; the keys in force stay");
+            match upkeep.keys.refresh() {
+                Ok(true) => upkeep.note_adopted_key(),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "a key change in the key directory was not adopted; the keys in force stay");
+                }
             }
             let maintained = upkeep.keys.maintain(upkeep.longest_ttl());
-            upkeep.note_active_key();
+            // Each path notes the change it made itself, so that an admin's rotation is
+            // never told as the schedule's.
+            if let Ok(Some(rotated)) = &maintained {
+                upkeep
+                    .changes
+                    .note_active_key(|| Some(rotated.active.clone()), None);
+            }
             maintained
         })
         .await;
         failed = match result {
-            Ok(Ok(())) => false,
+            Ok(Ok(_)) => false,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, retry_in = ?KEY_UPKEEP, "key upkeep failed");
                 true

@@ -336,8 +336,9 @@ impl KeyManager {
     }
 
     /// Periodic upkeep: retiring keys whose time has passed leave the JWKS (and the
-    /// directory), and an automatic rotation is made when due. Blocking.
-    pub fn maintain(&self, longest_ttl: Duration) -> Result<(), KeyChangeError> {
+    /// directory), and an automatic rotation is made when due; the rotation made, if one
+    /// was. Blocking.
+    pub fn maintain(&self, longest_ttl: Duration) -> Result<Option<Rotated>, KeyChangeError> {
         let now = now();
         let settings = self.settings();
         let (expired, rotation_due) = {
@@ -353,16 +354,19 @@ impl KeyManager {
             });
             (expired, rotation_due)
         };
+        let mut rotated = None;
         if rotation_due {
             // Another daemon may have rotated first; the rotation re-checks on disk.
             match self.rotate(false, longest_ttl) {
-                Ok(_) | Err(KeyChangeError::Refused(_)) => {}
+                Ok(r) => rotated = Some(r),
+                Err(KeyChangeError::Refused(_)) => {}
                 Err(e) => return Err(e),
             }
         } else if expired {
             self.change(|_, _| Ok(()))?;
         }
-        self.note_longest_ttl(longest_ttl)
+        self.note_longest_ttl(longest_ttl)?;
+        Ok(rotated)
     }
 
     /// Keeps on disk that the active key may sign tokens living `longest_ttl`, when that is

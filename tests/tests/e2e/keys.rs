@@ -738,6 +738,31 @@ fn daemons_sharing_a_key_dir_follow_each_others_rotations() {
         );
         jwt::pyjwt_verify(&follower.url(JWKS_PATH), &from_leader, ISSUER, API);
         jwt::pyjwt_verify(&leader.url(JWKS_PATH), &from_follower, ISSUER, API);
+
+        // Each tells the rotation once: the leader as its admin's, the follower as one it
+        // adopted (no admin of its own asked).
+        let latest = |daemon: &Daemon| {
+            let output = daemon.admin(&["status", "--json"]);
+            output.assert_success();
+            let status: Value = serde_json::from_str(&output.stdout).expect("JSON");
+            status["changes"][0].clone()
+        };
+        let told = latest(leader);
+        // The follower notes it just after adopting the keys it now serves.
+        let deadline = Instant::now() + ADOPTION_DEADLINE;
+        let adopted = loop {
+            let adopted = latest(follower);
+            if adopted["active"] == new_active || Instant::now() >= deadline {
+                break adopted;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(told["kind"], "key_rotated", "{told}");
+        assert_eq!(told["active"], new_active, "{told}");
+        assert!(told["by"].is_u64(), "{told}");
+        assert_eq!(adopted["kind"], "key_rotated", "{adopted}");
+        assert_eq!(adopted["active"], new_active, "{adopted}");
+        assert_eq!(adopted["by"], Value::Null, "{adopted}");
     }
 }
 

@@ -477,12 +477,9 @@ fn a_new_secret_outlives_a_stopped_daemon_and_no_second_action_is_sent() {
 
 /// The dashboard of an admin taken off `admin_uids` stops working at the reload, though it
 /// connected before: it is refused, not left able to change clients until it reconnects.
-#[test]
-fn a_dashboard_open_when_its_access_is_taken_away_is_refused() {
-    let daemon = Daemon::builder()
-        .config(&format!("admin_uids = [{NOBODY}]"))
-        .start();
-    open_socket_to_everyone(&daemon);
+/// The dashboard on `daemon`'s socket, run as uid and gid [`NOBODY`] with no supplementary
+/// groups (through setpriv, as root).
+fn dashboard_as_nobody(daemon: &Daemon) -> Tmux {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(WRAPPER)
@@ -494,7 +491,16 @@ fn a_dashboard_open_when_its_access_is_taken_away_is_refused() {
         .arg(bins::tokendealer())
         .arg("--socket")
         .arg(daemon.admin_socket());
-    let tmux = Tmux::start(WIDTH, HEIGHT, &cmd);
+    Tmux::start(WIDTH, HEIGHT, &cmd)
+}
+
+#[test]
+fn a_dashboard_open_when_its_access_is_taken_away_is_refused() {
+    let daemon = Daemon::builder()
+        .config(&format!("admin_uids = [{NOBODY}]"))
+        .start();
+    open_socket_to_everyone(&daemon);
+    let tmux = dashboard_as_nobody(&daemon);
     tmux.wait_until("`connected` in the status bar", connected);
 
     let config = std::fs::read_to_string(daemon.config_path()).expect("the config");
@@ -516,18 +522,7 @@ fn a_dashboard_open_when_its_access_is_taken_away_is_refused() {
 fn a_dashboard_the_daemon_refuses_says_why_and_does_not_retry() {
     let daemon = Daemon::builder().log_level("debug").start();
     open_socket_to_everyone(&daemon);
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(WRAPPER)
-        .arg("sh")
-        .arg("setpriv")
-        .arg(format!("--reuid={NOBODY}"))
-        .arg(format!("--regid={NOBODY}"))
-        .arg("--clear-groups")
-        .arg(bins::tokendealer())
-        .arg("--socket")
-        .arg(daemon.admin_socket());
-    let refused = Tmux::start(WIDTH, HEIGHT, &cmd);
+    let refused = dashboard_as_nobody(&daemon);
     // The end of the reason, what to ask for, is what a status bar cut off.
     refused.wait_until("the refusal and its whole reason", |s| {
         s.contains("Refused by the daemon")

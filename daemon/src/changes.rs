@@ -52,6 +52,10 @@ impl Changes {
             what,
         });
         recent.truncate(MAX_CHANGES);
+        // Once it is there to be seen (the admin actions have their own lines at info).
+        if let Some(change) = recent.front() {
+            tracing::debug!(change = %change.what, by = ?change.by, "change noted");
+        }
     }
 
     /// Notes the key signing now, `active()`: a rotation if it is another than the last

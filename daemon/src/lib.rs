@@ -244,7 +244,7 @@ pub struct State {
     /// The latest changes to clients and keys, for `status` and the dashboard.
     pub changes: changes::Changes,
     /// The last reload's failure to apply the config file, if the last reload failed so.
-    config_failure: std::sync::Mutex<Option<ReloadOutcome>>,
+    config_failure: std::sync::Mutex<Option<(ReloadOutcome, u64)>>,
     /// Held by the reload running (SIGHUP and `tokendealer reload` may overlap).
     reloading: std::sync::Mutex<()>,
     pub issuer: String,
@@ -380,10 +380,16 @@ impl State {
         let outcome = self.reload_clients();
         // Kept until a reload applies the config: the clients file's own reloads, at every
         // save, must not make `status` say all is well while the config is still broken.
+        // With the count of the clients file's failures so far: one after it is news.
+        let failures = self
+            .clients
+            .reload_failures
+            .load(std::sync::atomic::Ordering::Relaxed);
         *self
             .config_failure
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = config_failed.clone();
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            config_failed.clone().map(|failed| (failed, failures));
         config_failed.unwrap_or(outcome)
     }
 
@@ -391,19 +397,25 @@ impl State {
     /// reloads, unless the clients file failed to load since (its error, with its line, is
     /// then the news); else the clients file's last load.
     pub fn last_reload(&self) -> ReloadOutcome {
-        let clients = self.clients.last_reload();
         let config = self
             .config_failure
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        match (config, &clients) {
-            (
-                Some(ReloadOutcome::Failed { at: config_at, .. }),
-                ReloadOutcome::Failed { at, .. },
-            ) if *at > config_at => clients,
-            (Some(config), _) => config,
-            (None, _) => clients,
+        let clients = self.clients.last_reload();
+        match config {
+            Some((failed, failures)) => {
+                let failed_since = self
+                    .clients
+                    .reload_failures
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    != failures;
+                match clients {
+                    ReloadOutcome::Failed { .. } if failed_since => clients,
+                    _ => failed,
+                }
+            }
+            None => clients,
         }
     }
 

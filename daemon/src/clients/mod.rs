@@ -195,6 +195,7 @@ impl ClientsStore {
         // Serialised with writes, so a reload never swaps in an older file over a newer write.
         let _writing = self.write_lock.lock().expect("write lock");
         let mut changed = false;
+        let mut failure = None;
         let outcome = match self.load_if_changed() {
             Ok((count, swapped)) => {
                 changed = swapped;
@@ -205,8 +206,7 @@ impl ClientsStore {
                 }
             }
             Err(e) => {
-                self.reload_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "clients file not loaded; still serving the previous clients");
+                failure = Some(e.to_string());
                 let (line, reason) = match &e {
                     LoadError::Invalid { source, .. } => {
                         // The outcome carries the line apart; the reason need not repeat it.
@@ -231,6 +231,11 @@ impl ClientsStore {
             }
         };
         *self.outcome.lock().expect("outcome lock") = outcome.clone();
+        // Counted and logged once it is the outcome `status` shows.
+        if let Some(error) = failure {
+            self.reload_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%error, "clients file not loaded; still serving the previous clients");
+        }
         (outcome, changed)
     }
 

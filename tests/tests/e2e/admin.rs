@@ -1634,7 +1634,8 @@ fn open_connections_and_dashboards_never_keep_a_command_out() {
 #[test]
 fn status_lists_the_changes_newest_first_with_who_made_them() {
     let client = service_client();
-    let mut daemon = Daemon::with_client(&client);
+    // At debug, the daemon logs each change once it is noted: the test waits on that.
+    let mut daemon = Daemon::builder().client(&client).log_level("debug").start();
     let uid = u64::from(own_uid());
     add_client(&daemon, "fresh", &[]);
     daemon
@@ -1705,18 +1706,11 @@ fn status_lists_the_changes_newest_first_with_who_made_them() {
     let mut text = fs::read_to_string(daemon.clients_path()).expect("the clients file");
     text.push_str(&format!("\n{}", newcomer.to_toml()));
     fs::write(daemon.clients_path(), text).expect("a hand edit");
-    let deadline = Instant::now() + TAKES_EFFECT * 10;
-    let loaded = loop {
-        let status = admin_json(&daemon, &["status"]);
-        if status["changes"][0]["kind"] == "clients_file_loaded" {
-            break status["changes"][0].clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the hand edit was never noted: {status:#}"
-        );
-        thread::sleep(Duration::from_millis(20));
-    };
+    daemon.wait_for_log("the hand edit noted", |log| {
+        log.contains("change noted") && log.contains("clients file changed on disk")
+    });
+    let loaded = admin_json(&daemon, &["status"])["changes"][0].clone();
+    assert_eq!(loaded["kind"], "clients_file_loaded", "{loaded}");
     assert_eq!(loaded["by"], Value::Null, "{loaded}");
     assert_eq!(loaded["clients"], 4, "{loaded}");
 

@@ -257,10 +257,7 @@ fn draw_changes(frame: &mut Frame<'_>, app: &App, area: Rect) {
         ),
         None => " Changes ".to_owned(),
     };
-    let now = app.last_tick().map_or_else(
-        || jiff::Timestamp::now().as_second(),
-        |t| t.at_ms.div_euclid(1000),
-    );
+    let now = daemon_now(app);
     let lines: Vec<Line<'_>> = match &app.status {
         Some(s) if s.changes.is_empty() => vec![Line::from("none since the daemon started")],
         Some(s) => s
@@ -281,6 +278,15 @@ fn draw_changes(frame: &mut Frame<'_>, app: &App, area: Rect) {
         Paragraph::new(lines).block(Block::bordered().title(title)),
         area,
     );
+}
+
+/// Now, in Unix seconds, by the daemon's clock when it ticks: "today" is then the day the
+/// times it sends are from.
+fn daemon_now(app: &App) -> i64 {
+    app.last_tick().map_or_else(
+        || jiff::Timestamp::now().as_second(),
+        |t| t.at_ms.div_euclid(1000),
+    )
 }
 
 fn micros(us: u64) -> String {
@@ -421,11 +427,7 @@ fn draw_clients(frame: &mut Frame<'_>, app: &App, area: Rect) {
     let height = usize::from(table_area.height.saturating_sub(3)).max(1);
     let first = app.selected_client.saturating_sub(height - 1);
     let columns = fitting(&CLIENT_COLUMNS, table_area.width);
-    // The daemon's clock when it ticks, so that "today" is the day its times are from.
-    let now = app.last_tick().map_or_else(
-        || jiff::Timestamp::now().as_second(),
-        |t| t.at_ms.div_euclid(1000),
-    );
+    let now = daemon_now(app);
     let rows: Vec<Row<'_>> = clients
         .iter()
         .skip(first)

@@ -121,7 +121,14 @@ fn own_uid() -> u32 {
 }
 
 /// Accepts admin connections until `stop` fires; then closes those still open.
-pub async fn serve(listener: UnixListener, state: Arc<State>, stop: CancellationToken) {
+/// A socket bound again where the first was deleted (see `State::reload`) replaces it: the
+/// new listener comes through `rebound`.
+pub async fn serve(
+    mut listener: UnixListener,
+    mut rebound: tokio::sync::mpsc::UnboundedReceiver<UnixListener>,
+    state: Arc<State>,
+    stop: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let idle = Arc::new(Idle::default());
@@ -135,6 +142,10 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, stop: Cancellation
     'accepting: loop {
         let stream = tokio::select! {
             () = stop.cancelled() => break,
+            Some(again) = rebound.recv() => {
+                listener = again;
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {

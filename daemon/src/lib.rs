@@ -252,6 +252,8 @@ pub struct State {
     pub token_ttl: Duration,
     pub listen: SocketAddr,
     pub admin_socket: PathBuf,
+    /// Where a socket bound again at `admin_socket` goes; `None` when systemd passed it.
+    admin_rebind: Option<tokio::sync::mpsc::UnboundedSender<UnixListener>>,
     pub clients: Arc<ClientsStore>,
     pub keys: Arc<KeyManager>,
     pub stats: Arc<stats::Stats>,
@@ -372,6 +374,7 @@ impl State {
             .reloading
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.rebind_admin_socket();
         let config_failed = self
             .config
             .path
@@ -416,6 +419,29 @@ impl State {
                 }
             }
             None => clients,
+        }
+    }
+
+    /// Binds the admin socket again if its file was deleted (a cleanup of /run, a slip of
+    /// `rm`): without it no admin tool can reach the daemon, `systemctl reload` included, and
+    /// SIGHUP is the one way left to ask.
+    fn rebind_admin_socket(&self) {
+        let Some(rebind) = &self.admin_rebind else {
+            return;
+        };
+        match std::fs::symlink_metadata(&self.admin_socket) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            _ => return,
+        }
+        match admin::bind(&self.admin_socket) {
+            Ok(listener) => {
+                if rebind.send(listener).is_ok() {
+                    tracing::warn!(socket = %self.admin_socket.display(), "the admin socket was deleted; made it again");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the admin socket was deleted and cannot be made again");
+            }
         }
     }
 
@@ -548,6 +574,8 @@ pub async fn run(loaded: Loaded, listeners: Listeners, mut signals: Signals) -> 
         issuer
     });
     let change_log = changes::Changes::new(keys.load().active().map(keys::SigningKey::kid));
+    // A socket systemd passed is systemd's to make again; ours, the daemon makes again.
+    let (rebind, rebound) = tokio::sync::mpsc::unbounded_channel();
     let state = Arc::new(State {
         default_audience: config
             .default_audience
@@ -559,6 +587,7 @@ pub async fn run(loaded: Loaded, listeners: Listeners, mut signals: Signals) -> 
         token_ttl: config.token_ttl,
         listen,
         admin_socket: listeners.admin_path.clone(),
+        admin_rebind: (!admin_inherited).then_some(rebind),
         clients: Arc::new(clients),
         stats: Arc::default(),
         throttle: Arc::new(throttle::Throttle::new(config.trusted_proxies.clone())),
@@ -576,7 +605,12 @@ pub async fn run(loaded: Loaded, listeners: Listeners, mut signals: Signals) -> 
 
     let stop = CancellationToken::new();
     let http_task = tokio::spawn(http::serve(listeners.http, state.clone(), stop.clone()));
-    let admin_task = tokio::spawn(admin::serve(listeners.admin, state.clone(), stop.clone()));
+    let admin_task = tokio::spawn(admin::serve(
+        listeners.admin,
+        rebound,
+        state.clone(),
+        stop.clone(),
+    ));
     let tick_task = tokio::spawn(stats::tick(
         state.stats.clone(),
         state.clients.clone(),

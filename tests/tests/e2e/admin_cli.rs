@@ -298,3 +298,21 @@ fn the_dashboard_without_a_terminal_says_what_to_do() {
         "{output}"
     );
 }
+
+/// A deleted admin socket (a cleanup of /run, a slip of `rm`) leaves SIGHUP as the one way
+/// to reach the daemon: it makes the socket again, and the tool works as before.
+#[test]
+fn sighup_makes_a_deleted_admin_socket_again() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    std::fs::remove_file(daemon.admin_socket()).expect("deleting the admin socket");
+    let output = daemon.admin(&["status"]);
+    assert_eq!(output.code(), Some(1), "{output}");
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    daemon.wait_for_log("the admin socket made again", |log| {
+        log.contains("the admin socket was deleted; made it again")
+    });
+    daemon.admin(&["status"]).assert_success();
+    daemon.admin(&["reload"]).assert_success();
+    daemon.access_token(&client, &[]);
+}

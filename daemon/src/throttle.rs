@@ -53,6 +53,15 @@ pub const CLIENT_BURST: u32 = 50;
 pub const CLIENT_REFILL: Duration = Duration::from_secs(1);
 /// What a failure against a guarded id costs its address.
 pub const GUARDED_COST: u32 = 5;
+/// The most addresses, and client ids, counted apart. Past it (an attack from more networks
+/// or with more ids than that within a refill), newcomers share one count: memory stays
+/// bounded, and a flood of fresh sources or ids is throttled as one.
+pub const MAX_TRACKED: usize = 100_000;
+
+/// The one count that newcomers share past [`MAX_TRACKED`]: an address no peer can have
+/// (`::` is never a TCP source), and an id no client can have (ids are not empty).
+const OVERFLOW_ADDRESS: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+const OVERFLOW_ID: &str = "";
 
 type Keyed<K> = RateLimiter<K, DefaultKeyedStateStore<K>, DefaultClock>;
 
@@ -150,9 +159,22 @@ impl Throttle {
     /// is to be answered 429 rather than 401.
     pub fn failure(&self, address: IpAddr, client_id: Option<&str>) -> Result<(), Throttled> {
         let address = counted(address);
+        // Past the cap a newcomer is counted with the other newcomers (one already counted
+        // may be too: its count is then the shared one, as strict or stricter).
+        let overflowing = self.by_address.len() >= MAX_TRACKED;
+        let key = if overflowing {
+            OVERFLOW_ADDRESS
+        } else {
+            address
+        };
         let clock = self.by_address.clock();
         let guarded = match client_id {
             Some(id) if check_client_id(id).is_ok() => {
+                let id = if self.by_client.len() >= MAX_TRACKED {
+                    OVERFLOW_ID
+                } else {
+                    id
+                };
                 self.by_client.check_key(&id.to_owned()).err()
             }
             _ => None,
@@ -160,7 +182,7 @@ impl Throttle {
         let cost = if guarded.is_some() { GUARDED_COST } else { 1 };
         let by_address = match self
             .by_address
-            .check_key_n(&address, NonZeroU32::new(cost).expect("non-zero"))
+            .check_key_n(&key, NonZeroU32::new(cost).expect("non-zero"))
         {
             Ok(Ok(())) => None,
             Ok(Err(not_until)) => Some(not_until.wait_time_from(clock.now())),
@@ -169,8 +191,12 @@ impl Throttle {
         };
         if let Some(wait) = by_address {
             let wait = wait.max(Duration::from_secs(1));
-            self.blocked.insert(address, Instant::now() + wait);
-            self.any_blocked.store(true, SeqCst);
+            // A shared count blocks no one address before its request is read: it answers
+            // each failure 429, and holds no memory per address.
+            if !overflowing {
+                self.blocked.insert(address, Instant::now() + wait);
+                self.any_blocked.store(true, SeqCst);
+            }
             return Err(Throttled { retry_after: wait });
         }
         if let Some(not_until) = guarded {
@@ -292,6 +318,39 @@ mod tests {
             t.check(ip("2001:db8:0:2::1")).is_ok(),
             "the next /64 is another host"
         );
+    }
+
+    /// Past [`MAX_TRACKED`] sources or ids, newcomers share one count: the maps stop
+    /// growing, and a flood of fresh sources is throttled as one source.
+    #[test]
+    fn past_the_cap_newcomers_share_one_count() {
+        let t = Throttle::new(vec![]);
+        let address = |i: usize| {
+            IpAddr::V6(Ipv6Addr::from(
+                (0x2001_0db8_u128 << 96) | (u128::try_from(i).unwrap() << 64),
+            ))
+        };
+        for i in 0..MAX_TRACKED {
+            assert!(t.failure(address(i), Some(&format!("id-{i}"))).is_ok());
+        }
+        assert_eq!(t.by_address.len(), MAX_TRACKED);
+        assert_eq!(t.by_client.len(), MAX_TRACKED);
+        // Fresh networks and ids, one failure each: counted together, and throttled after
+        // one burst as one source would be.
+        let mut allowed = 0;
+        for i in MAX_TRACKED..MAX_TRACKED + 100 {
+            if t.failure(address(i), Some(&format!("id-{i}"))).is_ok() {
+                allowed += 1;
+            }
+        }
+        assert_eq!(allowed, ADDRESS_BURST, "one burst for all the newcomers");
+        assert_eq!(t.by_address.len(), MAX_TRACKED + 1, "one shared entry");
+        assert_eq!(t.by_client.len(), MAX_TRACKED + 1, "one shared entry");
+        assert!(
+            t.blocked.is_empty(),
+            "no address blocked for the shared count"
+        );
+        assert!(t.check(address(MAX_TRACKED + 1)).is_ok());
     }
 
     #[test]

@@ -23,6 +23,8 @@
 //! * Only ids that could be registered are counted per id: a malformed one (too long,
 //!   another character) cannot be a client, and would otherwise let each failure store up
 //!   to the 16 KiB of a body.
+//! * At most [`MAX_TRACKED`] addresses and as many ids are counted apart; past that,
+//!   newcomers share one count, so that memory stays bounded whatever the attack.
 
 use std::{
     net::{IpAddr, Ipv6Addr},

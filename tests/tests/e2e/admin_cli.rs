@@ -111,6 +111,21 @@ fn reload_of_a_broken_file_fails_and_keeps_the_old_clients() {
     daemon.access_token(&client, &[]);
 }
 
+/// The last reload as `status --json` tells it, having failed on the file named `file`.
+#[track_caller]
+fn assert_last_reload_failed(daemon: &Daemon, file: &str) -> Value {
+    let output = daemon.admin(&["status", "--json"]);
+    output.assert_success();
+    let status: Value = serde_json::from_str(&output.stdout).expect("status JSON");
+    let last = status["last_reload"].clone();
+    assert_eq!(last["ok"], false, "{output}");
+    assert!(
+        last["file"].as_str().is_some_and(|f| f.ends_with(file)),
+        "not a failure of {file}: {output}"
+    );
+    last
+}
+
 /// A config that no longer parses fails the reload, naming its line once, and `status`
 /// says so until the next reload; the clients file is reloaded all the same.
 #[test]
@@ -132,17 +147,7 @@ fn reload_with_a_broken_config_fails_and_status_says_so() {
     );
     daemon.access_token(&newcomer, &[]);
 
-    let output = daemon.admin(&["status", "--json"]);
-    output.assert_success();
-    let status: Value = serde_json::from_str(&output.stdout).expect("status JSON");
-    let last = &status["last_reload"];
-    assert_eq!(last["ok"], false, "{output}");
-    assert!(
-        last["file"]
-            .as_str()
-            .is_some_and(|f| f.ends_with("config.toml")),
-        "{output}"
-    );
+    assert_last_reload_failed(&daemon, "config.toml");
     // A hand edit of the clients file loads, and the config is still what is broken.
     let another = TestClient::new("another").audiences(&[API]);
     let loads = |log: &str| log.matches("clients file reloaded").count();
@@ -150,15 +155,7 @@ fn reload_with_a_broken_config_fails_and_status_says_so() {
     daemon.write_clients(&[newcomer, another.clone()]);
     daemon.wait_for_log("the hand edit loaded", |log| loads(log) > loaded);
     daemon.access_token(&another, &[]);
-    let output = daemon.admin(&["status", "--json"]);
-    let status: Value = serde_json::from_str(&output.stdout).expect("status JSON");
-    assert_eq!(status["last_reload"]["ok"], false, "{output}");
-    assert!(
-        status["last_reload"]["file"]
-            .as_str()
-            .is_some_and(|f| f.ends_with("config.toml")),
-        "{output}"
-    );
+    assert_last_reload_failed(&daemon, "config.toml");
     // A clients file that fails to load after it is the news, with its line.
     let refusals = |log: &str| log.matches("clients file not loaded").count();
     let refused = refusals(&daemon.stderr());
@@ -166,17 +163,8 @@ fn reload_with_a_broken_config_fails_and_status_says_so() {
     daemon.wait_for_log("the broken clients file refused", |log| {
         refusals(log) > refused
     });
-    let output = daemon.admin(&["status", "--json"]);
-    let status: Value = serde_json::from_str(&output.stdout).expect("status JSON");
-    let last = &status["last_reload"];
-    assert_eq!(last["ok"], false, "{output}");
-    assert!(
-        last["file"]
-            .as_str()
-            .is_some_and(|f| f.ends_with("clients.toml")),
-        "{output}"
-    );
-    assert_eq!(last["line"], 1, "{output}");
+    let last = assert_last_reload_failed(&daemon, "clients.toml");
+    assert_eq!(last["line"], 1, "{last}");
 
     std::fs::write(daemon.config_path(), &config).expect("the config");
     daemon.write_clients(&[another]);

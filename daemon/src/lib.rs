@@ -465,25 +465,21 @@ impl State {
     /// Applies what a reload takes from the config file; the first failure, if any.
     fn reload_config(&self, path: &Path) -> Option<ReloadOutcome> {
         // The outcome carries file and line apart; the reason need not repeat them.
-        let failed = |e: config::ConfigError| {
+        // `then` says what the daemon does about it.
+        let failed = |e: config::ConfigError, then: &str| {
             let (line, reason) = match e {
                 config::ConfigError::Invalid { line, message, .. } => {
                     (line.and_then(|l| u32::try_from(l).ok()), message)
                 }
                 config::ConfigError::Read { source, .. } => (None, source.to_string()),
             };
-            ReloadOutcome::Failed {
-                at: jiff::Timestamp::now().as_second(),
-                file: path.display().to_string(),
-                line,
-                reason,
-            }
+            reload_failed(path.display(), line, format!("{reason}{then}"))
         };
         let (config, groups_unresolved) = match Config::load_for_reload(path) {
             Ok(loaded) => loaded,
             Err(e) => {
                 tracing::error!(error = %e, "config not reloaded; the previous settings stay");
-                return Some(failed(e));
+                return Some(failed(e, ""));
             }
         };
         // Everything else of the lists applies, a removal above all; a name not found keeps
@@ -492,11 +488,10 @@ impl State {
         let access = AdminAccess::of(&config, Some(&self.admin_access.load()));
         let access_failed = groups_unresolved.map(|e| {
             tracing::error!(error = %e, "an admin group was not found; its members keep the access they had, the rest of the lists apply");
-            let mut outcome = failed(e);
-            if let ReloadOutcome::Failed { reason, .. } = &mut outcome {
-                reason.push_str("; its members keep the access they had, the rest of the admin lists apply");
-            }
-            outcome
+            failed(
+                e,
+                "; its members keep the access they had, the rest of the admin lists apply",
+            )
         });
         if **self.admin_access.load() != access {
             tracing::info!(
@@ -508,12 +503,11 @@ impl State {
         }
         let keys_failed = self.keys.reconfigure(key_settings(&config)).err().map(|e| {
             tracing::error!(error = %e, "the new key settings could not be applied; the previous ones stay");
-            ReloadOutcome::Failed {
-                at: jiff::Timestamp::now().as_second(),
-                file: self.keys.dir().display().to_string(),
-                line: None,
-                reason: format!("the new key settings could not be applied: {e}"),
-            }
+            reload_failed(
+                self.keys.dir().display(),
+                None,
+                format!("the new key settings could not be applied: {e}"),
+            )
         });
         // A broken key directory holds back neither a renewed certificate nor the clients
         // file, nor a bad certificate the clients file.
@@ -528,19 +522,13 @@ impl State {
             (Some(tls), Some(files)) => {
                 if let Err(e) = tls.reload(files) {
                     tracing::error!(error = %e, "TLS certificate not reloaded; the previous one keeps serving");
-                    return Some(ReloadOutcome::Failed {
-                        at: jiff::Timestamp::now().as_second(),
-                        file: match &e {
-                            http::tls::TlsError::Read { path, .. }
-                            | http::tls::TlsError::Invalid { path, .. }
-                            | http::tls::TlsError::WorldReadable { path } => path,
-                            http::tls::TlsError::Mismatch { key, .. } => key,
-                        }
-                        .display()
-                        .to_string(),
-                        line: None,
-                        reason: e.to_string(),
-                    });
+                    let file = match &e {
+                        http::tls::TlsError::Read { path, .. }
+                        | http::tls::TlsError::Invalid { path, .. }
+                        | http::tls::TlsError::WorldReadable { path } => path,
+                        http::tls::TlsError::Mismatch { key, .. } => key,
+                    };
+                    return Some(reload_failed(file.display(), None, e.to_string()));
                 }
                 tracing::info!(cert = %files.cert.display(), "TLS certificate reloaded");
             }
@@ -548,6 +536,16 @@ impl State {
             _ => tracing::warn!("turning TLS on or off takes a restart; the listener is unchanged"),
         }
         None
+    }
+}
+
+/// A reload that failed now, on `file` (at `line`), for `reason`.
+fn reload_failed(file: impl std::fmt::Display, line: Option<u32>, reason: String) -> ReloadOutcome {
+    ReloadOutcome::Failed {
+        at: jiff::Timestamp::now().as_second(),
+        file: file.to_string(),
+        line,
+        reason,
     }
 }
 

@@ -743,8 +743,10 @@ fn raise_open_file_limit(max_connections: u32) -> u32 {
     room
 }
 
-/// How often key upkeep looks at the clock when nothing else is due sooner.
-const KEY_UPKEEP: Duration = Duration::from_secs(30);
+/// How often key upkeep looks at the clock, and at the key directory, when nothing else is
+/// due sooner: the bound within which other daemons' key changes are adopted, which the
+/// wait before a next key signs counts on.
+const KEY_UPKEEP: Duration = Duration::from_secs(keys::store::ADOPTED_WITHIN.unsigned_abs());
 
 /// Retiring keys leave the JWKS at their time, and automatic rotations happen, with no
 /// restart and no request path involved.

@@ -118,8 +118,8 @@ enum KeysCommand {
     List,
     /// Promote the next key to active; the active one retires once its tokens expire.
     Rotate {
-        /// Rotate even though the next key is younger than jwks_max_age: verifiers whose
-        /// cached JWKS predates it will reject new tokens until they refetch.
+        /// Rotate before the next key may sign (published for jwks_max_age and 35 s):
+        /// verifiers whose cached JWKS predates it will reject new tokens until they refetch.
         #[arg(long)]
         now: bool,
     },

@@ -264,7 +264,7 @@ impl KeyManager {
             tracing::warn!(
                 active = self.load().active_kid(),
                 fully_published_at = at,
-                "the key that signs now was published less than jwks_max_age ago: verifiers holding an older cached JWKS refuse its tokens until they fetch it again"
+                "the key that signs now was published less than jwks_max_age (and the wait for other daemons sharing the key directory) ago: verifiers holding an older cached JWKS refuse its tokens until they fetch it again"
             );
         }
         tracing::warn!(

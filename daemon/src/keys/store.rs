@@ -28,6 +28,18 @@ const LOCK: &str = ".lock";
 const MANIFEST_VERSION: u32 = 1;
 const PEM_TAG: &str = "PRIVATE KEY";
 
+/// Every daemon sharing a key directory adopts a change made in it within this many
+/// seconds: its watch of the directory brings the change within a second (a write from
+/// another host, which raises no event here, at the watch's look every 5 s), and key upkeep
+/// reads the manifest again at least this often should the watch fail.
+pub const ADOPTED_WITHIN: i64 = 30;
+
+/// How much longer than `jwks_max_age` a next key waits before it signs. A verifier that
+/// fetched the JWKS from a daemon that had not adopted the key yet caches a JWKS without it
+/// until `jwks_max_age` after that fetch; five seconds more for the reading and for the
+/// daemons' clocks.
+pub const PUBLICATION_MARGIN: i64 = ADOPTED_WITHIN + 5;
+
 /// One key's record in the manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,7 +98,7 @@ pub struct Manifest {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RotationRefused {
     #[error(
-        "the next key {kid} was published at {published}; it may sign from {possible} ({jwks_max_age} later, so every verifier's cached JWKS holds it); rotate then, or pass --now"
+        "the next key {kid} was published at {published}; it may sign from {possible}, {jwks_max_age} (jwks_max_age) and {PUBLICATION_MARGIN}s later, when every daemon sharing the key directory publishes it and every verifier's cached JWKS holds it; rotate then, or pass --now"
     )]
     TooEarly {
         kid: String,
@@ -121,14 +133,17 @@ impl Manifest {
         self.keys.iter().find(|k| k.state == KeyState::Next)
     }
 
-    /// When the next key may sign: `jwks_max_age` after it was published, and not before
-    /// responses cached under a longer `max-age` have expired.
+    /// When the next key may sign: `jwks_max_age` and [`PUBLICATION_MARGIN`] after it was
+    /// made, and not before responses cached under a longer `max-age` have expired.
     pub fn next_may_sign_at(&self, jwks_max_age: i64) -> Option<i64> {
         self.next().map(|k| self.may_sign_at(k, jwks_max_age))
     }
 
     fn may_sign_at(&self, next: &StoredKey, jwks_max_age: i64) -> i64 {
-        let published = next.created.saturating_add(jwks_max_age);
+        let published = next
+            .created
+            .saturating_add(PUBLICATION_MARGIN)
+            .saturating_add(jwks_max_age);
         self.cached_until
             .map_or(published, |until| published.max(until))
     }
@@ -568,13 +583,18 @@ mod tests {
             key("a", KeyState::Active, 0),
             key("n", KeyState::Next, 1000),
         ]);
-        let err = m.check_rotation(1000 + 899, 900, false).unwrap_err();
+        let due = 1000 + 900 + PUBLICATION_MARGIN;
+        let err = m.check_rotation(due - 1, 900, false).unwrap_err();
         let RotationRefused::TooEarly { possible_at, .. } = &err else {
             panic!("{err}")
         };
-        assert_eq!(*possible_at, 1900);
+        assert_eq!(*possible_at, due);
         assert!(err.to_string().contains("--now"), "{err}");
-        assert!(m.check_rotation(1900, 900, false).is_ok());
+        assert!(
+            m.check_rotation(1900, 900, false).is_err(),
+            "jwks_max_age alone is not enough: other daemons may not have published the key yet"
+        );
+        assert!(m.check_rotation(due, 900, false).is_ok());
         assert!(
             m.check_rotation(1000, 900, true).is_ok(),
             "--now skips the wait"

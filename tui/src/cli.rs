@@ -503,7 +503,7 @@ async fn execute(socket: &Path, command: Command, out: &Output) -> Result<(), Cl
                 // One request carries the import, so that it is all or none.
                 Err(ClientError::Frame(FrameError::TooLarge(_))) => {
                     return Err(CliError::Input(format!(
-                        "{total} clients are more than one import carries (1 MiB, about 15 000 clients); split the file and import the parts one by one (each is all or none)"
+                        "{total} clients are more than one import carries (1 MiB, about 20 000 clients); split the file and import the parts one by one (each is all or none)"
                     )));
                 }
                 other => other?,

@@ -16,9 +16,12 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use tokendealer_shared::admin::{
-    AdminError, ClientFrame, Event, Hello, PROTOCOL_VERSION, Request, Response, ServerFrame,
-    StatsTick,
+use tokendealer_shared::{
+    admin::{
+        AdminError, ClientFrame, Event, Hello, PROTOCOL_VERSION, Request, Response, ServerFrame,
+        StatsTick,
+    },
+    frame::MAX_FRAME,
 };
 use tokendealer_tests::{
     Auth, Daemon, Output, Reply, TestClient,
@@ -721,6 +724,28 @@ fn clients_import_refuses_a_short_secret_unless_forced() {
     assert_only_hashes_stored(&daemon, &[&strong, weak]);
 }
 
+/// An import that fills most of a frame (about 950 KB: 18 000 clients) is read and applied
+/// whole: what the frame limit allows, the daemon decodes.
+#[test]
+fn clients_import_of_nearly_a_frame_is_applied_whole() {
+    let daemon = Daemon::with_client(&service_client());
+    let secrets: Vec<(String, String)> = (0..18_000)
+        .map(|i| (format!("seeded-client-{i:07}"), seed_secret()))
+        .collect();
+    let seed: Vec<(&str, &str)> = secrets
+        .iter()
+        .map(|(id, secret)| (id.as_str(), secret.as_str()))
+        .collect();
+    let seed = write_seed(&daemon, &seed);
+
+    let imported = admin_json(&daemon, &["clients", "import", &seed]);
+    assert_eq!(imported, json!({"imported": 18_000}));
+    let (first, last) = (&secrets[0], &secrets[17_999]);
+    assert_gets_token(&daemon, &first.0, &first.1);
+    assert_gets_token(&daemon, &last.0, &last.1);
+    assert_eq!(list_json(&daemon).len(), 18_001);
+}
+
 /// An import is one request, all or none; one too large for a frame is refused with what
 /// to do, and nothing is imported.
 #[test]
@@ -1158,6 +1183,51 @@ fn an_oversized_length_prefix_closes_the_connection_without_allocating() {
         grown_kib < 512 * 1024,
         "the daemon's peak address space grew by {grown_kib} KiB after an oversized length"
     );
+    assert_only_that_connection_was_closed(&daemon, &client, &mut bystander);
+}
+
+/// The bytes of a `ListClients` request frame whose body is exactly `len` bytes, its
+/// `after` padded to fit (an id after every client's: the answer is an empty page).
+fn list_frame_of(len: usize) -> Vec<u8> {
+    let mut after_len = len;
+    loop {
+        let after = Some("~".repeat(after_len));
+        let bytes = admin_wire::encode(&ClientFrame::Request(Request::ListClients {
+            after,
+            limit: 1,
+        }));
+        match (bytes.len() - 4).cmp(&len) {
+            std::cmp::Ordering::Equal => return bytes,
+            std::cmp::Ordering::Greater => after_len -= bytes.len() - 4 - len,
+            std::cmp::Ordering::Less => after_len += len - (bytes.len() - 4),
+        }
+    }
+}
+
+#[test]
+fn a_frame_of_one_mib_is_answered_and_a_byte_more_closes_the_connection() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let mut bystander = admin_wire::open(daemon.admin_socket());
+
+    let mut at_limit = admin_wire::open(daemon.admin_socket());
+    at_limit
+        .write_all(&list_frame_of(MAX_FRAME))
+        .expect("writing a 1 MiB frame");
+    match admin_wire::receive(&mut at_limit) {
+        Received::Frame(ServerFrame::Response(Response::Clients { clients, .. }))
+            if clients.is_empty() => {}
+        other => panic!(
+            "a 1 MiB ListClients after every client got {other:?}:\n{}",
+            daemon.stderr()
+        ),
+    }
+
+    let mut over = admin_wire::open(daemon.admin_socket());
+    let length = u32::try_from(MAX_FRAME + 1).expect("small");
+    over.write_all(&length.to_be_bytes())
+        .expect("writing a length");
+    assert_no_response(&admin_wire::read_until_closed(&mut over));
     assert_only_that_connection_was_closed(&daemon, &client, &mut bystander);
 }
 

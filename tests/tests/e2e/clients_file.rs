@@ -22,7 +22,7 @@ use std::{
         mpsc,
     },
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use nix::sys::signal::Signal;
@@ -45,6 +45,13 @@ const POLLED_WITHIN: Duration = Duration::from_secs(8);
 
 /// How long a `clients add` may take to report back before the crash test gives up on it.
 const CLI_REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a hand-written old secret has left when it is saved.
+const OLD_SECRET_LEFT: Duration = Duration::from_secs(4);
+
+/// How long after its `expires` an old secret may still work: the file counts whole
+/// seconds, and a request may be on its way when the time passes.
+const EXPIRY_SLACK: Duration = Duration::from_secs(2);
 
 const RELOADS: &str = "tokendealer_clients_reloads_total";
 const RELOAD_FAILURES: &str = "tokendealer_clients_reload_failures_total";
@@ -1141,7 +1148,8 @@ fn a_client_whose_every_secret_has_expired_does_not_block_admin_edits() {
     let base = TestClient::new("base");
     let mut daemon = builder().client(&base).write();
     let path = daemon.clients_path();
-    let expired_hash = secret_hash(&random_secret());
+    let expired_secret = random_secret();
+    let expired_hash = secret_hash(&expired_secret);
     let text = format!(
         "{}\n[clients.gone]\nsecret_hashes = [{{ hash = \"{expired_hash}\", expires = 2020-01-01T00:00:00Z }}]\n",
         fs::read_to_string(&path).expect("reading the clients file")
@@ -1149,6 +1157,7 @@ fn a_client_whose_every_secret_has_expired_does_not_block_admin_edits() {
     files::write_by_rename(&path, text.as_bytes());
     daemon.start();
 
+    token_for(&daemon, "gone", &expired_secret, &[]).assert_oauth_error(401, "invalid_client");
     let secret = &add_client(&daemon, "x");
     token_for(&daemon, "x", secret, &[]).assert_status(200);
     assert_works(&daemon, &base);
@@ -1157,6 +1166,49 @@ fn a_client_whose_every_secret_has_expired_does_not_block_admin_edits() {
         text.contains("[clients.gone]") && text.contains(&expired_hash),
         "the locked-out client kept its expired secret:\n{text}"
     );
+    token_for(&daemon, "gone", &expired_secret, &[]).assert_oauth_error(401, "invalid_client");
+}
+
+/// A secret kept through a rotation (`{ hash, expires }`) works until its time and is
+/// refused from then on, by the clock alone (no reload in between), while the current
+/// secret goes on working.
+#[test]
+fn an_old_secret_works_until_it_expires_then_is_refused() {
+    let base = TestClient::new("base");
+    let daemon = builder().client(&base).start();
+    let path = daemon.clients_path();
+    let (old, current) = (random_secret(), random_secret());
+    let expires = SystemTime::now() + OLD_SECRET_LEFT;
+    let text = format!(
+        "{}\n[clients.rotating]\nsecret_hashes = [\"{}\", {{ hash = \"{}\", expires = {} }}]\n",
+        fs::read_to_string(&path).expect("reading the clients file"),
+        secret_hash(&current),
+        secret_hash(&old),
+        humantime::format_rfc3339_seconds(expires),
+    );
+    let saved = Instant::now();
+    files::write_by_rename(&path, text.as_bytes());
+    let rotating = TestClient::new("rotating").secret(&current);
+    works_within(&daemon, &rotating, saved);
+    token_for(&daemon, "rotating", &old, &[]).assert_status(200);
+
+    let refused = loop {
+        let reply = token_for(&daemon, "rotating", &old, &[]);
+        if reply.status != 200 {
+            break reply;
+        }
+        assert!(
+            Instant::now() < saved + OLD_SECRET_LEFT + EXPIRY_SLACK,
+            "the old secret still works {EXPIRY_SLACK:?} after it expired"
+        );
+    };
+    refused.assert_oauth_error(401, "invalid_client");
+    assert!(
+        SystemTime::now() + Duration::from_secs(1) >= expires,
+        "the old secret was refused before its time ({})",
+        humantime::format_rfc3339_seconds(expires)
+    );
+    assert_works(&daemon, &rotating);
 }
 
 /// A page of `clients list` stays under the admin frame limit however long the clients'

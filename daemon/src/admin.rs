@@ -335,6 +335,17 @@ struct IdleGuard {
     token: CancellationToken,
 }
 
+impl IdleGuard {
+    /// Ends the connection's idleness; returns whether it was chosen to close meanwhile (a
+    /// request that came as it was evicted: the newcomer waits for this slot alone). From
+    /// here on it cannot be: eviction and this take the same lock.
+    fn leave(self) -> bool {
+        let token = self.token.clone();
+        drop(self);
+        token.is_cancelled()
+    }
+}
+
 impl Drop for IdleGuard {
     fn drop(&mut self) {
         self.idle.lock().remove(&self.seq);
@@ -510,7 +521,10 @@ async fn converse(
                 return Ok(());
             }
             frame = frames.recv() => {
-                drop(waiting);
+                if waiting.is_some_and(IdleGuard::leave) {
+                    tracing::info!(uid, "admin connection closed: idle, and its slot was wanted");
+                    return Ok(());
+                }
                 let request = match frame {
                     Some(Ok(Some(ClientFrame::Request(request)))) => request,
                     Some(Ok(Some(ClientFrame::Hello(_)))) => {
@@ -597,7 +611,13 @@ impl Drop for AbortOnDrop {
 async fn handle(state: &Arc<State>, request: Request, uid: u32) -> Response {
     match request {
         Request::Status => Response::Status(Box::new(status(state))),
-        Request::ListClients { after, limit } => list_clients(state, after.as_deref(), limit),
+        // On the blocking pool: the first page of a registry sorts its clients.
+        Request::ListClients { after, limit } => {
+            let listing = state.clone();
+            tokio::task::spawn_blocking(move || list_clients(&listing, after.as_deref(), limit))
+                .await
+                .unwrap_or_else(|e| Response::Error(AdminError::Internal(e.to_string())))
+        }
         Request::ListKeys => Response::Keys(key_infos(state)),
         Request::RotateKey { now } => {
             let keys = state.clone();
@@ -863,17 +883,14 @@ fn key_error(e: KeyChangeError) -> AdminError {
 
 fn list_clients(state: &State, after: Option<&str>, limit: u32) -> Response {
     let registry = state.clients.load();
-    let mut clients: Vec<&Client> = registry.iter().collect();
-    clients.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-    let total = clients.len() as u64;
+    let total = registry.len() as u64;
     let now = jiff::Timestamp::now().as_second();
     // A page ends at `limit` clients or near the frame limit, whichever comes first: clients
     // with long audience lists would otherwise make a page too large to send, and every
     // listing would fail. Readers page on until `total`, so a short page costs nothing.
     let mut bytes = 0;
-    let page = clients
-        .into_iter()
-        .filter(|c| after.is_none_or(|a| c.id.as_str() > a))
+    let page = registry
+        .in_id_order_after(after)
         .take(limit.clamp(1, MAX_PAGE) as usize)
         .enumerate()
         .take_while(|(i, c)| {
@@ -958,5 +975,24 @@ fn status(state: &State) -> Status {
         key_rotations: state.changes.key_rotations(),
         secret_rotations: state.changes.secret_rotations(),
         changes: state.changes.recent(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection that leaves idleness after it was chosen to close is told so (it closes
+    /// rather than serve the request that came meanwhile); one that leaves before is not,
+    /// and can no longer be chosen.
+    #[test]
+    fn leaving_idleness_tells_whether_the_connection_was_evicted() {
+        let idle = Arc::new(Idle::default());
+        let (first, second) = (idle.enter(), idle.enter());
+        let later = Instant::now() + EVICTABLE_AFTER;
+        assert!(matches!(idle.evict_oldest(later), Eviction::Evicted));
+        assert!(first.leave(), "evicted before it left");
+        assert!(!second.leave(), "left first");
+        assert!(matches!(idle.evict_oldest(later), Eviction::NoneIdle));
     }
 }

@@ -33,6 +33,9 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The longest `read_timeout` and `idle_timeout`.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// The config file as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -360,6 +363,15 @@ impl Config {
                     Some(v.span()),
                     format!("`{key}` must be longer than zero"),
                 )),
+                // A connection's deadline is its last activity plus this: a limit of years
+                // is a typo, and one past what a clock instant can hold would not be one.
+                d if d > MAX_TIMEOUT => Err(invalid(
+                    Some(v.span()),
+                    format!(
+                        "`{key}` = \"{}\" is over a day; give at most 1d",
+                        v.get_ref()
+                    ),
+                )),
                 d => Ok(d),
             }
         };
@@ -573,6 +585,8 @@ mod tests {
             ("\ntls_cert = \"cert.pem\"\n", 2),
             ("max_connections = 0\n", 1),
             ("idle_timeout = \"0s\"\n", 1),
+            ("idle_timeout = \"300000000000y\"\n", 1),
+            ("\nread_timeout = \"25h\"\n", 2),
             ("jwks_max_age = \"1h\"\nrotate_every = \"30m\"\n", 2),
             ("\njwks_max_age = \"15d\"\n", 2),
             ("token_ttl = \"400d\"\n", 1),

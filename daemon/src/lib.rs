@@ -770,7 +770,7 @@ async fn key_upkeep(state: Arc<State>, stop: CancellationToken) {
             () = tokio::time::sleep(wait) => {}
         }
         let upkeep = state.clone();
-        let result = tokio::task::spawn_blocking(move || {
+        let job = tokio::task::spawn_blocking(move || {
             // The directory watch brings other daemons' key changes at once; this brings
             // them within KEY_UPKEEP even when the watch could not be set up or missed one.
             match upkeep.keys.refresh() {
@@ -789,8 +789,14 @@ async fn key_upkeep(state: Arc<State>, stop: CancellationToken) {
                     .note_active_key(|| Some(rotated.active.clone()), None);
             }
             maintained
-        })
-        .await;
+        });
+        // Not awaited past a stop: a job stuck on the key directory (its lock held by another
+        // daemon that hangs, a hung network file system) would hold the daemon's exit.
+        // Whatever it writes is a rename, whole or not at all; the runtime gives it a moment.
+        let result = tokio::select! {
+            () = stop.cancelled() => return,
+            result = job => result,
+        };
         failed = match result {
             Ok(Ok(_)) => false,
             Ok(Err(e)) => {
@@ -816,9 +822,14 @@ async fn sweep(throttle: Arc<throttle::Throttle>, stop: CancellationToken) {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(EVERY) => {
                 let throttle = throttle.clone();
-                // A panic in it is a bug to see in the log, not a reason to stop sweeping.
-                if let Err(e) = tokio::task::spawn_blocking(move || throttle.sweep()).await {
-                    tracing::error!(error = %e, "throttle sweep failed");
+                let job = tokio::task::spawn_blocking(move || throttle.sweep());
+                tokio::select! {
+                    // Not awaited past a stop, however long a sweep of millions takes.
+                    () = stop.cancelled() => return,
+                    // A panic in it is a bug to see in the log, not a reason to stop sweeping.
+                    result = job => if let Err(e) = result {
+                        tracing::error!(error = %e, "throttle sweep failed");
+                    },
                 }
             }
         }

@@ -208,30 +208,39 @@ pub fn read_manifest(key_dir: &Path) -> Value {
     })
 }
 
-/// Moves every time in `key_dir`'s manifest `secs` into the past, as if its keys had been
-/// made that much earlier: how a test lets a next key outlive its wait without waiting. The
-/// daemons sharing the directory must be stopped. Replaced by a rename, as the daemon writes it.
+/// Rewrites `key_dir`'s manifest with `edit`, replacing it by a rename as the daemon writes
+/// it. The daemons sharing the directory must be stopped.
 #[track_caller]
-pub fn age_manifest(key_dir: &Path, secs: i64) {
+pub fn edit_manifest(key_dir: &Path, edit: impl FnOnce(&mut Vec<Value>)) {
     let mut manifest = read_manifest(key_dir);
     let keys = manifest["keys"]
         .as_array_mut()
         .unwrap_or_else(|| panic!("the manifest has no `keys` array"));
-    for key in keys {
-        for time in ["created", "activated", "retire_at"] {
-            if let Some(t) = key[time].as_i64() {
-                key[time] = Value::from(t - secs);
-            }
-        }
-    }
+    edit(keys);
     let text = serde_json::to_string_pretty(&manifest).expect("JSON");
     let (path, temp) = (
         key_dir.join("manifest.json"),
-        key_dir.join("manifest.json.aged"),
+        key_dir.join("manifest.json.edited"),
     );
     fs::write(&temp, text).unwrap_or_else(|e| panic!("writing {} failed: {e}", temp.display()));
     fs::rename(&temp, &path)
         .unwrap_or_else(|e| panic!("renaming to {} failed: {e}", path.display()));
+}
+
+/// Moves every time in `key_dir`'s manifest `secs` into the past, as if its keys had been
+/// made that much earlier: how a test lets a next key outlive its wait without waiting. The
+/// daemons sharing the directory must be stopped.
+#[track_caller]
+pub fn age_manifest(key_dir: &Path, secs: i64) {
+    edit_manifest(key_dir, |keys| {
+        for key in keys {
+            for time in ["created", "activated", "retire_at"] {
+                if let Some(t) = key[time].as_i64() {
+                    key[time] = Value::from(t - secs);
+                }
+            }
+        }
+    });
 }
 
 /// `(kid, state)` of every key the manifest names, in its order.

@@ -501,6 +501,9 @@ pub struct Registry {
     len: usize,
     /// Compared against when the client id is unknown, so that path does the same work.
     decoys: [Slot; MAX_SECRETS],
+    /// Every client's place in id order, for listings: sorted when first asked for, once
+    /// per registry, rather than at every load (most are never listed) or every page.
+    by_id: OnceLock<Box<[Place]>>,
 }
 
 impl Registry {
@@ -566,6 +569,7 @@ impl Registry {
             index,
             len,
             decoys: decoy_slots(),
+            by_id: OnceLock::new(),
         };
         (registry, repeated)
     }
@@ -660,6 +664,7 @@ impl Registry {
             index,
             len,
             decoys: decoy_slots(),
+            by_id: OnceLock::new(),
         };
         (registry, repeated)
     }
@@ -685,7 +690,33 @@ impl Registry {
 
     pub fn get(&self, id: &str) -> Option<&Client> {
         let place = self.index[probe(&self.index, &self.table, id, id_hash(id)).ok()?];
-        Some(&self.piece(place.piece as usize).clients[place.at as usize])
+        Some(self.at(place))
+    }
+
+    fn at(&self, place: Place) -> &Client {
+        &self.piece(place.piece as usize).clients[place.at as usize]
+    }
+
+    /// The clients in id order, from the first whose id comes after `after`. The first call
+    /// on a registry sorts it (for 100 000 clients, milliseconds: call it off the async
+    /// workers); later ones find their start by binary search.
+    pub fn in_id_order_after(&self, after: Option<&str>) -> impl Iterator<Item = &Client> {
+        let sorted = self.by_id.get_or_init(|| {
+            let mut places: Vec<Place> = self
+                .order
+                .iter()
+                .flat_map(|&slot| {
+                    (0..self.piece(slot as usize).clients.len())
+                        .map(move |at| Place::new(slot as usize, at))
+                })
+                .collect();
+            places.sort_unstable_by(|&a, &b| self.at(a).id.cmp(&self.at(b).id));
+            places.into_boxed_slice()
+        });
+        let start = after.map_or(0, |after| {
+            sorted.partition_point(|&place| self.at(place).id.as_str() <= after)
+        });
+        sorted[start..].iter().map(|&place| self.at(place))
     }
 
     /// Authenticates a client by secret at `now` (Unix seconds).
@@ -894,6 +925,33 @@ mod tests {
 
     fn registry(entries: &str) -> Registry {
         Registry::from_specs(clients_file::parse(entries).unwrap(), None)
+    }
+
+    /// Listings page through the clients in id order, whatever the file's order and however
+    /// the registry was built, starting after any id, listed or not.
+    #[test]
+    fn clients_in_id_order_after_an_id() {
+        let hash = format_hash(&hash_secret("s"));
+        let text: String = ["c", "a", "b-2", "aa", "b"]
+            .iter()
+            .map(|id| format!("[clients.{id}]\nsecret_hashes = [\"{hash}\"]\n\n"))
+            .collect();
+        let ids = |r: &Registry, after: Option<&str>| -> Vec<String> {
+            r.in_id_order_after(after)
+                .map(|c| c.id.to_string())
+                .collect()
+        };
+        for r in [registry(&text), Registry::parse(&text, None).unwrap()] {
+            assert_eq!(ids(&r, None), ["a", "aa", "b", "b-2", "c"]);
+            assert_eq!(ids(&r, Some("aa")), ["b", "b-2", "c"]);
+            assert_eq!(
+                ids(&r, Some("ab")),
+                ["b", "b-2", "c"],
+                "after an id not listed"
+            );
+            assert_eq!(ids(&r, Some("")), ["a", "aa", "b", "b-2", "c"]);
+            assert!(ids(&r, Some("c")).is_empty());
+        }
     }
 
     #[test]

@@ -362,7 +362,15 @@ impl KeyStore {
             .mode(0o600)
             .open(&path)
             .map_err(self.io(&path))?;
-        file.lock().map_err(self.io(&path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                // Told, so that a daemon stuck behind one that hangs holding it can be seen.
+                tracing::info!(path = %path.display(), "waiting for the key directory's lock, which another process holds");
+                file.lock().map_err(self.io(&path))?;
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(self.io(&path)(e)),
+        }
         Ok(WriteLock { _file: file })
     }
 

@@ -5,6 +5,7 @@
 
 use std::{
     collections::BTreeSet,
+    fs,
     time::{Duration, Instant},
 };
 
@@ -39,6 +40,13 @@ const ADOPTION_DEADLINE: Duration = Duration::from_secs(1);
 
 /// How long a reload by SIGHUP may take to publish the new next key.
 const SIGHUP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How far ahead a retiring key is made to leave, for key upkeep to wake for it: time for
+/// the daemon to start before it is due.
+const RETIRE_SOON_SECS: i64 = 6;
+
+/// How long the daemon finishes requests in flight after SIGTERM, at most (README, "Signals").
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Rounds of "rotate, SIGKILL at a random moment, restart".
 const KILL_ROUNDS: u32 = 30;
@@ -491,6 +499,44 @@ fn rotate_every_rotates_on_its_own() {
         .unwrap_or_else(|| panic!("no key_rotated change: {status:#}"));
     assert_eq!(rotated["by"], Value::Null, "{rotated}");
     assert!(status["key_rotations"].as_u64() >= Some(1), "{status:#}");
+}
+
+/// A stop is not held by key upkeep waiting for the key directory's lock (another daemon
+/// sharing the directory hangs holding it, or a network file system does): the daemon exits
+/// within its drain deadline while the lock is still held.
+#[test]
+fn a_stop_is_not_held_by_upkeep_waiting_for_the_key_directory_lock() {
+    let (mut daemon, _) = daemon_with("ES256");
+    keys::rotate_now(&daemon);
+    daemon.stop();
+    // The retiring key is due to leave in a few seconds: key upkeep wakes for it then, and
+    // needs the lock to write the manifest without it.
+    let key_dir = keys::key_dir(&daemon);
+    keys::edit_manifest(&key_dir, |keys| {
+        for key in keys.iter_mut().filter(|k| k["state"] == "retiring") {
+            key["retire_at"] = Value::from(now() + RETIRE_SOON_SECS);
+        }
+    });
+    daemon.start();
+    let lock_path = key_dir.join(".lock");
+    let lock = fs::File::options()
+        .write(true)
+        .open(&lock_path)
+        .unwrap_or_else(|e| panic!("opening {} failed: {e}", lock_path.display()));
+    lock.lock().expect("taking the key directory's lock");
+    daemon.wait_for_log("key upkeep waiting for the lock", |log| {
+        log.contains("waiting for the key directory's lock")
+    });
+
+    let asked = Instant::now();
+    let status = daemon.stop();
+    assert!(status.success(), "tokendealerd exited with {status}");
+    assert!(
+        asked.elapsed() < DRAIN_DEADLINE,
+        "the stop took {:?} with the key directory's lock held elsewhere",
+        asked.elapsed()
+    );
+    drop(lock);
 }
 
 #[test]
@@ -980,9 +1026,9 @@ fn a_reload_whose_key_settings_cannot_be_applied_fails() {
     let (daemon, _) = daemon_with("EdDSA");
     let dir = keys::key_dir(&daemon);
     let manifest = dir.join("manifest.json");
-    let saved = std::fs::read(&manifest).expect("the manifest");
-    std::fs::remove_file(&manifest).expect("removing the manifest");
-    std::fs::create_dir(&manifest).expect("a directory in its place");
+    let saved = fs::read(&manifest).expect("the manifest");
+    fs::remove_file(&manifest).expect("removing the manifest");
+    fs::create_dir(&manifest).expect("a directory in its place");
     keys::set_config(&daemon, "jwks_max_age", r#""1m""#);
 
     let output = daemon.admin(&["reload"]);
@@ -993,8 +1039,8 @@ fn a_reload_whose_key_settings_cannot_be_applied_fails() {
     );
     assert_eq!(jwks_max_age(&daemon), DEFAULT_JWKS_MAX_AGE_SECS);
 
-    std::fs::remove_dir(&manifest).expect("removing the directory");
-    std::fs::write(&manifest, saved).expect("restoring the manifest");
+    fs::remove_dir(&manifest).expect("removing the directory");
+    fs::write(&manifest, saved).expect("restoring the manifest");
     daemon.admin(&["reload"]).assert_success();
     assert_eq!(jwks_max_age(&daemon), 60);
 }
@@ -1006,16 +1052,16 @@ fn files_of_others_in_the_key_directory_are_left_alone() {
     let client = service_client();
     let daemon = Daemon::builder().client(&client).write();
     let dir = keys::key_dir(&daemon);
-    std::fs::create_dir_all(&dir).expect("the key directory");
+    fs::create_dir_all(&dir).expect("the key directory");
     for name in ["tls-cert.pem", "backup-of-oldkey.pem"] {
-        std::fs::write(dir.join(name), "theirs").expect("writing a file");
+        fs::write(dir.join(name), "theirs").expect("writing a file");
     }
     let mut daemon = daemon;
     daemon.start();
     keys::rotate_now(&daemon);
     for name in ["tls-cert.pem", "backup-of-oldkey.pem"] {
         assert_eq!(
-            std::fs::read_to_string(dir.join(name)).ok().as_deref(),
+            fs::read_to_string(dir.join(name)).ok().as_deref(),
             Some("theirs"),
             "{name} is gone"
         );

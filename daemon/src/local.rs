@@ -132,16 +132,24 @@ pub fn print_banner(
         out,
         "  curl -s -u {credentials} -d grant_type=client_credentials http://{listen}/oauth/token"
     )?;
+    let tool = format!(
+        "{} --socket {}",
+        admin_tool().display(),
+        admin_socket.display()
+    );
+    if setup.new_secret.is_none() {
+        // The secret was shown by the first start only; whoever lost it gets a new one.
+        writeln!(
+            out,
+            "lost the secret of `{DEMO_CLIENT}`? this prints a new one:"
+        )?;
+        writeln!(out, "  {tool} clients rotate-secret {DEMO_CLIENT}")?;
+    }
     writeln!(
         out,
         "open the dashboard (add `status` for a one-shot summary):"
     )?;
-    writeln!(
-        out,
-        "  {} --socket {}",
-        admin_tool().display(),
-        admin_socket.display()
-    )?;
+    writeln!(out, "  {tool}")?;
     out.flush()
 }
 

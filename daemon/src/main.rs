@@ -22,7 +22,8 @@ const EX_CONFIG: u8 = 78;
 ///
 /// With no --config, runs in local mode from ./tokendealer-data/ (made on first start).
 #[derive(Debug, Parser)]
-#[command(version, about)]
+// `name`: the binary's, not the package's (`tokendealer-daemon`), for `--version` and usage.
+#[command(name = "tokendealerd", version, about)]
 struct Cli {
     /// Run from this TOML config file.
     #[arg(long, value_name = "FILE")]
@@ -173,9 +174,9 @@ fn check_config(file: Option<&std::path::Path>, clients: Option<&std::path::Path
             Ok(specs) => {
                 let _ = writeln!(
                     std::io::stdout(),
-                    "{}: ok ({} clients)",
+                    "{}: ok ({})",
                     path.display(),
-                    specs.len()
+                    tokendealer_shared::count(specs.len() as u64, "client", "clients")
                 );
             }
             Err(e) => return fail(EX_CONFIG, e),

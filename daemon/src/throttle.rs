@@ -2,7 +2,8 @@
 //!
 //! The policy, in full:
 //!
-//! * Only **failed** authentications count. A caller with the right secret is never slowed.
+//! * Only **failed** authentications count; but an address past its limit is refused
+//!   whatever it sends, the right secret too, until a failure is allowed again.
 //! * **Per source address**: [`ADDRESS_BURST`] failures, then one more every
 //!   [`ADDRESS_REFILL`]. An address past its limit gets `429` with `Retry-After` on every
 //!   authenticated request, refused before any secret is hashed, until a failure is allowed

@@ -347,10 +347,14 @@ impl std::fmt::Display for ChangeKind {
             Self::ClientDisabled { id } => write!(f, "client `{id}` disabled"),
             Self::ClientEnabled { id } => write!(f, "client `{id}` enabled"),
             Self::SecretRotated { id, .. } => write!(f, "secret of `{id}` rotated"),
-            Self::ClientsImported { count } => write!(f, "{count} clients imported"),
-            Self::ClientsFileLoaded { clients } => {
-                write!(f, "clients file changed on disk: {clients} clients")
+            Self::ClientsImported { count } => {
+                write!(f, "{} imported", crate::count(*count, "client", "clients"))
             }
+            Self::ClientsFileLoaded { clients } => write!(
+                f,
+                "clients file changed on disk: {}",
+                crate::count(*clients, "client", "clients")
+            ),
             Self::KeyRotated { active } => write!(f, "keys rotated: {active} signs"),
             Self::KeyRevoked { kid } => write!(f, "key {kid} revoked"),
         }

@@ -53,3 +53,8 @@ pub mod codec;
 pub mod duration;
 pub mod form;
 pub mod frame;
+
+/// `n` things, in the singular for one: `1 client`, `2 clients`.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}

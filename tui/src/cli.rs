@@ -13,13 +13,13 @@ use clap::{CommandFactory, Parser, Subcommand};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokendealer_shared::{
-    admin::{ClientInfo, MAX_PAGE, ReloadOutcome, Request, Response},
+    admin::{AdminError, ClientInfo, MAX_PAGE, ReloadOutcome, Request, Response},
     clients_file::check_client_id,
     frame::FrameError,
 };
 
 use crate::{
-    client::{self, ClientError, Connection},
+    client::{self, ClientError, Connection, Socket},
     render,
 };
 
@@ -41,18 +41,22 @@ pub struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Show the daemon's version, addresses, clients file and keys.
+    /// Show the daemon's version, listen address, clients file, keys and latest changes.
     Status,
     /// List and change the clients allowed to get tokens.
     #[command(subcommand)]
     Clients(ClientsCommand),
-    /// Show the signing keys.
+    /// List, rotate and revoke the signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
-    /// Re-read the clients file now; exits 1 when it fails to load.
+    /// Re-read the config's key settings, TLS certificate and key, admin access lists and
+    /// the clients file now, as SIGHUP does; exits 1 when any part fails to load.
     Reload,
     /// Print a shell completion script, e.g. `tokendealer completions bash > /etc/bash_completion.d/tokendealer`.
-    Completions { shell: clap_complete::Shell },
+    Completions {
+        /// The shell to complete commands for.
+        shell: clap_complete::Shell,
+    },
     /// Print the manual page (roff), e.g. `tokendealer man | man -l -`.
     Man,
 }
@@ -105,6 +109,7 @@ enum ClientsCommand {
     },
     /// Register clients from a JSON object of client ids to secrets; only hashes are kept.
     Import {
+        /// The seed, e.g. `{"svc": "SECRET"}`; an id already registered refuses it all.
         file: PathBuf,
         /// Accept secrets shorter than 32 characters (fewer than 128 bits of hex).
         #[arg(long)]
@@ -136,7 +141,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// A token lifetime: whole seconds, as the clients file keeps it (`1500ms` would be cut to
-/// a second without a word).
+/// a second without a word), within the bounds the daemon enforces, so that a value it
+/// would refuse is bad usage here (exit 2) like any other.
 fn parse_ttl(s: &str) -> Result<Duration, String> {
     let ttl = parse_duration(s)?;
     if ttl.subsec_nanos() != 0 {
@@ -144,6 +150,8 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
             "`{s}` is not a whole number of seconds; token lifetimes count whole seconds"
         ));
     }
+    tokendealer_shared::clients_file::check_token_ttl(ttl)
+        .map_err(|problem| format!("`{s}` {problem}"))?;
     Ok(ttl)
 }
 
@@ -189,17 +197,46 @@ enum CliError {
 pub async fn run(args: Args) -> ExitCode {
     let socket = client::discover(args.socket);
     let Some(command) = args.command else {
-        return match crate::dashboard::run(socket).await {
+        return match crate::dashboard::run(socket.path).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(format!("the dashboard failed: {e}")),
         };
     };
     let out = Output { json: args.json };
+    let seed = match &command {
+        Command::Clients(ClientsCommand::Import { file, .. }) => Some(file.clone()),
+        _ => None,
+    };
     match execute(&socket, command, &out).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Reported) => ExitCode::FAILURE,
-        Err(e) => fail(e),
+        Err(e) => fail(advise(e, seed.as_deref())),
     }
+}
+
+/// A refusal of the daemon, with what to do next in this tool's terms (the daemon's own
+/// words serve its log and the dashboard too). `seed` is the file of an import.
+fn advise(e: CliError, seed: Option<&Path>) -> CliError {
+    let CliError::Client(ClientError::Refused(refusal)) = &e else {
+        return e;
+    };
+    let advice = match (refusal, seed) {
+        (AdminError::ClientExists(id), Some(seed)) => format!(
+            "{refusal}, so nothing was imported (an import is all or none); take it out of {} and import again, or rotate its secret with `tokendealer clients rotate-secret {id}`",
+            seed.display()
+        ),
+        (AdminError::ClientExists(id), None) => format!(
+            "{refusal}; choose another id, or rotate its secret with `tokendealer clients rotate-secret {id}`"
+        ),
+        (AdminError::NoSuchClient(_), _) => {
+            format!("{refusal}; `tokendealer clients list` shows the registered ones")
+        }
+        (AdminError::NoSuchKey(_), _) => {
+            format!("{refusal}; `tokendealer keys list` shows the published ones")
+        }
+        _ => return e,
+    };
+    CliError::Input(advice)
 }
 
 /// Prints either the human text or the JSON document of a result.
@@ -288,7 +325,7 @@ fn unexpected() -> CliError {
     ClientError::Unexpected.into()
 }
 
-async fn execute(socket: &Path, command: Command, out: &Output) -> Result<(), CliError> {
+async fn execute(socket: &Socket, command: Command, out: &Output) -> Result<(), CliError> {
     // Generated from the same definitions as the parser, so they never drift from it.
     match &command {
         Command::Completions { shell } => {
@@ -302,8 +339,11 @@ async fn execute(socket: &Path, command: Command, out: &Output) -> Result<(), Cl
             );
         }
         Command::Man => {
+            let mut page = Vec::new();
+            write_man(&mut page)?;
+            let mut out = io::stdout().lock();
             return written(
-                clap_mangen::Man::new(Args::command()).render(&mut io::stdout()),
+                out.write_all(&page).and_then(|()| out.flush()),
                 "the manual page",
             );
         }
@@ -314,7 +354,7 @@ async fn execute(socket: &Path, command: Command, out: &Output) -> Result<(), Cl
         Command::Clients(ClientsCommand::Import { file, force }) => Some(read_seed(file, *force)?),
         _ => None,
     };
-    let mut conn = Connection::open(socket).await?;
+    let mut conn = Connection::open_found(socket).await?;
     match command {
         Command::Status => {
             let Response::Status(status) = conn.request(Request::Status).await? else {
@@ -515,13 +555,154 @@ async fn execute(socket: &Path, command: Command, out: &Output) -> Result<(), Cl
                 |w| {
                     writeln!(
                         w,
-                        "imported {count} clients (only their secrets' hashes are stored)"
+                        "imported {} (only their secrets' hashes are stored)",
+                        tokendealer_shared::count(count, "client", "clients")
                     )
                 },
             )?;
         }
     }
     Ok(())
+}
+
+/// The one manual page shipped, tokendealer(1). clap_mangen's own list of subcommands
+/// names a page per subcommand (tokendealer-reload(1)…) that nobody ships: every command is
+/// described here instead, with its arguments.
+fn write_man(out: &mut Vec<u8>) -> Result<(), CliError> {
+    const SUBCOMMANDS: &[u8] = b".SH SUBCOMMANDS\n";
+    let mut cmd = Args::command();
+    cmd.build();
+    let mut page = Vec::new();
+    written(
+        clap_mangen::Man::new(cmd.clone()).render(&mut page),
+        "the manual page",
+    )?;
+    // clap_mangen's SUBCOMMANDS section runs up to the next section (VERSION).
+    let start = page
+        .windows(SUBCOMMANDS.len())
+        .position(|w| w == SUBCOMMANDS)
+        .unwrap_or(page.len());
+    let end = page[start..]
+        .windows(5)
+        .skip(1)
+        .position(|w| w == b"\n.SH ")
+        .map_or(page.len(), |i| start + i + 2);
+    out.extend_from_slice(&page[..start]);
+    out.extend_from_slice(b".SH COMMANDS\n");
+    man_commands(out, &cmd);
+    out.extend_from_slice(
+        b".SH \"SEE ALSO\"\n\
+          The README, which covers tokendealerd as well: /usr/share/doc/tokendealer/README.md\n",
+    );
+    out.extend_from_slice(&page[end..]);
+    Ok(())
+}
+
+/// Every command that does something, as `.TP` entries: its words and arguments, what it
+/// does, then each of its own arguments (not the global ones) indented.
+fn man_commands(out: &mut Vec<u8>, parent: &clap::Command) {
+    let own = |cmd: &clap::Command| -> Vec<clap::Arg> {
+        cmd.get_arguments()
+            .filter(|a| !a.is_global_set() && !a.is_hide_set())
+            .filter(|a| !matches!(a.get_id().as_str(), "help" | "version"))
+            .cloned()
+            .collect()
+    };
+    for cmd in parent.get_subcommands() {
+        if cmd.is_hide_set() || cmd.get_name() == "help" {
+            continue;
+        }
+        if cmd.has_subcommands() {
+            man_commands(out, cmd);
+            continue;
+        }
+        let name = cmd.get_bin_name().unwrap_or_else(|| cmd.get_name());
+        let mut synopsis = format!("\\fB{}\\fR", roff_escape(name));
+        let args = own(cmd);
+        // Each argument as written: `ID`, `--force`, `--ttl DURATION`.
+        let terms: Vec<String> = args
+            .iter()
+            .map(|arg| {
+                let value = arg
+                    .get_value_names()
+                    .and_then(|names| names.first())
+                    .map_or_else(|| arg.get_id().as_str().to_uppercase(), ToString::to_string);
+                let value = format!("\\fI{}\\fR", roff_escape(&value));
+                match arg.get_long() {
+                    None => value,
+                    Some(long) if !arg.get_action().takes_values() => {
+                        format!("\\fB\\-\\-{}\\fR", roff_escape(long))
+                    }
+                    Some(long) => format!("\\fB\\-\\-{}\\fR {value}", roff_escape(long)),
+                }
+            })
+            .collect();
+        for (arg, term) in args.iter().zip(&terms) {
+            synopsis.push(' ');
+            if arg.get_long().is_none() {
+                synopsis.push_str(term);
+            } else {
+                synopsis.push_str(&format!("[{term}]"));
+            }
+            if matches!(arg.get_action(), clap::ArgAction::Append) {
+                synopsis.push_str("...");
+            }
+        }
+        let _ = writeln!(out, ".TP\n{synopsis}");
+        if let Some(about) = cmd.get_long_about().or_else(|| cmd.get_about()) {
+            let _ = writeln!(out, "{}", roff_text(&about.to_string()));
+        }
+        if args.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, ".RS");
+        for (arg, term) in args.iter().zip(terms) {
+            let mut help = arg
+                .get_long_help()
+                .or_else(|| arg.get_help())
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            let values: Vec<String> = arg
+                .get_possible_values()
+                .iter()
+                .filter(|v| !v.is_hide_set())
+                .map(|v| v.get_name().to_owned())
+                .collect();
+            if !values.is_empty() {
+                help.push_str(&format!(" [possible values: {}]", values.join(", ")));
+            }
+            // A flag's default (`false`) says nothing.
+            let defaults: Vec<String> = arg
+                .get_default_values()
+                .iter()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect();
+            if arg.get_action().takes_values() && !defaults.is_empty() {
+                help.push_str(&format!(" [default: {}]", defaults.join(", ")));
+            }
+            let _ = writeln!(out, ".TP\n{term}\n{}", roff_text(help.trim()));
+        }
+        let _ = writeln!(out, ".RE");
+    }
+}
+
+/// Text for a roff line: escapes, and no control character at its start.
+fn roff_text(text: &str) -> String {
+    text.lines()
+        .map(|line| {
+            let line = roff_escape(line.trim());
+            if line.starts_with(['.', '\'']) {
+                format!("\\&{line}")
+            } else {
+                line
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn roff_escape(text: &str) -> String {
+    text.replace('\\', "\\e").replace('-', "\\-")
 }
 
 async fn done(
@@ -656,6 +837,11 @@ mod tests {
         assert_eq!(parse_ttl("90s"), Ok(Duration::from_secs(90)));
         let err = parse_ttl("1500ms").unwrap_err();
         assert!(err.contains("whole number of seconds"), "{err}");
+        // The daemon's bounds, refused here as bad usage (exit 2) rather than by it (exit 1).
+        let err = parse_ttl("400d").unwrap_err();
+        assert!(err.contains("`400d` is over a year"), "{err}");
+        assert_eq!(parse_ttl("366d"), Ok(Duration::from_secs(366 * 86_400)));
+        assert!(parse_ttl("0s").is_err());
         for zero in ["0", "0s", "0h"] {
             assert_eq!(parse_overlap(zero), Ok(Duration::ZERO), "{zero}");
         }

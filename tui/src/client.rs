@@ -21,11 +21,13 @@ pub const LOCAL_SOCKET: &str = "tokendealer-data/admin.sock";
 pub enum ClientError {
     #[error("no tokendealer daemon at {} (is it running?)", .0.display())]
     NotRunning(PathBuf),
+    /// Nothing named a socket and neither default exists.
     #[error(
-        "no permission to use {}: join the group that owns it (e.g. `sudo usermod -aG tokendealer-admin $USER`, then log in again) or run as root",
-        .0.display()
+        "no tokendealer daemon found: neither {SYSTEM_SOCKET} nor ./{LOCAL_SOCKET} exists; start tokendealerd, or name its socket with --socket PATH or TOKENDEALER_SOCKET"
     )]
-    NoPermission(PathBuf),
+    NoSocket,
+    #[error("no permission to use {}: {}", path.display(), permission_hint(path, *owner))]
+    NoPermission { path: PathBuf, owner: Option<u32> },
     #[error("the daemon at {} did not answer within {} s (is it stopped or overloaded?)", path.display(), .waited.as_secs())]
     TimedOut { path: PathBuf, waited: Duration },
     #[error("cannot connect to {}: {source}", path.display())]
@@ -48,21 +50,59 @@ pub enum ClientError {
     Refused(AdminError),
 }
 
+/// What to do about a socket this user may not use. Only the packaged socket under
+/// /run/tokendealer is opened to a group (`tokendealer-admin`); any other (local mode's
+/// ./tokendealer-data is mode 0700) is its owner's, whose uid is given when it is known.
+fn permission_hint(path: &Path, owner: Option<u32>) -> String {
+    let system_dir = Path::new(SYSTEM_SOCKET).parent();
+    if path.parent() == system_dir {
+        return "join the group that owns it (e.g. `sudo usermod -aG tokendealer-admin $USER`, then log in again for the group to apply) or run as root".to_owned();
+    }
+    let owner = owner.map(|uid| format!(" (uid {uid})")).unwrap_or_default();
+    format!("run the tool as the user who started the daemon{owner} or as root")
+}
+
+/// The owner of the socket, else of its directory (a mode-0700 directory hides the socket
+/// from everyone else's `stat`).
+fn socket_owner(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    std::fs::metadata(path)
+        .or_else(|e| dir.map_or(Err(e), std::fs::metadata))
+        .ok()
+        .map(|m| m.uid())
+}
+
+/// The socket to use and whether the user named it.
+#[derive(Debug, Clone)]
+pub struct Socket {
+    pub path: PathBuf,
+    /// Neither `--socket` nor `$TOKENDEALER_SOCKET` named it: it is one of the defaults.
+    pub defaulted: bool,
+}
+
 /// The socket to use: `--socket`, else `$TOKENDEALER_SOCKET` unless empty, else the system
 /// socket if it exists, else local mode's.
-pub fn discover(explicit: Option<PathBuf>) -> PathBuf {
+pub fn discover(explicit: Option<PathBuf>) -> Socket {
     let from_env = || {
         std::env::var_os("TOKENDEALER_SOCKET")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     };
-    explicit.or_else(from_env).unwrap_or_else(|| {
-        if Path::new(SYSTEM_SOCKET).exists() {
-            PathBuf::from(SYSTEM_SOCKET)
-        } else {
-            PathBuf::from(LOCAL_SOCKET)
-        }
-    })
+    match explicit.or_else(from_env) {
+        Some(path) => Socket {
+            path,
+            defaulted: false,
+        },
+        None if Path::new(SYSTEM_SOCKET).exists() => Socket {
+            path: PathBuf::from(SYSTEM_SOCKET),
+            defaulted: true,
+        },
+        None => Socket {
+            path: PathBuf::from(LOCAL_SOCKET),
+            defaulted: true,
+        },
+    }
 }
 
 /// How long the daemon may take to greet: it answers at once unless it is stopped.
@@ -79,13 +119,27 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// Connects to a socket the user chose or [`discover`] found, and exchanges greetings.
+    pub async fn open_found(socket: &Socket) -> Result<Self, ClientError> {
+        match Self::open(&socket.path).await {
+            // Neither default exists: say where else a daemon might be.
+            Err(ClientError::NotRunning(_)) if socket.defaulted && !socket.path.exists() => {
+                Err(ClientError::NoSocket)
+            }
+            other => other,
+        }
+    }
+
     /// Connects and exchanges greetings.
     pub async fn open(path: &Path) -> Result<Self, ClientError> {
         let mut stream = UnixStream::connect(path).await.map_err(|source| {
             use std::io::ErrorKind::{ConnectionRefused, NotFound, PermissionDenied};
             match source.kind() {
                 NotFound | ConnectionRefused => ClientError::NotRunning(path.to_owned()),
-                PermissionDenied => ClientError::NoPermission(path.to_owned()),
+                PermissionDenied => ClientError::NoPermission {
+                    path: path.to_owned(),
+                    owner: socket_owner(path),
+                },
                 _ => ClientError::Connect {
                     path: path.to_owned(),
                     source,
@@ -164,6 +218,28 @@ impl Connection {
                 }
                 None => Err(ClientError::Closed),
             };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_packaged_socket_is_a_matter_of_group() {
+        let packaged = permission_hint(Path::new(SYSTEM_SOCKET), Some(0));
+        assert!(
+            packaged.contains("usermod -aG tokendealer-admin") && packaged.contains("log in again"),
+            "{packaged}"
+        );
+        for local in [
+            Path::new(LOCAL_SOCKET).to_owned(),
+            PathBuf::from("/home/ann/tokendealer-data/admin.sock"),
+        ] {
+            let hint = permission_hint(&local, Some(1000));
+            assert!(!hint.contains("usermod"), "{}: {hint}", local.display());
+            assert!(hint.contains("uid 1000"), "{}: {hint}", local.display());
         }
     }
 }

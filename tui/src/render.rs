@@ -33,7 +33,13 @@ pub fn reload_json(outcome: &ReloadOutcome) -> Value {
 
 pub fn reload_text(outcome: &ReloadOutcome) -> String {
     match outcome {
-        ReloadOutcome::Ok { at, clients } => format!("ok at {} ({clients} clients)", time(*at)),
+        ReloadOutcome::Ok { at, clients } => {
+            format!(
+                "ok at {} ({})",
+                time(*at),
+                tokendealer_shared::count(*clients, "client", "clients")
+            )
+        }
         ReloadOutcome::Failed {
             at,
             file,
@@ -289,6 +295,30 @@ fn write_table<const N: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_is_counted_in_the_singular() {
+        let ok = |clients| ReloadOutcome::Ok { at: 0, clients };
+        assert!(
+            reload_text(&ok(1)).ends_with("(1 client)"),
+            "{}",
+            reload_text(&ok(1))
+        );
+        assert!(reload_text(&ok(0)).ends_with("(0 clients)"));
+        assert!(reload_text(&ok(2)).ends_with("(2 clients)"));
+        assert_eq!(
+            ChangeKind::ClientsImported { count: 1 }.to_string(),
+            "1 client imported"
+        );
+        assert_eq!(
+            ChangeKind::ClientsImported { count: 3 }.to_string(),
+            "3 clients imported"
+        );
+        assert_eq!(
+            ChangeKind::ClientsFileLoaded { clients: 1 }.to_string(),
+            "clients file changed on disk: 1 client"
+        );
+    }
 
     #[test]
     fn tables_align() {

@@ -304,3 +304,148 @@ fn sighup_makes_a_deleted_admin_socket_again() {
     daemon.admin(&["reload"]).assert_success();
     daemon.access_token(&client, &[]);
 }
+
+/// The one sentence a refused command printed, exit 1 and nothing on stdout.
+#[track_caller]
+fn refusal(output: &tokendealer_tests::Output) -> String {
+    output.assert_code(1);
+    let lines = output.stderr_lines();
+    assert_eq!(lines.len(), 1, "one sentence on stderr:\n{output}");
+    assert!(output.stdout.trim().is_empty(), "{output}");
+    lines[0].to_owned()
+}
+
+/// A refusal says what to do next: which command shows what exists, or gets a new secret.
+#[test]
+fn refusals_name_the_command_that_helps() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let id = client.id.as_str();
+
+    let sentence = refusal(&daemon.admin(&["clients", "add", id]));
+    assert!(
+        sentence.contains(&format!("client `{id}` already exists"))
+            && sentence.contains(&format!("`tokendealer clients rotate-secret {id}`")),
+        "{sentence}"
+    );
+
+    let seed = daemon.dir().join("seed.json");
+    let secret = "0123456789abcdef0123456789abcdef";
+    std::fs::write(
+        &seed,
+        format!(r#"{{"newcomer": "{secret}", "{id}": "{secret}"}}"#),
+    )
+    .expect("writing the seed");
+    let seed = seed.to_str().expect("a UTF-8 path");
+    let sentence = refusal(&daemon.admin(&["clients", "import", seed]));
+    assert!(
+        sentence.contains(&format!("client `{id}` already exists"))
+            && sentence.contains("nothing was imported")
+            && sentence.contains(seed),
+        "{sentence}"
+    );
+    let listed = daemon.admin(&["clients", "list", "--json"]);
+    assert!(
+        !listed.stdout.contains("newcomer"),
+        "all or none:\n{listed}"
+    );
+
+    for command in ["disable", "enable", "remove", "rotate-secret"] {
+        let sentence = refusal(&daemon.admin(&["clients", command, "nosuch"]));
+        assert!(
+            sentence.contains("there is no client `nosuch`")
+                && sentence.contains("`tokendealer clients list`"),
+            "{command}: {sentence}"
+        );
+    }
+
+    let sentence = refusal(&daemon.admin(&["keys", "revoke", "KID"]));
+    assert!(
+        sentence.contains("there is no key `KID`") && sentence.contains("`tokendealer keys list`"),
+        "{sentence}"
+    );
+}
+
+/// With no socket named and neither default present, the tool says how to name one.
+#[test]
+fn no_socket_found_says_how_to_name_one() {
+    if std::path::Path::new("/run/tokendealer/admin.sock").exists() {
+        return; // The system socket is the default here: nothing is missing.
+    }
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut cmd = Command::new(bins::tokendealer());
+    cmd.arg("status").current_dir(dir.path());
+    let sentence = refusal(&admin_command(cmd));
+    assert!(
+        sentence.contains("--socket PATH") && sentence.contains("TOKENDEALER_SOCKET"),
+        "{sentence}"
+    );
+}
+
+/// A lifetime the daemon would refuse is bad usage, caught before the daemon is asked, like
+/// any other bad value: exit 2.
+#[test]
+fn token_lifetimes_out_of_bounds_are_usage_errors() {
+    let daemon = Daemon::with_client(&service_client());
+    for ttl in ["0s", "400d"] {
+        let output = daemon.admin(&["clients", "add", "x", "--ttl", ttl]);
+        output.assert_code(2);
+        assert!(output.stderr.contains(ttl), "{output}");
+    }
+    let output = daemon.admin(&["clients", "add", "x", "--ttl", "400d"]);
+    assert!(output.stderr.contains("over a year"), "{output}");
+    let listed = daemon.admin(&["clients", "list", "--json"]);
+    assert!(
+        !listed.stdout.contains("\"x\""),
+        "nothing was added:\n{listed}"
+    );
+    daemon
+        .admin(&["clients", "add", "x", "--ttl", "366d"])
+        .assert_success();
+}
+
+#[test]
+fn one_client_is_counted_in_the_singular() {
+    let daemon = Daemon::with_client(&service_client());
+    let seed = daemon.dir().join("seed.json");
+    std::fs::write(&seed, r#"{"solo": "0123456789abcdef0123456789abcdef"}"#)
+        .expect("writing the seed");
+    let output = daemon.admin(&["clients", "import", seed.to_str().expect("a UTF-8 path")]);
+    output.assert_success();
+    assert!(output.stdout.contains("imported 1 client "), "{output}");
+    let status = daemon.admin(&["status"]);
+    assert!(status.stdout.contains("1 client imported"), "{status}");
+}
+
+/// The manual page names no page that is not shipped (clap_mangen's tokendealer-reload(1)…).
+#[test]
+fn the_manual_page_refers_to_no_missing_pages() {
+    let output = admin_command({
+        let mut cmd = Command::new(bins::tokendealer());
+        cmd.arg("man");
+        cmd
+    });
+    output.assert_success();
+    assert!(!output.stdout.contains("(1)"), "{output}");
+    for command in ["clients rotate\\-secret", "keys revoke", "reload"] {
+        assert!(
+            output.stdout.contains(&format!("tokendealer {command}")),
+            "`{command}` is not described:\n{output}"
+        );
+    }
+}
+
+#[test]
+fn the_daemon_gives_its_own_name_with_its_version() {
+    let output = tokendealer_tests::process::run({
+        let mut cmd = Command::new(bins::tokendealerd());
+        cmd.arg("--version");
+        cmd
+    });
+    output.assert_success();
+    assert_eq!(
+        output.stdout.trim(),
+        format!("tokendealerd {}", env!("CARGO_PKG_VERSION")),
+        "{output}"
+    );
+}

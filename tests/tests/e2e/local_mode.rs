@@ -49,10 +49,9 @@ fn first_curl(daemon: &Daemon) -> Curl {
 
 /// The dashboard command in stdout, `PROGRAM --socket PATH`: its program and socket.
 fn printed_dashboard(stdout: &str) -> Option<(PathBuf, PathBuf)> {
-    let line = stdout
-        .lines()
-        .map(str::trim)
-        .find(|l| l.contains("tokendealer") && l.contains(" --socket "))?;
+    let line = stdout.lines().map(str::trim).find(|l| {
+        l.contains("tokendealer") && l.contains(" --socket ") && !l.contains(" clients ")
+    })?;
     let (program, socket) = line.split_once(" --socket ")?;
     let unquote = |s: &str| PathBuf::from(s.trim().trim_matches(|c| c == '\'' || c == '"'));
     Some((unquote(program), unquote(socket)))
@@ -204,6 +203,48 @@ fn second_start_prints_no_secret_and_reuses_key_and_clients() {
     );
     let curl = Curl {
         url: daemon.url("/oauth/token"),
+        ..curl
+    };
+    run_curl(&daemon, &curl);
+}
+
+/// Whoever lost the demo secret shown by the first start is told, by the next, how to get
+/// a new one: the printed command, pasted as it is, prints a secret that gets a token.
+#[test]
+fn second_start_says_how_to_get_a_new_demo_secret() {
+    let mut daemon = Daemon::local_mode();
+    let curl = first_curl(&daemon);
+    daemon.restart();
+    let stdout = daemon.stdout();
+    let line = stdout
+        .lines()
+        .map(str::trim)
+        .find(|l| l.ends_with(" clients rotate-secret demo"))
+        .unwrap_or_else(|| {
+            panic!("no `tokendealer … clients rotate-secret demo` line on the second start's stdout:\n{stdout}")
+        });
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let output = std::process::Command::new(words[0])
+        .args(&words[1..])
+        .env_remove("TOKENDEALER_SOCKET")
+        .output()
+        .unwrap_or_else(|e| panic!("running the printed `{line}`: {e}"));
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the printed `{line}` failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let secret = printed
+        .lines()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no new secret printed:\n{printed}"))
+        .trim()
+        .to_owned();
+    assert_ne!(secret, curl.secret, "{printed}");
+    let curl = Curl {
+        url: daemon.url("/oauth/token"),
+        secret,
         ..curl
     };
     run_curl(&daemon, &curl);

@@ -216,8 +216,9 @@ fn draw_overview(frame: &mut Frame<'_>, app: &App, area: Rect) {
             )));
             lines.push(match &s.last_reload {
                 ReloadOutcome::Ok { at, clients } => Line::from(format!(
-                    "clients file: loaded OK at {} ({clients} clients)",
-                    time(*at)
+                    "clients file: loaded OK at {} ({})",
+                    time(*at),
+                    tokendealer_shared::count(*clients, "client", "clients")
                 )),
                 ReloadOutcome::Failed {
                     at,

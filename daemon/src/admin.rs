@@ -816,6 +816,17 @@ fn change_of(edit: &Edit) -> ChangeKind {
 /// Runs a clients-file edit on the blocking pool (it fsyncs) and types its failure; a
 /// change made is logged with `uid`.
 async fn apply(state: &State, uid: u32, edit: Edit) -> Result<(), AdminError> {
+    // Disabling a disabled client (enabling an enabled one) is done already: nothing to
+    // write, and no change for the dashboards to tell.
+    if let Edit::SetDisabled { id, disabled } = &edit
+        && state
+            .clients
+            .load()
+            .get(id)
+            .is_some_and(|c| c.disabled == *disabled)
+    {
+        return Ok(());
+    }
     let mut change = change_of(&edit);
     let applied = apply_edit(state, edit).await;
     if applied.is_ok() {

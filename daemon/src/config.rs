@@ -158,11 +158,14 @@ impl Config {
     }
 
     fn read(path: &Path, groups: Groups) -> Result<(Self, Option<ConfigError>), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
+        // Named whole in errors, `status` and the log, which are read from elsewhere than
+        // the directory the daemon was started in.
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
             source,
         })?;
-        Self::parse_with(&text, Some(path), groups)
+        Self::parse_with(&text, Some(&path), groups)
     }
 
     /// Validates config text; `path` names it in errors and anchors relative paths.
@@ -469,6 +472,9 @@ fn toml_message(text: &str, e: &toml::de::Error) -> String {
         return message.to_owned();
     };
     let key = key.trim();
+    if message.starts_with("duplicate key") {
+        return format!("`{key}` is set twice; keep one");
+    }
     let value = value.trim();
     let unquoted = !value.starts_with(['"', '\'', '[', '{']);
     // A bare value ends at its comment.
@@ -634,6 +640,10 @@ mod tests {
             (
                 "rsa_bits = '2048'\n",
                 "a number is written without quotes: rsa_bits = 2048",
+            ),
+            (
+                "listen = \"127.0.0.1:1\"\nrsa_bits = 2048\nlisten = \"127.0.0.1:2\"\n",
+                "line 3: `listen` is set twice; keep one",
             ),
             (
                 "admin_gids = \"4242\"\n",

@@ -268,6 +268,8 @@ pub struct State {
     metadata: Bytes,
     /// The RFC 8414 §3.1 path of the metadata, for an issuer with a path.
     metadata_path: Option<Box<str>>,
+    /// The issuer's path, if it has one: the endpoints are served under it too.
+    issuer_path: Option<Box<str>>,
 }
 
 /// The uids and gids (`admin_gids` and the resolved `admin_groups`) that may administer.
@@ -581,6 +583,7 @@ pub async fn run(loaded: Loaded, listeners: Listeners, mut signals: Signals) -> 
             .unwrap_or_else(|| issuer.clone()),
         metadata: http::build_metadata(&issuer).into(),
         metadata_path: http::metadata_path(&issuer),
+        issuer_path: http::issuer_path(&issuer),
         issuer,
         token_ttl: config.token_ttl,
         listen,

@@ -381,13 +381,32 @@ fn read(
         source,
     };
     let mut file = fs::File::open(path).map_err(read_error)?;
-    warn_if_readable(path, &file);
+    let loaded = read_open(path, &mut file, previous, applied);
+    // Told when the file is loaded, not at every look at an unchanged one (the second read
+    // at start-up, a reload with nothing changed).
+    if !matches!(loaded, Ok(None)) {
+        warn_if_readable(path, &file);
+    }
+    loaded
+}
+
+/// [`read`] of the file opened at `path`.
+fn read_open(
+    path: &Path,
+    file: &mut fs::File,
+    previous: Option<&Registry>,
+    applied: Option<Digest>,
+) -> Result<Option<(Registry, Digest)>, LoadError> {
+    let read_error = |source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    };
     if previous.is_none_or(Registry::built_from_pieces) {
         let mut builder = Builder::new(previous);
         // Kept from one reload to the next, like the builder's own buffers.
         static READ_BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
         let mut buf = std::mem::take(&mut *READ_BUFFER.lock().expect("read buffer lock"));
-        let read = clients_file::read_in_pieces(&mut file, &mut buf, |piece| builder.piece(piece));
+        let read = clients_file::read_in_pieces(file, &mut buf, |piece| builder.piece(piece));
         // A buffer grown for a piece far larger than usual is let go.
         if buf.capacity() <= 1 << 20 {
             *READ_BUFFER.lock().expect("read buffer lock") = buf;

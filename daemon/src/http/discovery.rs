@@ -116,13 +116,21 @@ pub fn verify_token<'s>(
     req: Request<Incoming>,
 ) -> impl Future<Output = Resp> + Send + 's {
     let post = req.method() == http::Method::POST;
+    let version = req.version();
     let body = req.into_body();
     async move {
         if !post {
-            return OAuthError::method_not_allowed("POST").into_response();
+            let refused = OAuthError::method_not_allowed("POST").into_response();
+            return if response::body_unread(version, &body) {
+                response::closing(refused)
+            } else {
+                refused
+            };
         }
         match response::read_body(body, state.config.read_timeout).await {
             Ok(body) => verify_request(state, &body),
+            // Too large, too slow or broken: the rest of it is not read.
+            Err(e) if version < http::Version::HTTP_2 => response::closing(e.into_response()),
             Err(e) => e.into_response(),
         }
     }

@@ -124,6 +124,10 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
     drop(listener);
     closing.close();
     connections.close();
+    tracing::debug!(
+        connections = connections.len(),
+        "HTTP listener closed; draining the connections"
+    );
     tokio::select! {
         () = connections.wait() => tracing::debug!("all HTTP connections drained"),
         () = tokio::time::sleep(DRAIN_DEADLINE) => tracing::warn!("drain deadline passed; closing the remaining connections"),
@@ -193,7 +197,22 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resp 
     }
     let head = req.method() == Method::HEAD;
     let get_only = |req: &Request<Incoming>| matches!(*req.method(), Method::GET | Method::HEAD);
-    let resp = match req.uri().path() {
+
+    // For an issuer with a path (`https://host/td`), the endpoints its metadata names
+    // (`https://host/td/oauth/token`) are served there as well as at the root: behind a
+    // proxy that passes the path on and one that strips it alike.
+    let full = req.uri().path();
+    let path = state
+        .issuer_path
+        .as_deref()
+        .and_then(|prefix| full.strip_prefix(prefix))
+        .filter(|rest| rest.starts_with('/'))
+        .unwrap_or(full);
+    // The endpoints that read a body say themselves when they leave one unread; the others
+    // never read one.
+    let reads_body = matches!(path, "/oauth/token" | "/oauth/introspect" | "/verify_token");
+    let unread = !reads_body && response::body_unread(req.version(), req.body());
+    let resp = match path {
         "/oauth/token" => token::handle(state, req, peer).await,
         "/oauth/introspect" => discovery::introspect(state, req, peer).await,
         "/verify_token" => discovery::verify_token(state, req).await,
@@ -217,6 +236,11 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resp 
         }
         _ => OAuthError::not_found().into_response(),
     };
+    let resp = if unread {
+        response::closing(resp)
+    } else {
+        resp
+    };
     if head { without_body(resp) } else { resp }
 }
 
@@ -233,16 +257,22 @@ fn without_body(resp: Resp) -> Resp {
     Resp::from_parts(parts, response::Body::default())
 }
 
-/// Where RFC 8414 §3.1 puts the metadata of an issuer with a path (`https://host/td` →
-/// `/.well-known/oauth-authorization-server/td`); `None` for an issuer without one, whose
-/// metadata is at the plain well-known path.
-pub fn metadata_path(issuer: &str) -> Option<Box<str>> {
+/// The path of an issuer with one (`https://host/td` → `/td`), without a trailing slash;
+/// `None` for an issuer without one.
+pub fn issuer_path(issuer: &str) -> Option<Box<str>> {
     let rest = issuer.split_once("://").map_or(issuer, |(_, rest)| rest);
     let path = rest
         .find('/')
         .map_or("", |at| &rest[at..])
         .trim_end_matches('/');
-    (!path.is_empty()).then(|| format!("/.well-known/oauth-authorization-server{path}").into())
+    (!path.is_empty()).then(|| path.into())
+}
+
+/// Where RFC 8414 §3.1 puts the metadata of an issuer with a path (`https://host/td` →
+/// `/.well-known/oauth-authorization-server/td`); `None` for an issuer without one, whose
+/// metadata is at the plain well-known path.
+pub fn metadata_path(issuer: &str) -> Option<Box<str>> {
+    issuer_path(issuer).map(|path| format!("/.well-known/oauth-authorization-server{path}").into())
 }
 
 #[cfg(test)]
@@ -251,6 +281,11 @@ mod tests {
 
     #[test]
     fn metadata_path_of_an_issuer_with_a_path() {
+        assert_eq!(
+            issuer_path("https://example.com/a/b/").as_deref(),
+            Some("/a/b")
+        );
+        assert_eq!(issuer_path("https://example.com/"), None);
         assert_eq!(metadata_path("https://tokens.example"), None);
         assert_eq!(metadata_path("https://tokens.example/"), None);
         assert_eq!(metadata_path("http://127.0.0.1:8080"), None);

@@ -229,6 +229,23 @@ pub async fn read_body(body: Incoming, timeout: std::time::Duration) -> Result<B
     }
 }
 
+/// Whether an HTTP/1 request has body bytes still to come. Answered before they are read,
+/// the connection cannot go on (where the next request starts is unknown), and hyper
+/// closes it after the answer.
+pub fn body_unread(version: http::Version, body: &Incoming) -> bool {
+    version < http::Version::HTTP_2 && !body.is_end_stream()
+}
+
+/// An answer given before its request's body was read to the end, over HTTP/1: hyper closes
+/// the connection after it, and RFC 9112 §9.6 has a server about to close say so. Without
+/// `Connection: close`, a client reusing the connection meets a closed one on its next
+/// request. HTTP/2 streams end on their own.
+pub fn closing(mut resp: Resp) -> Resp {
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
 /// Whether the request's media type is `expected`, given once (RFC 9110 §5.3: a field
 /// defined as a single value may not be repeated; which one a proxy took is anyone's guess),
 /// in UTF-8 if it names a charset: the body is read as UTF-8 (RFC 6749 Appendix B), and a

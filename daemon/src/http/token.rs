@@ -72,16 +72,24 @@ pub fn form_request<'s>(
         .check(source)
         .map_err(|t| OAuthError::too_many_requests(t.retry_after))
         .and_then(|()| check_head(&head));
+    let version = head.version;
     drop(head);
     async move {
-        let answered = match checked {
+        let (answered, unread) = match checked {
             Ok(authorization) => match response::read_body(body, state.config.read_timeout).await {
-                Ok(body) => finish(authorization, &body, source),
-                Err(e) => Err(e),
+                Ok(body) => (finish(authorization, &body, source), false),
+                // Too large, too slow or broken: the rest of it is not read.
+                Err(e) => (Err(e), version < http::Version::HTTP_2),
             },
-            Err(e) => Err(e),
+            // Refused on its head (throttled, no form, a query string): the body is not read.
+            Err(e) => (Err(e), response::body_unread(version, &body)),
         };
-        respond(answered)
+        let resp = respond(answered);
+        if unread {
+            response::closing(resp)
+        } else {
+            resp
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use tokendealer_shared::admin::KeyState;
 
 use super::{
     KeyEntry, Keyring, RsaBits, SigningAlg, SigningKey,
-    store::{KeyStore, KeyStoreError, Manifest, RotationRefused, StoredKey},
+    store::{self, KeyStore, KeyStoreError, Manifest, RotationRefused, StoredKey},
 };
 
 /// Kept past the expiry of the last token a retiring key can have signed, for clocks of
@@ -213,13 +213,23 @@ impl KeyManager {
                 active: manifest.active().map(|k| k.kid.clone()).unwrap_or_default(),
                 retiring: retiring.map(|kid| (kid, retire_at)),
                 next: next.kid().to_owned(),
-                next_may_sign_at: manifest
-                    .next_may_sign_at(max_age)
-                    .unwrap_or_else(|| published.saturating_add(max_age)),
+                next_may_sign_at: manifest.next_may_sign_at(max_age).unwrap_or_else(|| {
+                    published
+                        .saturating_add(store::PUBLICATION_MARGIN)
+                        .saturating_add(max_age)
+                }),
             })
         })?;
         self.rotations.fetch_add(1, Relaxed);
-        tracing::info!(active = %rotated.active, retiring = ?rotated.retiring, next = %rotated.next, forced = force, "signing keys rotated");
+        tracing::info!(
+            active = %rotated.active,
+            retiring = rotated.retiring.as_ref().map(|(kid, _)| kid.as_str()),
+            retiring_until = rotated.retiring.as_ref().map(|&(_, at)| store::time(at)),
+            next = %rotated.next,
+            next_may_sign_at = store::time(rotated.next_may_sign_at),
+            forced = force,
+            "signing keys rotated"
+        );
         Ok(rotated)
     }
 
@@ -263,7 +273,7 @@ impl KeyManager {
         if let Some(at) = early {
             tracing::warn!(
                 active = self.load().active_kid(),
-                fully_published_at = at,
+                fully_published_at = store::time(at),
                 "the key that signs now was published less than jwks_max_age (and the wait for other daemons sharing the key directory) ago: verifiers holding an older cached JWKS refuse its tokens until they fetch it again"
             );
         }

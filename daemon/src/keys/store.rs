@@ -111,7 +111,8 @@ pub enum RotationRefused {
     NoNext,
 }
 
-fn time(unix: i64) -> String {
+/// A Unix time as RFC 3339, as admins read it.
+pub(super) fn time(unix: i64) -> String {
     jiff::Timestamp::from_second(unix).map_or_else(|_| unix.to_string(), |t| t.to_string())
 }
 
@@ -278,7 +279,7 @@ pub enum KeyStoreError {
     Permissions { path: PathBuf, mode: u32 },
     #[error("key manifest {} is corrupt ({reason}); restore it from a backup or move the key directory aside to start with new keys", path.display())]
     CorruptManifest { path: PathBuf, reason: String },
-    #[error("key file {} cannot be used: {reason}", path.display())]
+    #[error("key file {} cannot be used: {reason}; restore it from a backup", path.display())]
     BadKeyFile { path: PathBuf, reason: String },
     #[error("key manifest {} names no usable active key", path.display())]
     NoActiveKey { path: PathBuf },
@@ -412,7 +413,9 @@ impl KeyStore {
             path: path.clone(),
             reason,
         };
-        let pem = pem::parse(&text).map_err(|e| bad(e.to_string()))?;
+        // The pem crate's own words ("malformedframing") tell an admin nothing.
+        let pem = pem::parse(&text)
+            .map_err(|_| bad("it is not a PEM block (damaged or cut short)".to_owned()))?;
         if pem.tag() != PEM_TAG {
             return Err(bad(format!(
                 "expected a `{PEM_TAG}` PEM block, found `{}`",

@@ -447,6 +447,48 @@ fn clients_disable_refuses_tokens_at_once_and_enable_restores_them() {
     assert_eq!(listed_client["disabled"], false, "{listed_client:#}");
 }
 
+/// Disabling a disabled client, or enabling an enabled one, is done already: it succeeds,
+/// the file is not written again, and the changes feed tells nothing more.
+#[test]
+fn disabling_a_disabled_client_again_changes_nothing() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let count = |kind: &str| {
+        let status = admin_json(&daemon, &["status"]);
+        status["changes"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no changes in the status: {status:#}"))
+            .iter()
+            .filter(|c| c["kind"] == kind)
+            .count()
+    };
+    let untouched = clients_file(&daemon);
+    daemon
+        .admin(&["clients", "enable", &client.id])
+        .assert_success();
+    assert_eq!(
+        clients_file(&daemon),
+        untouched,
+        "an enabled client enabled"
+    );
+    assert_eq!(count("client_enabled"), 0);
+
+    daemon
+        .admin(&["clients", "disable", &client.id])
+        .assert_success();
+    let disabled = clients_file(&daemon);
+    daemon
+        .admin(&["clients", "disable", &client.id])
+        .assert_success();
+    assert_eq!(
+        clients_file(&daemon),
+        disabled,
+        "a disabled client disabled"
+    );
+    assert_eq!(count("client_disabled"), 1);
+    assert_refused(&daemon, &client.id, &client.secret);
+}
+
 #[test]
 fn clients_disable_json_confirms_the_id() {
     let client = service_client();

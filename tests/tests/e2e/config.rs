@@ -1,10 +1,10 @@
 //! The config file: refusals with exit 78 (EX_CONFIG) and a sentence that names the file and
 //! line, `check-config`, relative paths, `--listen`, and what survives a restart.
 
-use std::{fs, path::Path, process::Command};
+use std::{fs, net::TcpListener, path::Path, process::Command};
 
 use serde_json::json;
-use tokendealer_tests::{Daemon, ISSUER, Output, bins, clients::toml_string, jwt, process};
+use tokendealer_tests::{Daemon, ISSUER, Output, bins, clients::toml_string, http, jwt, process};
 
 use crate::{API, assert_private_keys, service_client};
 
@@ -228,11 +228,32 @@ fn listen_flag_overrides_the_config() {
     daemon.get("/healthz").assert_status(200);
 }
 
+/// Without `--listen` the daemon binds exactly the address the config names: a port of the
+/// test's choosing, not an ephemeral one and not the default 8080.
 #[test]
 fn listen_comes_from_the_config_without_the_flag() {
     let mut daemon = Daemon::builder().client(&service_client()).write();
+    // A port free a moment ago: bound by us, then let go for the daemon.
+    let listen = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port");
+    let text = valid_config(&daemon).replace("127.0.0.1:0", &listen.to_string());
+    daemon.write_file("config.toml", &text);
     daemon.set_args(vec!["--config".into(), daemon.config_path().into()]);
     daemon.start();
-    assert!(daemon.addr().ip().is_loopback(), "{}", daemon.addr());
-    daemon.get("/healthz").assert_status(200);
+    assert_eq!(
+        daemon.addr(),
+        listen,
+        "the daemon did not listen where the config says\n{}",
+        daemon.diagnostics()
+    );
+    let reply = http::send(
+        &http::agent(),
+        http::Request {
+            method: "GET",
+            url: format!("http://{listen}/healthz"),
+            ..http::Request::default()
+        },
+    );
+    reply.assert_status(200);
 }

@@ -3,7 +3,7 @@
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::json;
 use sha2::Sha256;
-use tokendealer_tests::{Auth, Daemon, ISSUER, Reply, TestClient, conn::RawConn, jwt};
+use tokendealer_tests::{Auth, Daemon, ISSUER, Reply, TestClient, conn::RawConn, http, jwt};
 
 use crate::{API, OTHER_API, now, service_client};
 
@@ -100,15 +100,50 @@ fn metadata_describes_the_server() {
 }
 
 /// RFC 8414 §3.1: an issuer with a path has its metadata at the well-known path followed
-/// by that path (and, for clients that append, at the plain one too).
+/// by that path (and, for clients that append, at the plain one too). The endpoints it
+/// names, under the issuer's path, are served there, as they are at the root (for a proxy
+/// that strips the path).
 #[test]
 fn metadata_of_an_issuer_with_a_path_is_where_rfc_8414_puts_it() {
     let issuer = "https://tokens.example/tenant-a";
+    let client = service_client();
     let daemon = Daemon::builder()
         .without_issuer()
         .config(&format!("issuer = \"{issuer}\""))
-        .client(&service_client())
+        .client(&client)
         .start();
+    let meta = daemon
+        .get("/.well-known/oauth-authorization-server/tenant-a")
+        .json();
+    let path_of = |name: &str| {
+        let url = meta[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no `{name}` in {meta}"));
+        url.strip_prefix("https://tokens.example")
+            .unwrap_or_else(|| panic!("`{name}` is not under the issuer: {url}"))
+            .to_owned()
+    };
+    let (token_path, jwks_path) = (path_of("token_endpoint"), path_of("jwks_uri"));
+    assert!(token_path.starts_with("/tenant-a/"), "{token_path}");
+    for path in [token_path.as_str(), "/oauth/token"] {
+        let reply = daemon.post_form(
+            path,
+            Auth::Basic(&client.id, &client.secret),
+            &[("grant_type", "client_credentials"), ("audience", API)],
+        );
+        reply.assert_status(200);
+    }
+    for path in [jwks_path.as_str(), "/.well-known/jwks.json"] {
+        let reply = daemon.get(path);
+        reply.assert_status(200);
+        assert_eq!(reply.json(), daemon.jwks(), "{path}");
+    }
+    daemon
+        .get("/tenant-b/.well-known/jwks.json")
+        .assert_status(404);
+    daemon
+        .get("/tenant-a-b/.well-known/jwks.json")
+        .assert_status(404);
     for path in [
         "/.well-known/oauth-authorization-server/tenant-a",
         "/.well-known/oauth-authorization-server",
@@ -132,6 +167,48 @@ fn an_http_1_1_request_without_host_is_400() {
     let mut conn = RawConn::open(daemon.addr());
     let reply = conn.request(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     reply.assert_status(200);
+}
+
+/// The methods an `Allow` header names, sorted.
+fn allowed(reply: &Reply) -> Vec<String> {
+    let mut methods: Vec<String> = reply
+        .header("allow")
+        .unwrap_or_default()
+        .split(',')
+        .map(|m| m.trim().to_owned())
+        .filter(|m| !m.is_empty())
+        .collect();
+    methods.sort();
+    methods
+}
+
+/// The SPEC's "wrong method → 405 with `Allow`", at every endpoint besides the token
+/// endpoint's own: the read-only documents name `GET` and `HEAD` (each answers `HEAD` where
+/// it answers `GET`), the two that check tokens name `POST`.
+#[test]
+fn a_wrong_method_is_405_with_the_methods_allowed() {
+    let daemon = Daemon::with_client(&service_client());
+    let reads = ["GET", "HEAD"];
+    for path in [
+        "/.well-known/jwks.json",
+        "/.well-known/oauth-authorization-server",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        let reply = daemon.post_raw(path, None, Auth::None, b"");
+        reply.assert_status(405);
+        assert_eq!(allowed(&reply), reads, "`Allow` for POST {path}:\n{reply}");
+    }
+    for path in ["/verify_token", "/oauth/introspect"] {
+        let reply = daemon.get(path);
+        reply.assert_status(405);
+        assert_eq!(
+            allowed(&reply),
+            ["POST"],
+            "`Allow` for GET {path}:\n{reply}"
+        );
+    }
 }
 
 #[test]
@@ -224,6 +301,55 @@ fn verify_token_refuses_garbage() {
     let (daemon, _, _) = daemon_and_token();
     for garbage in ["", "garbage", "a.b.c", "..", "eyJhbGciOiJSUzUxMiJ9.e30."] {
         assert_invalid_token(&verify(&daemon, garbage, API));
+    }
+}
+
+/// The README's `/verify_token` answer for anything but a valid token: 400 and exactly
+/// `{"error":"invalid_token"}`.
+#[track_caller]
+fn assert_exactly_invalid_token(reply: &Reply) {
+    reply.assert_status(400);
+    assert_eq!(reply.json(), json!({"error": "invalid_token"}), "{reply}");
+}
+
+/// A request that names no audience is not one that skips the audience check: a token for
+/// `API` alone is refused without `audience`, with `audience: null` as without it.
+#[test]
+fn verify_token_without_an_audience_does_not_accept_any_audience() {
+    let (daemon, _, token) = daemon_and_token();
+    for request in [
+        json!({"access_token": token}),
+        json!({"access_token": token, "audience": null}),
+    ] {
+        assert_exactly_invalid_token(&daemon.post_json("/verify_token", &request));
+    }
+    // The same token with its audience named is good, so the refusals were the audience's.
+    verify(&daemon, &token, API).assert_status(200);
+}
+
+/// `/verify_token` takes JSON: a body that is not (a form, text, cut-off JSON, no body at
+/// all) or JSON of another shape is answered as an invalid token, not with another error.
+#[test]
+fn verify_token_refuses_a_body_that_is_not_its_json() {
+    let (daemon, _, token) = daemon_and_token();
+    let form = format!("access_token={token}&audience={}", http::form_encode(API));
+    let cut_off = format!("{{\"access_token\": \"{token}\", \"audience\": ");
+    let cases: [(Option<&str>, &[u8]); 7] = [
+        (Some("application/x-www-form-urlencoded"), form.as_bytes()),
+        (Some("application/json"), b"not json"),
+        (Some("application/json"), cut_off.as_bytes()),
+        (Some("application/json"), b""),
+        (Some("application/json"), b"[]"),
+        (Some("application/json"), b"\"a string\""),
+        (None, b"\xff\xfe"),
+    ];
+    for (content_type, body) in cases {
+        assert_exactly_invalid_token(&daemon.post_raw(
+            "/verify_token",
+            content_type,
+            Auth::None,
+            body,
+        ));
     }
 }
 

@@ -16,6 +16,10 @@ use crate::service_client;
 /// How long the daemon drains requests in flight after a stop signal (README, Signals).
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
+/// What the daemon logs when its HTTP drain reaches [`DRAIN_DEADLINE`] with connections left
+/// (`daemon/src/http/mod.rs`).
+const DRAIN_DEADLINE_LOG: &str = "drain deadline passed";
+
 #[test]
 fn sigterm_exits_zero_and_removes_the_admin_socket() {
     let mut daemon = Daemon::with_client(&service_client());
@@ -87,24 +91,46 @@ fn request_in_flight(daemon: &Daemon, client: &TestClient) -> (TcpStream, &'stat
     (stream, body)
 }
 
+/// The body of a request in flight comes only once the daemon is draining (it has said
+/// `STOPPING=1`, closed its listener and logged so), so the request is answered by the drain itself,
+/// not before the signal was acted on: a whole 200 with a token, and then the exit.
 #[test]
 fn sigterm_lets_an_in_flight_request_finish() {
     let client = service_client();
-    let mut daemon = Daemon::with_client(&client);
+    // At debug, the daemon logs when its drain begins: the test waits on that.
+    let mut daemon = Daemon::builder().client(&client).log_level("debug").start();
     let (mut stream, body) = request_in_flight(&daemon, &client);
 
     daemon.signal(Signal::SIGTERM);
+    daemon.wait_for_notification("STOPPING=1");
+    daemon.wait_for_log("the drain beginning", |log| {
+        log.contains("HTTP listener closed; draining the connections")
+    });
     stream
         .write_all(body.as_bytes())
         .expect("writing the request body");
     let response = http::read_to_close(&mut stream);
     assert_eq!(http::raw_status(&response), 200, "{response}");
-    assert!(response.contains("access_token"), "{response}");
+    let (_, json) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of the response head:\n{response}"));
+    let token: serde_json::Value = serde_json::from_str(json)
+        .unwrap_or_else(|e| panic!("the token response is not JSON ({e}):\n{response}"));
+    assert!(
+        token["access_token"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
+        "no `access_token` in the drained response:\n{response}"
+    );
+    assert_eq!(token["token_type"], "Bearer", "{response}");
 
     let status = daemon.wait_exit();
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
 
+/// An idle kept-alive connection is closed when the drain starts rather than waited for:
+/// the daemon exits well within its drain deadline, and never reaches it. (Waiting for the
+/// stop alone would not tell: `Daemon::stop` allows longer than the deadline.)
 #[test]
 fn an_idle_keep_alive_connection_does_not_hold_shutdown() {
     let mut daemon = Daemon::with_client(&service_client());
@@ -116,8 +142,20 @@ fn an_idle_keep_alive_connection_does_not_hold_shutdown() {
     let head = read_head(&mut stream);
     assert_eq!(http::raw_status(&head), 200, "{head}");
     // The connection stays open and idle while the daemon stops.
+    let asked = Instant::now();
     let status = daemon.stop();
+    let took = asked.elapsed();
     assert!(status.success(), "exit status after SIGTERM: {status}");
+    assert!(
+        took < DRAIN_DEADLINE / 2,
+        "stopping took {took:?} with an idle connection open, as if the drain waited for it\n{}",
+        daemon.diagnostics()
+    );
+    let log = daemon.stderr();
+    assert!(
+        !log.contains(DRAIN_DEADLINE_LOG),
+        "the drain waited for an idle connection until its deadline:\n{log}"
+    );
     drop(stream);
 }
 

@@ -273,13 +273,20 @@ fn reload_serves_a_renewed_certificate_and_keeps_the_old_one_on_failure() {
     );
     assert_serves(&daemon, &third);
 
-    // A key anyone can read is refused at reload as at start.
-    third.install_at(&configured);
+    // A key anyone can read is refused at reload as at start. The renewal brings a new
+    // pair, so that serving the previous certificate shows the refusal took effect.
+    let fourth = CertPair::generate(&spare, "fourth", "tokendealer-d", 4);
+    fourth.install_at(&configured);
     files::set_mode(&configured.key, 0o644);
     let output = daemon.admin(&["reload"]);
     assert!(
         !output.status.success(),
         "reload accepted a world-readable key:\n{output}"
+    );
+    let key_path = configured.key.to_str().expect("UTF-8 path");
+    assert!(
+        output.stdout.contains(key_path) || output.stderr.contains(key_path),
+        "the failed reload does not name {key_path}:\n{output}"
     );
     assert_serves(&daemon, &third);
 }

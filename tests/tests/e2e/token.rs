@@ -1,12 +1,16 @@
 //! `POST /oauth/token`: RFC 6749 §4.4 client credentials, the SPEC's error table, and the
 //! decided edge cases (limits, methods, content types, query strings, duplicates).
 
-use std::collections::HashSet;
+use std::{
+    collections::HashSet,
+    io::Write as _,
+    time::{Duration, Instant},
+};
 
 use serde_json::{Value, json};
 use tokendealer_tests::{
     Auth, Daemon, ISSUER, Reply, TestClient,
-    conn::RawConn,
+    conn::{self, RawConn},
     http::{self, Request},
     jwt,
 };
@@ -262,6 +266,31 @@ fn malformed_basic_header_is_invalid_request() {
             .token_request(Auth::Header(header), &[])
             .assert_oauth_error(400, "invalid_request");
     }
+}
+
+/// The SPEC's "malformed body" row: a percent escape that is not one, bytes that are not
+/// UTF-8, and a parameter without a name are each refused as a whole, from a client whose
+/// credentials are right, alone or after a valid `grant_type`.
+#[test]
+fn malformed_bodies_are_invalid_request() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let basic = Auth::Basic(&client.id, &client.secret);
+    let bodies: [&[u8]; 6] = [
+        b"%zz",
+        b"\xff",
+        b"&&&=",
+        b"grant_type=client_credentials&scope=%zz",
+        b"grant_type=client_credentials&scope=runs:read\xff",
+        b"grant_type=client_credentials&&&=",
+    ];
+    for body in bodies {
+        daemon
+            .post_raw(TOKEN, Some(FORM), basic, body)
+            .assert_oauth_error(400, "invalid_request");
+    }
+    // Refusing them cost the client nothing.
+    daemon.access_token(&client, &[]);
 }
 
 fn base64_std(text: &str) -> String {
@@ -648,6 +677,54 @@ fn non_form_content_type_is_invalid_request() {
         .assert_oauth_error(400, "invalid_request");
 }
 
+/// A request refused on its head alone (here its content type; a 429 or a query string
+/// likewise) is answered before its body is read. RFC 9112 §9.6: a server that
+/// intends to close the connection says `Connection: close`; if it does not, the client may
+/// send the rest of the body and its next request on the same connection, as keep-alive
+/// clients (a pool) do, and must get an answer. A close without the warning makes the next
+/// request of such a client fail for no fault of its own.
+#[test]
+fn an_early_refusal_keeps_the_connection_or_says_it_closes() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let body = http::form_body(&[GRANT]);
+    let head = format!(
+        "POST {TOKEN} HTTP/1.1\r\nHost: tokendealer.test\r\nContent-Type: text/plain\r\n\
+         Authorization: {}\r\nContent-Length: {}\r\n\r\n",
+        http::basic_header(&client.id, &client.secret),
+        body.len()
+    );
+    let mut conn = RawConn::open(daemon.addr());
+    // The head alone: the body is still on its way when the daemon answers.
+    let refused = conn.request(head.as_bytes());
+    refused.assert_oauth_error(400, "invalid_request");
+    let closes = refused
+        .header("connection")
+        .is_some_and(|c| c.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
+    if closes {
+        return;
+    }
+    let next = conn::post_form(
+        TOKEN,
+        Some(&http::basic_header(&client.id, &client.secret)),
+        &body,
+        true,
+    );
+    let mut stream = conn.stream();
+    if let Err(e) = stream
+        .write_all(body.as_bytes())
+        .and_then(|()| stream.write_all(&next))
+    {
+        panic!(
+            "the daemon answered {} without `Connection: close`, then closed the connection: \
+             the rest of the body and the next request could not be sent ({e})",
+            refused.status
+        );
+    }
+    let reply = conn.read_response(&next);
+    reply.assert_status(200);
+}
+
 /// Content-Type is a single field: given twice, which one counts depends on who reads it.
 /// And the body is read as UTF-8, so another charset would be misread.
 #[test]
@@ -735,16 +812,16 @@ fn repeated_failures_are_throttled_with_retry_after() {
 }
 
 /// Sends wrong secrets for `id` until one is answered 429 (the address or, with
-/// `forwarded_for`, the forwarded source is blocked); each request goes through `post`.
+/// `forwarded_for`, the forwarded source is blocked), and returns that answer.
 #[track_caller]
-fn fail_until_blocked(daemon: &Daemon, id: &str, forwarded_for: Option<&str>) {
+fn fail_until_blocked(daemon: &Daemon, id: &str, forwarded_for: Option<&str>) -> Reply {
     const ATTEMPTS: usize = 200;
     let mut headers = vec![
         ("content-type", FORM.to_owned()),
         ("authorization", http::basic_header(id, "not-the-secret")),
     ];
     headers.extend(forwarded_for.map(|ip| ("x-forwarded-for", ip.to_owned())));
-    let blocked = (0..ATTEMPTS).any(|_| {
+    let blocked = (0..ATTEMPTS).find_map(|_| {
         let reply = daemon.request(Request {
             method: "POST",
             url: daemon.url(TOKEN),
@@ -752,12 +829,126 @@ fn fail_until_blocked(daemon: &Daemon, id: &str, forwarded_for: Option<&str>) {
             body: Some(http::form_body(&[GRANT]).into_bytes()),
         });
         match reply.status {
-            401 => false,
-            429 => true,
+            401 => None,
+            429 => Some(reply),
             _ => panic!("a wrong secret got neither 401 nor 429:\n{reply}"),
         }
     });
-    assert!(blocked, "{ATTEMPTS} failed logins were never throttled");
+    blocked.unwrap_or_else(|| panic!("{ATTEMPTS} failed logins were never throttled"))
+}
+
+/// `Retry-After` of a 429, in whole seconds.
+#[track_caller]
+fn retry_after(reply: &Reply) -> Duration {
+    reply.assert_status(429);
+    let seconds = reply
+        .header("retry-after")
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("`Retry-After` is not a number of seconds:\n{reply}"));
+    Duration::from_secs(seconds)
+}
+
+/// A block lifts when `Retry-After` says: the right secret from the blocked address is
+/// refused with 429 until then (never checked, so never a 401), and gets its token about
+/// that many seconds after the block, neither a second sooner nor long after.
+#[test]
+fn a_blocked_address_gets_a_token_again_when_retry_after_has_passed() {
+    /// How late past `Retry-After` a busy machine may serve the first token and still pass.
+    const LATE: Duration = Duration::from_secs(5);
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let blocked = fail_until_blocked(&daemon, "someone", None);
+    let blocked_at = Instant::now();
+    let wait = retry_after(&blocked);
+    assert!(!wait.is_zero(), "`Retry-After: 0`:\n{blocked}");
+    // Each try on a connection of its own that ends with its answer: the 429s are given
+    // before the body is read, after which the daemon closes the connection (see
+    // `an_early_refusal_keeps_the_connection_or_says_it_closes`).
+    let right = conn::post_form(
+        TOKEN,
+        Some(&http::basic_header(&client.id, &client.secret)),
+        &http::form_body(&[GRANT]),
+        false,
+    );
+    let deadline = blocked_at + wait + LATE;
+    let (served_at, served) = loop {
+        let reply = RawConn::open(daemon.addr()).request(&right);
+        let at = Instant::now();
+        match reply.status {
+            200 => break (at, reply),
+            429 => {}
+            _ => {
+                panic!("the right secret from a blocked address got neither 429 nor 200:\n{reply}")
+            }
+        }
+        assert!(
+            at < deadline,
+            "the block of `Retry-After: {}` was still in force {:?} after it began:\n{reply}",
+            wait.as_secs(),
+            at - blocked_at
+        );
+    };
+    served.assert_status(200).assert_no_store();
+    let after = served_at - blocked_at;
+    assert!(
+        after + Duration::from_secs(1) >= wait,
+        "a token came {after:?} after a 429 with `Retry-After: {}`: the block lifted early",
+        wait.as_secs()
+    );
+}
+
+/// Without `trusted_proxies`, `X-Forwarded-For` is the caller's word and not believed: an
+/// attacker naming a new address in each request is still the one TCP peer, blocked after
+/// the address burst (20 failures), and so is its right secret under yet another name.
+#[test]
+fn forwarded_addresses_from_an_untrusted_peer_are_one_address() {
+    /// Failures an address may make before it is throttled (`daemon/src/throttle.rs`).
+    const ADDRESS_BURST: usize = 20;
+    /// Failures past the burst that a refill during the run may allow.
+    const REFILLED: usize = 2;
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let wrong = |forwarded_for: &str| {
+        daemon.request(Request {
+            method: "POST",
+            url: daemon.url(TOKEN),
+            headers: vec![
+                ("content-type", FORM.to_owned()),
+                (
+                    "authorization",
+                    http::basic_header("someone", "not-the-secret"),
+                ),
+                ("x-forwarded-for", forwarded_for.to_owned()),
+            ],
+            body: Some(http::form_body(&[GRANT]).into_bytes()),
+        })
+    };
+    let mut first_429 = None;
+    for attempt in 1..=ADDRESS_BURST + 1 + REFILLED {
+        let reply = wrong(&format!("203.0.113.{attempt}"));
+        match reply.status {
+            401 => {}
+            429 => {
+                first_429 = Some(attempt);
+                break;
+            }
+            _ => panic!("a wrong secret got neither 401 nor 429:\n{reply}"),
+        }
+    }
+    let first_429 = first_429.unwrap_or_else(|| {
+        panic!(
+            "{} failures, each naming another X-Forwarded-For, were never throttled: the \
+             untrusted header was believed",
+            ADDRESS_BURST + 1 + REFILLED
+        )
+    });
+    assert!(
+        first_429 > ADDRESS_BURST,
+        "throttled at failure {first_429}, within the burst of {ADDRESS_BURST}"
+    );
+    // With the header believed, a fresh forwarded address would be a fresh caller.
+    let reply = token_via(&daemon, &client, "198.51.100.7");
+    assert!(!retry_after(&reply).is_zero(), "{reply}");
 }
 
 /// `POST /oauth/token` with the right secret, from `forwarded_for` through the proxy.

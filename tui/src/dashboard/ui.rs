@@ -3,6 +3,8 @@
 //! Meaning never rests on colour alone: states are words, the selection has a marker, and
 //! with `NO_COLOR` the same screens render without any colour.
 
+use std::collections::VecDeque;
+
 use ratatui::{
     Frame,
     layout::{Constraint, Layout, Rect},
@@ -10,9 +12,9 @@ use ratatui::{
     text::{Line, Span},
     widgets::{Block, Cell, Clear, Paragraph, Row, Sparkline, Table, TableState, Wrap},
 };
-use tokendealer_shared::admin::{KeyState, ReloadOutcome};
+use tokendealer_shared::admin::{KeyState, ReloadOutcome, StatsTick};
 
-use super::app::{App, Connection, Dialog, FORM_FIELDS, SHORT_WINDOW, Screen, per_second};
+use super::app::{App, Connection, Dialog, FORM_FIELDS, HISTORY, SHORT_WINDOW, Screen, per_second};
 use crate::render::time;
 
 /// The screen as a person reads it.
@@ -127,39 +129,31 @@ fn draw_overview(frame: &mut Frame<'_>, app: &App, area: Rect) {
         Layout::horizontal([Constraint::Percentage(65), Constraint::Percentage(35)]).areas(charts);
 
     let window = if app.long_window {
-        app.history.len()
+        HISTORY
     } else {
         SHORT_WINDOW
     };
-    let width = usize::from(rate.width.saturating_sub(2)).max(1);
-    let points: Vec<u64> = app
-        .history
-        .iter()
-        .rev()
-        .take(window)
-        .map(|t| per_second(t.issued, t.interval_ms))
-        .collect();
-    // One bar per column: each averages as many seconds as the window needs.
-    let per_bar = points.len().div_ceil(width).max(1);
-    let mut bars: Vec<u64> = points
-        .chunks(per_bar)
-        .map(|c| c.iter().sum::<u64>() / c.len() as u64)
-        .collect();
-    // Newest at the right edge: the unknown past is zeros.
-    bars.resize(width.max(bars.len()), 0);
-    bars.reverse();
     let now = app.tokens_per_second();
     let title = format!(
         " Tokens/s: {now} now · last {} (t: {}) ",
         if app.long_window { "hour" } else { "5 min" },
         if app.long_window { "5 min" } else { "1 h" }
     );
+    let block = Block::bordered().title(title);
+    let inner = block.inner(rate);
+    frame.render_widget(block, rate);
+    let bars = rate_bars(&app.history, window, usize::from(inner.width));
+    // The newest bar at the right edge, however few the window's seconds are for the width.
+    let [_, chart] = Layout::horizontal([
+        Constraint::Fill(1),
+        Constraint::Length(u16::try_from(bars.len()).unwrap_or(inner.width)),
+    ])
+    .areas(inner);
     frame.render_widget(
         Sparkline::default()
-            .block(Block::bordered().title(title))
             .data(&bars)
             .style(style(app, Color::Cyan)),
-        rate,
+        chart,
     );
 
     let mut lines = Vec::new();
@@ -673,6 +667,40 @@ fn draw_dialog(frame: &mut Frame<'_>, app: &App, dialog: &Dialog) {
     }
 }
 
+/// The rate chart's bars, oldest first: the `window` seconds up to the newest tick, each bar
+/// the mean rate of the ticks in its share of them, placed by their time, so that the axis
+/// is the window whatever the dashboard has seen (a time with no tick, as while it was
+/// disconnected, shows as nothing). At most one bar a second, and at most `width`.
+fn rate_bars(history: &VecDeque<StatsTick>, window: usize, width: usize) -> Vec<u64> {
+    let count = width.clamp(1, window.max(1));
+    let Some(newest) = history.back().map(|t| t.at_ms) else {
+        return vec![0; count];
+    };
+    let window_ms = i64::try_from(window)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1000);
+    let count_ms = i64::try_from(count).unwrap_or(1);
+    // Rounded up, so that the oldest second of the window still has a bar.
+    let per_bar_ms = ((window_ms + count_ms - 1) / count_ms).max(1);
+    let mut sums = vec![(0u64, 0u64); count];
+    for tick in history.iter().rev() {
+        let age = newest - tick.at_ms;
+        if age >= window_ms {
+            break;
+        }
+        // A clock that stepped back puts a tick in the future: it counts as the newest.
+        let bar = usize::try_from(age.max(0) / per_bar_ms).unwrap_or(0);
+        if let Some((sum, n)) = sums.get_mut(bar) {
+            *sum += per_second(tick.issued, tick.interval_ms);
+            *n += 1;
+        }
+    }
+    sums.iter()
+        .rev()
+        .map(|&(sum, n)| sum.checked_div(n).unwrap_or(0))
+        .collect()
+}
+
 fn draw_help(frame: &mut Frame<'_>, _app: &App) {
     let keys = [
         ("Tab / Shift-Tab, 1 2 3", "switch screen"),
@@ -684,6 +712,7 @@ fn draw_help(frame: &mut Frame<'_>, _app: &App) {
         ("t", "overview: 5-minute / 1-hour chart"),
         ("a", "clients: register a client"),
         ("r", "clients: rotate the secret · keys: rotate keys"),
+        ("!", "in the key rotation dialog: rotate at once"),
         ("d", "clients: disable or enable"),
         ("x / Delete", "clients: remove (asks first)"),
         ("/", "clients: filter (Enter keeps it, Esc clears)"),
@@ -707,7 +736,7 @@ fn draw_help(frame: &mut Frame<'_>, _app: &App) {
         .chain(notes.map(Line::from))
         .chain([Line::from(""), Line::from("any key to close")])
         .collect();
-    popup(frame, "Keys", lines, 76);
+    popup(frame, "Help", lines, 76);
 }
 
 #[cfg(test)]
@@ -853,10 +882,46 @@ mod tests {
         ] {
             app.update(Msg::Link(event));
         }
+        // The last 400 seconds, one tick each.
         for i in 0..400 {
-            app.update(Msg::Link(LinkEvent::Tick(tick(100 + (i % 50), i % 3))));
+            let mut tick = tick(100 + (i % 50), i % 3);
+            tick.at_ms = (T0 - 399 + i64::try_from(i).expect("small")) * 1000;
+            app.update(Msg::Link(LinkEvent::Tick(tick)));
         }
         app
+    }
+
+    /// The chart's axis is its window, not what the dashboard has seen: ticks are placed
+    /// by their time, a stretch with none (the dashboard disconnected) shows as nothing, and
+    /// there is never more than a bar a second.
+    #[test]
+    fn rate_bars_are_placed_by_time() {
+        let at = |secs_ago: i64, issued: u64| {
+            let mut t = tick(issued, 0);
+            t.at_ms = (T0 - secs_ago) * 1000;
+            t
+        };
+        // 10 s of 100/s, 20 s without a tick, then 10 s of 300/s up to now.
+        let history: VecDeque<StatsTick> = (30..40)
+            .rev()
+            .map(|s| at(s, 100))
+            .chain((0..10).rev().map(|s| at(s, 300)))
+            .collect();
+        let bars = rate_bars(&history, 40, 4);
+        assert_eq!(bars, [100, 0, 0, 300]);
+        let bars = rate_bars(&history, 3600, 60);
+        assert_eq!(bars.len(), 60);
+        assert_eq!(
+            bars[59], 200,
+            "an hour's bar is a minute: the mean of its ticks"
+        );
+        assert!(bars[..59].iter().all(|&b| b == 0), "{bars:?}");
+        assert_eq!(
+            rate_bars(&history, 40, 80).len(),
+            40,
+            "a bar a second at most"
+        );
+        assert_eq!(rate_bars(&VecDeque::new(), 300, 50), [0; 50]);
     }
 
     fn render(app: &App) -> String {

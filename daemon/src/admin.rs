@@ -976,7 +976,12 @@ fn status(state: &State) -> Status {
         config_path: state.config.path.as_ref().map(|p| p.display().to_string()),
         listen: state.listen.to_string(),
         issuer: state.issuer.clone(),
-        algorithm: state.config.algorithm.to_string(),
+        // What signs now: a reload that changed `algorithm` applies at the next rotation
+        // (the next key, in `keys`, tells which).
+        algorithm: state.keys.load().active().map_or_else(
+            || state.keys.settings().alg.to_string(),
+            |key| key.alg().to_string(),
+        ),
         clients_file: state.clients.path().display().to_string(),
         clients: registry.len() as u64,
         disabled,

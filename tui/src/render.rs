@@ -6,11 +6,24 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use tokendealer_shared::admin::{Change, ChangeKind, ClientInfo, KeyInfo, ReloadOutcome, Status};
+use tokendealer_shared::admin::{
+    Change, ChangeKind, ClientInfo, KeyInfo, KeyState, ReloadOutcome, Status,
+};
 
 /// RFC 3339 in UTC, or the raw number if it is out of range.
 pub fn time(unix: i64) -> String {
     jiff::Timestamp::from_second(unix).map_or_else(|_| unix.to_string(), |t| t.to_string())
+}
+
+/// The algorithm that signs, and the next key's when a new one was configured: it signs
+/// from the next rotation.
+pub fn algorithm_text(s: &Status) -> String {
+    match s.keys.iter().find(|k| k.state == KeyState::Next) {
+        Some(next) if next.alg != s.algorithm => {
+            format!("{} ({} from the next rotation)", s.algorithm, next.alg)
+        }
+        _ => s.algorithm.clone(),
+    }
 }
 
 fn ttl(secs: Option<u64>) -> Option<String> {
@@ -168,7 +181,7 @@ pub fn write_status(out: &mut dyn Write, s: &Status) -> io::Result<()> {
             ),
         ),
         ("last reload", reload_text(&s.last_reload)),
-        ("algorithm", s.algorithm.clone()),
+        ("algorithm", algorithm_text(s)),
         (
             "rotations",
             format!(

@@ -206,7 +206,8 @@ fn draw_overview(frame: &mut Frame<'_>, app: &App, area: Rect) {
             )));
             lines.push(Line::from(format!(
                 "issuer {} · algorithm {}",
-                s.issuer, s.algorithm
+                s.issuer,
+                crate::render::algorithm_text(s)
             )));
             lines.push(match &s.last_reload {
                 ReloadOutcome::Ok { at, clients } => Line::from(format!(
@@ -889,6 +890,23 @@ mod tests {
             app.update(Msg::Link(LinkEvent::Tick(tick)));
         }
         app
+    }
+
+    /// After a reload that changed `algorithm`, the old one signs until the next rotation:
+    /// the overview says both.
+    #[test]
+    fn a_new_algorithm_is_shown_beside_the_one_that_signs() {
+        let mut app = app(false);
+        let mut changed = status(ReloadOutcome::Ok { at: T0, clients: 3 });
+        if let Some(next) = changed.keys.iter_mut().find(|k| k.state == KeyState::Next) {
+            next.alg = "ES256".into();
+        }
+        app.update(Msg::Link(LinkEvent::Status(Box::new(changed))));
+        let screen = render(&app);
+        assert!(
+            screen.contains("algorithm RS512 (ES256 from the next rotation)"),
+            "{screen}"
+        );
     }
 
     /// The chart's axis is its window, not what the dashboard has seen: ticks are placed

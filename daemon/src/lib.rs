@@ -552,6 +552,9 @@ fn reload_failed(file: impl std::fmt::Display, line: Option<u32>, reason: String
 }
 
 /// Serves until SIGTERM or SIGINT; SIGHUP reloads meanwhile.
+/// Told at start, and by `check-config`, when no `issuer` is set and `listen` is a wildcard.
+pub const WILDCARD_WITHOUT_ISSUER: &str = "no `issuer` is configured and the listen address is a wildcard: tokens and metadata name an address no client can reach; set `issuer` to the URL clients use";
+
 pub async fn run(loaded: Loaded, listeners: Listeners, mut signals: Signals) -> io::Result<()> {
     let Loaded {
         mut config,
@@ -566,10 +569,7 @@ pub async fn run(loaded: Loaded, listeners: Listeners, mut signals: Signals) -> 
         let scheme = if tls.is_some() { "https" } else { "http" };
         let issuer = format!("{scheme}://{listen}");
         if listen.ip().is_unspecified() {
-            tracing::warn!(
-                %issuer,
-                "no `issuer` is configured and the listen address is a wildcard: tokens and metadata name an address no client can reach; set `issuer` to the URL clients use"
-            );
+            tracing::warn!(%issuer, "{WILDCARD_WITHOUT_ISSUER}");
         }
         issuer
     });

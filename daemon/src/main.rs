@@ -150,6 +150,14 @@ fn check_config(file: Option<&std::path::Path>, clients: Option<&std::path::Path
                     return fail(EX_CONFIG, e);
                 }
                 let _ = writeln!(std::io::stdout(), "{}: ok", file.display());
+                // A warning, as at start: systemd may pass a socket that `listen` does not name.
+                if config.issuer.is_none() && config.listen.ip().is_unspecified() {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "tokendealerd: warning: {}",
+                        tokendealer_daemon::WILDCARD_WITHOUT_ISSUER
+                    );
+                }
                 if clients.is_none() {
                     clients = Some(config.clients_file);
                 }

@@ -376,11 +376,7 @@ fn read(
     previous: Option<&Registry>,
     applied: Option<Digest>,
 ) -> Result<Option<(Registry, Digest)>, LoadError> {
-    let read_error = |source| LoadError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = fs::File::open(path).map_err(read_error)?;
+    let mut file = fs::File::open(path).map_err(read_error(path))?;
     let loaded = read_open(path, &mut file, previous, applied);
     // Told when the file is loaded, not at every look at an unchanged one (the second read
     // at start-up, a reload with nothing changed).
@@ -390,6 +386,13 @@ fn read(
     loaded
 }
 
+fn read_error(path: &Path) -> impl Fn(std::io::Error) -> LoadError + '_ {
+    |source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    }
+}
+
 /// [`read`] of the file opened at `path`.
 fn read_open(
     path: &Path,
@@ -397,10 +400,7 @@ fn read_open(
     previous: Option<&Registry>,
     applied: Option<Digest>,
 ) -> Result<Option<(Registry, Digest)>, LoadError> {
-    let read_error = |source| LoadError::Read {
-        path: path.to_owned(),
-        source,
-    };
+    let read_error = read_error(path);
     if previous.is_none_or(Registry::built_from_pieces) {
         let mut builder = Builder::new(previous);
         // Kept from one reload to the next, like the builder's own buffers.
@@ -411,7 +411,7 @@ fn read_open(
         if buf.capacity() <= 1 << 20 {
             *READ_BUFFER.lock().expect("read buffer lock") = buf;
         }
-        read.map_err(read_error)?;
+        read.map_err(&read_error)?;
         if builder.accepted() {
             let digest = builder.digest();
             if Some(digest) == applied {
@@ -424,10 +424,10 @@ fn read_open(
         }
         // Read again from the same file: if it was replaced meanwhile, this is still the
         // version whose pieces were just read.
-        file.rewind().map_err(read_error)?;
+        file.rewind().map_err(&read_error)?;
     }
     let mut text = String::new();
-    file.read_to_string(&mut text).map_err(read_error)?;
+    file.read_to_string(&mut text).map_err(&read_error)?;
     let cut = CutText::new(&text);
     let digest = cut.digest();
     if Some(digest) == applied {

@@ -908,21 +908,8 @@ fn forwarded_addresses_from_an_untrusted_peer_are_one_address() {
     const REFILLED: usize = 2;
     let client = service_client();
     let daemon = Daemon::with_client(&client);
-    let wrong = |forwarded_for: &str| {
-        daemon.request(Request {
-            method: "POST",
-            url: daemon.url(TOKEN),
-            headers: vec![
-                ("content-type", FORM.to_owned()),
-                (
-                    "authorization",
-                    http::basic_header("someone", "not-the-secret"),
-                ),
-                ("x-forwarded-for", forwarded_for.to_owned()),
-            ],
-            body: Some(http::form_body(&[GRANT]).into_bytes()),
-        })
-    };
+    let wrong =
+        |forwarded_for: &str| token_as_via(&daemon, "someone", "not-the-secret", forwarded_for);
     let mut first_429 = None;
     for attempt in 1..=ADDRESS_BURST + 1 + REFILLED {
         let reply = wrong(&format!("203.0.113.{attempt}"));
@@ -954,15 +941,18 @@ fn forwarded_addresses_from_an_untrusted_peer_are_one_address() {
 /// `POST /oauth/token` with the right secret, from `forwarded_for` through the proxy.
 #[track_caller]
 fn token_via(daemon: &Daemon, client: &TestClient, forwarded_for: &str) -> Reply {
+    token_as_via(daemon, &client.id, &client.secret, forwarded_for)
+}
+
+/// `POST /oauth/token` as `id` with `secret`, saying it comes from `forwarded_for`.
+#[track_caller]
+fn token_as_via(daemon: &Daemon, id: &str, secret: &str, forwarded_for: &str) -> Reply {
     daemon.request(Request {
         method: "POST",
         url: daemon.url(TOKEN),
         headers: vec![
             ("content-type", FORM.to_owned()),
-            (
-                "authorization",
-                http::basic_header(&client.id, &client.secret),
-            ),
+            ("authorization", http::basic_header(id, secret)),
             ("x-forwarded-for", forwarded_for.to_owned()),
         ],
         body: Some(http::form_body(&[GRANT]).into_bytes()),

@@ -756,3 +756,35 @@ fn parse_ready(datagram: &str) -> Ready {
 fn toml_path(path: &Path) -> String {
     toml_string(path.to_str().expect("temporary paths are UTF-8"))
 }
+
+impl Daemon {
+    /// Makes `clients.toml` a symlink to `elsewhere/clients.toml`, which holds `clients`, and
+    /// returns that target. An edit of the target makes no event in the directory the daemon
+    /// watches: only a reload, or the daemon's look at the file every 5 s, can apply it. Call
+    /// it before the start.
+    pub fn clients_file_elsewhere(&self, clients: &[TestClient]) -> PathBuf {
+        let text: String = clients
+            .iter()
+            .map(|c| format!("{}\n", c.to_toml()))
+            .collect();
+        let real = self.write_file("elsewhere/clients.toml", &text);
+        match fs::remove_file(self.clients_path()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => panic!("removing {} failed: {e}", self.clients_path().display()),
+        }
+        std::os::unix::fs::symlink(&real, self.clients_path())
+            .unwrap_or_else(|e| panic!("linking {} failed: {e}", self.clients_path().display()));
+        real
+    }
+}
+
+/// In `log`, how many lines contain `needle` before the last line that contains `marker`,
+/// and how many after it; `None` while no line contains `marker`. Tells which of two causes
+/// (a reload asked for, a look at the file of the daemon's own) made a logged effect.
+pub fn lines_around(log: &str, marker: &str, needle: &str) -> Option<(usize, usize)> {
+    let lines: Vec<&str> = log.lines().collect();
+    let at = lines.iter().rposition(|l| l.contains(marker))?;
+    let count = |part: &[&str]| part.iter().filter(|l| l.contains(needle)).count();
+    Some((count(&lines[..at]), count(&lines[at + 1..])))
+}

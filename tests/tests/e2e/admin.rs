@@ -24,7 +24,7 @@ use tokendealer_shared::{
     frame::MAX_FRAME,
 };
 use tokendealer_tests::{
-    Auth, Daemon, Output, Reply, TestClient,
+    Auth, Daemon, Output, TestClient,
     access::{NOBODY, open_socket_to_everyone, own_uid},
     admin_wire::{self, Received},
     bins,
@@ -34,9 +34,8 @@ use tokendealer_tests::{
 
 use crate::{API, OTHER_API, now, service_client};
 
-/// How soon a change made with the admin tool must reach the token endpoint. The tool
-/// returns after the daemon has applied it, so in practice the first request sees it.
-const TAKES_EFFECT: Duration = Duration::from_secs(1);
+/// The overlap `clients rotate-secret` gives the old secret without `--keep-old` (24h).
+const DEFAULT_OVERLAP_SECS: i64 = 24 * 3_600;
 
 /// How long to wait for the stats ticks that should come every second.
 const TICKS_WITHIN: Duration = Duration::from_secs(20);
@@ -149,33 +148,13 @@ fn list_row(daemon: &Daemon, id: &str) -> Vec<String> {
 
 // --- the token endpoint ---
 
-/// Sends token requests back to back until one is answered `status`; fails the test if none
-/// is within [`TAKES_EFFECT`]. No sleeping: each request is itself the wait.
+/// The client gets a token on the very next request: the tool returns only once the daemon
+/// has applied the change, so the first request after it must see it.
 #[track_caller]
-fn token_status_within(daemon: &Daemon, id: &str, secret: &str, status: u16) -> Reply {
-    let deadline = Instant::now() + TAKES_EFFECT;
-    loop {
-        let reply = daemon.token_request(Auth::Basic(id, secret), &[]);
-        if reply.status == status {
-            return reply;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {status} within {TAKES_EFFECT:?}; the last reply:\n{reply}"
-        );
-    }
-}
-
-/// The client gets a token within [`TAKES_EFFECT`].
-#[track_caller]
-fn assert_gets_token(daemon: &Daemon, id: &str, secret: &str) {
-    token_status_within(daemon, id, secret, 200);
-}
-
-/// The client is refused as `invalid_client` within [`TAKES_EFFECT`].
-#[track_caller]
-fn assert_refused(daemon: &Daemon, id: &str, secret: &str) {
-    token_status_within(daemon, id, secret, 401).assert_oauth_error(401, "invalid_client");
+fn assert_gets_token_at_once(daemon: &Daemon, id: &str, secret: &str) {
+    daemon
+        .token_request(Auth::Basic(id, secret), &[])
+        .assert_status(200);
 }
 
 /// The client is refused as `invalid_client` on the very next request.
@@ -274,7 +253,7 @@ fn clients_add_prints_a_secret_that_gets_a_token_at_once_and_stores_only_its_has
         1,
         "the secret is printed once:\n{output}"
     );
-    assert_gets_token(&daemon, "fresh", secret);
+    assert_gets_token_at_once(&daemon, "fresh", secret);
     assert_only_hashes_stored(&daemon, &[secret]);
 }
 
@@ -286,7 +265,7 @@ fn clients_add_json_gives_the_id_and_a_working_secret() {
     let secret = added["secret"]
         .as_str()
         .unwrap_or_else(|| panic!("no `secret` string: {added:#}"));
-    assert_gets_token(&daemon, "scripted", secret);
+    assert_gets_token_at_once(&daemon, "scripted", secret);
     assert_only_hashes_stored(&daemon, &[secret]);
 }
 
@@ -297,7 +276,7 @@ fn clients_add_generates_a_different_secret_each_time() {
     let first = add_client(&daemon, "one", &[]);
     let second = add_client(&daemon, "two", &[]);
     assert_ne!(first, second);
-    assert_refused(&daemon, "one", &second);
+    assert_refused_at_once(&daemon, "one", &second);
 }
 
 #[test]
@@ -435,14 +414,14 @@ fn clients_disable_refuses_tokens_at_once_and_enable_restores_them() {
         output.stdout.contains(&client.id) && output.stdout.contains("disabled"),
         "{output}"
     );
-    assert_refused(&daemon, &client.id, &client.secret);
+    assert_refused_at_once(&daemon, &client.id, &client.secret);
     let listed_client = listed(&daemon, &client.id).expect("a disabled client stays listed");
     assert_eq!(listed_client["disabled"], true, "{listed_client:#}");
     assert_eq!(list_row(&daemon, &client.id)[1], "disabled");
 
     let enabled = admin_json(&daemon, &["clients", "enable", &client.id]);
     assert_eq!(enabled, json!({"id": client.id, "ok": true}));
-    assert_gets_token(&daemon, &client.id, &client.secret);
+    assert_gets_token_at_once(&daemon, &client.id, &client.secret);
     let listed_client = listed(&daemon, &client.id).expect("the client is listed");
     assert_eq!(listed_client["disabled"], false, "{listed_client:#}");
 }
@@ -486,7 +465,34 @@ fn disabling_a_disabled_client_again_changes_nothing() {
         "a disabled client disabled"
     );
     assert_eq!(count("client_disabled"), 1);
-    assert_refused(&daemon, &client.id, &client.secret);
+    assert_refused_at_once(&daemon, &client.id, &client.secret);
+}
+
+/// The human form of `enable` names the client and says what became of it, as `disable`
+/// does; the client gets a token on the next request.
+#[test]
+fn clients_enable_names_the_client_and_says_enabled() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    daemon
+        .admin(&["clients", "disable", &client.id])
+        .assert_success();
+    assert_refused_at_once(&daemon, &client.id, &client.secret);
+
+    let output = daemon.admin(&["clients", "enable", &client.id]);
+    output.assert_success();
+    let lines: Vec<&str> = output.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one line:\n{output}");
+    assert!(
+        lines[0].contains(&client.id) && lines[0].contains("enabled"),
+        "the line names the client and says `enabled`:\n{output}"
+    );
+    assert!(
+        !lines[0].contains("disabled"),
+        "`enabled`, not `disabled`:\n{output}"
+    );
+    assert_gets_token_at_once(&daemon, &client.id, &client.secret);
+    assert_eq!(list_row(&daemon, &client.id)[1], "enabled");
 }
 
 #[test]
@@ -495,7 +501,7 @@ fn clients_disable_json_confirms_the_id() {
     let daemon = Daemon::with_client(&client);
     let disabled = admin_json(&daemon, &["clients", "disable", &client.id]);
     assert_eq!(disabled, json!({"id": client.id, "ok": true}));
-    assert_refused(&daemon, &client.id, &client.secret);
+    assert_refused_at_once(&daemon, &client.id, &client.secret);
 }
 
 #[test]
@@ -510,7 +516,7 @@ fn clients_remove_refuses_tokens_and_drops_the_client() {
         output.stdout.contains(&client.id) && output.stdout.contains("removed"),
         "{output}"
     );
-    assert_refused(&daemon, &client.id, &client.secret);
+    assert_refused_at_once(&daemon, &client.id, &client.secret);
     assert!(
         listed(&daemon, &client.id).is_none(),
         "a removed client is not listed"
@@ -529,7 +535,7 @@ fn clients_remove_json_confirms_the_id() {
     let daemon = Daemon::with_client(&client);
     let removed = admin_json(&daemon, &["clients", "remove", &client.id]);
     assert_eq!(removed, json!({"id": client.id, "ok": true}));
-    assert_refused(&daemon, &client.id, &client.secret);
+    assert_refused_at_once(&daemon, &client.id, &client.secret);
     assert!(list_json(&daemon).is_empty());
 }
 
@@ -552,6 +558,40 @@ fn changing_an_unknown_client_fails_naming_it() {
 
 // --- rotate-secret ---
 
+/// What `rotate-secret --json` keeping the old secret until about `expected_until` must
+/// show: a new secret, and the overlap's end, in its answer and in the list; both secrets
+/// work from the next request on. Returns the new secret.
+#[track_caller]
+fn assert_rotated_keeping_old(
+    daemon: &Daemon,
+    client: &TestClient,
+    rotated: &Value,
+    expected_until: i64,
+) -> String {
+    assert_eq!(rotated["id"], client.id.as_str(), "{rotated:#}");
+    let secret = rotated["secret"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no new `secret`: {rotated:#}"));
+    assert_ne!(secret, client.secret);
+    let until = rotated["old_valid_until"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no `old_valid_until` time: {rotated:#}"));
+    assert_about(unix_seconds(until), expected_until, "old_valid_until");
+
+    assert_gets_token_at_once(daemon, &client.id, secret);
+    assert_gets_token_at_once(daemon, &client.id, &client.secret);
+    let listed_client = listed(daemon, &client.id).expect("the client is listed");
+    let listed_until = listed_client["old_secret_until"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no `old_secret_until` time: {listed_client:#}"));
+    assert_about(
+        unix_seconds(listed_until),
+        expected_until,
+        "old_secret_until",
+    );
+    secret.to_owned()
+}
+
 /// During the overlap both secrets work, the list says until when, and the file keeps the
 /// old hash as `{ hash = …, expires = … }`.
 #[test]
@@ -563,28 +603,7 @@ fn rotate_secret_keep_old_keeps_the_old_secret_working_for_that_long() {
         &["clients", "rotate-secret", &client.id, "--keep-old", "1h"],
     );
     let expected_until = now() + 3_600;
-    assert_eq!(rotated["id"], client.id.as_str(), "{rotated:#}");
-    let secret = rotated["secret"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no new `secret`: {rotated:#}"));
-    assert_ne!(secret, client.secret);
-    let until = rotated["old_valid_until"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no `old_valid_until` time: {rotated:#}"));
-    assert_about(unix_seconds(until), expected_until, "old_valid_until");
-
-    assert_gets_token(&daemon, &client.id, secret);
-    assert_gets_token(&daemon, &client.id, &client.secret);
-
-    let listed_client = listed(&daemon, &client.id).expect("the client is listed");
-    let listed_until = listed_client["old_secret_until"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no `old_secret_until` time: {listed_client:#}"));
-    assert_about(
-        unix_seconds(listed_until),
-        expected_until,
-        "old_secret_until",
-    );
+    let secret = &assert_rotated_keeping_old(&daemon, &client, &rotated, expected_until);
     assert!(
         list_row(&daemon, &client.id)[1].starts_with("rotating"),
         "the state column says the secret is rotating"
@@ -617,6 +636,26 @@ fn rotate_secret_keep_old_keeps_the_old_secret_working_for_that_long() {
     );
 }
 
+/// Without `--keep-old` the overlap is the default, 24 hours (README, SPEC): the new secret
+/// and the old one both work from the next request on.
+#[test]
+fn rotate_secret_without_keep_old_keeps_the_old_secret_for_a_day() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    let rotated = admin_json(&daemon, &["clients", "rotate-secret", &client.id]);
+    let expected_until = now() + DEFAULT_OVERLAP_SECS;
+    let secret = &assert_rotated_keeping_old(&daemon, &client, &rotated, expected_until);
+    assert_only_hashes_stored(&daemon, &[secret, &client.secret]);
+
+    // The human form says so too.
+    let output = daemon.admin(&["clients", "rotate-secret", &client.id]);
+    output.assert_success();
+    assert!(
+        output.stdout.contains("the old secret keeps working until"),
+        "the output says until when the old secret works:\n{output}"
+    );
+}
+
 #[test]
 fn rotate_secret_keep_old_0_stops_the_old_secret_at_once() {
     let client = service_client();
@@ -636,7 +675,7 @@ fn rotate_secret_keep_old_0_stops_the_old_secret_at_once() {
     );
 
     assert_refused_at_once(&daemon, &client.id, &client.secret);
-    assert_gets_token(&daemon, &client.id, secret);
+    assert_gets_token_at_once(&daemon, &client.id, secret);
     let listed_client = listed(&daemon, &client.id).expect("the client is listed");
     assert_eq!(
         listed_client["old_secret_until"],
@@ -669,8 +708,8 @@ fn rotate_secret_with_an_overlap_of_a_client_with_two_current_secrets_is_refused
     let output = daemon.admin(&["clients", "rotate-secret", &client.id, "--keep-old", "1h"]);
     assert_fails_with(&output, &[&client.id, "2 secrets without an expiry"]);
     assert_eq!(clients_file(&daemon), two, "the file is unchanged");
-    assert_gets_token(&daemon, &client.id, &client.secret);
-    assert_gets_token(&daemon, &client.id, &second);
+    assert_gets_token_at_once(&daemon, &client.id, &client.secret);
+    assert_gets_token_at_once(&daemon, &client.id, &second);
 }
 
 /// A client whose only secret is the old one of an earlier rotation: a rotation keeps that
@@ -698,9 +737,9 @@ fn rotate_secret_keeps_an_old_secret_for_no_longer_than_it_had() {
         .as_str()
         .unwrap_or_else(|| panic!("no `old_valid_until` time: {rotated:#}"));
     assert_eq!(unix_seconds(said), had_until, "{rotated:#}");
-    assert_gets_token(&daemon, &client.id, &client.secret);
+    assert_gets_token_at_once(&daemon, &client.id, &client.secret);
     let secret = rotated["secret"].as_str().expect("the new secret");
-    assert_gets_token(&daemon, &client.id, secret);
+    assert_gets_token_at_once(&daemon, &client.id, secret);
 }
 
 // --- import ---
@@ -723,8 +762,8 @@ fn clients_import_registers_every_seed_client_with_only_hashes_stored() {
     let output = daemon.admin(&["clients", "import", &seed]);
     output.assert_success();
     assert!(output.stdout.contains('2'), "the count is shown:\n{output}");
-    assert_gets_token(&daemon, "alpha", &alpha);
-    assert_gets_token(&daemon, "beta.svc", &beta);
+    assert_gets_token_at_once(&daemon, "alpha", &alpha);
+    assert_gets_token_at_once(&daemon, "beta.svc", &beta);
     assert_refused_at_once(&daemon, "alpha", &beta);
     assert_only_hashes_stored(&daemon, &[&alpha, &beta]);
     assert_eq!(list_json(&daemon).len(), 3);
@@ -737,7 +776,7 @@ fn clients_import_json_counts_the_clients() {
     let seed = write_seed(&daemon, &[("imported", &secret)]);
     let imported = admin_json(&daemon, &["clients", "import", &seed]);
     assert_eq!(imported, json!({"imported": 1}));
-    assert_gets_token(&daemon, "imported", &secret);
+    assert_gets_token_at_once(&daemon, "imported", &secret);
     assert_only_hashes_stored(&daemon, &[&secret]);
 }
 
@@ -761,8 +800,8 @@ fn clients_import_refuses_a_short_secret_unless_forced() {
 
     let output = daemon.admin(&["clients", "import", &seed, "--force"]);
     output.assert_success();
-    assert_gets_token(&daemon, "weakling", weak);
-    assert_gets_token(&daemon, "strong", &strong);
+    assert_gets_token_at_once(&daemon, "weakling", weak);
+    assert_gets_token_at_once(&daemon, "strong", &strong);
     assert_only_hashes_stored(&daemon, &[&strong, weak]);
 }
 
@@ -783,8 +822,8 @@ fn clients_import_of_nearly_a_frame_is_applied_whole() {
     let imported = admin_json(&daemon, &["clients", "import", &seed]);
     assert_eq!(imported, json!({"imported": 18_000}));
     let (first, last) = (&secrets[0], &secrets[17_999]);
-    assert_gets_token(&daemon, &first.0, &first.1);
-    assert_gets_token(&daemon, &last.0, &last.1);
+    assert_gets_token_at_once(&daemon, &first.0, &first.1);
+    assert_gets_token_at_once(&daemon, &last.0, &last.1);
     assert_eq!(list_json(&daemon).len(), 18_001);
 }
 
@@ -1630,7 +1669,7 @@ fn metrics_name_no_client_by_default() {
     daemon
         .admin(&["clients", "remove", "other"])
         .assert_success();
-    assert_refused(&daemon, "other", &other.secret);
+    assert_refused_at_once(&daemon, "other", &other.secret);
     assert_eq!(metric(&scrape(&daemon), total), 8.0);
 }
 

@@ -6,9 +6,13 @@ use std::{
 };
 
 use serde_json::Value;
-use tokendealer_tests::{Daemon, TestClient, bins, daemon::admin_command};
+use tokendealer_tests::{
+    Daemon, TestClient, bins,
+    daemon::{admin_command, lines_around},
+    files,
+};
 
-use crate::{API, service_client};
+use crate::{API, now, service_client};
 
 #[test]
 fn status_shows_version_address_and_key() {
@@ -89,18 +93,61 @@ fn no_daemon_exits_1_with_one_sentence() {
     }
 }
 
-/// `tokendealer reload` is synchronous: when it returns, a client added to the file works.
+/// The daemon's log line for a clients file it loaded, whatever made it look.
+const CLIENTS_RELOADED: &str = "clients file reloaded";
+
+/// How many edits a test makes before it gives up on one that only a reload applied: the
+/// daemon looks at the clients file every 5 s of its own, and that look may come first.
+const EDIT_ATTEMPTS: usize = 3;
+
+/// `tokendealer reload` is synchronous: when it returns, a client added to the file works,
+/// on the very next request. `clients.toml` is a symlink into another directory, so the file
+/// watch cannot apply the edit; the log shows that the reload did. Should the daemon's look
+/// at the file every 5 s have come between the save and the reload, the edit proves
+/// nothing and another is made.
 #[test]
 fn reload_picks_up_a_new_client() {
     let first = service_client();
-    let daemon = Daemon::with_client(&first);
-    let added = TestClient::new("added-later").audiences(&[API]);
-    daemon.write_clients(&[first, added.clone()]);
-    daemon.admin(&["reload"]).assert_success();
-    daemon.access_token(&added, &[]);
+    // At debug, the daemon logs its look at an unchanged file.
+    let mut daemon = Daemon::builder().log_level("debug").write();
+    let real = daemon.clients_file_elsewhere(std::slice::from_ref(&first));
+    daemon.start();
+    // The start-up's second look at the file, which would apply an edit saved before it, is
+    // over.
+    daemon.wait_for_log("the start-up look at the clients file", |log| {
+        log.contains("clients file unchanged")
+    });
+    let mut clients = vec![first.clone()];
+    for attempt in 1..=EDIT_ATTEMPTS {
+        let added = TestClient::new(&format!("added-later-{attempt}")).audiences(&[API]);
+        clients.push(added.clone());
+        let loaded = daemon.stderr().matches(CLIENTS_RELOADED).count();
+        files::write_by_rename(&real, files::clients_text(&clients).as_bytes());
+        daemon.admin(&["reload"]).assert_success();
+        daemon.access_token(&added, &[]);
+        daemon.access_token(&first, &[]);
+
+        let log = daemon.wait_for_log("the reload's outcome", |log| {
+            log.matches("admin: reload").count() == attempt
+                && lines_around(log, "admin: reload", CLIENTS_RELOADED)
+                    .is_some_and(|(before, after)| before > loaded || after > 0)
+        });
+        let (before, after) =
+            lines_around(&log, "admin: reload", CLIENTS_RELOADED).expect("the reload is logged");
+        if before > loaded {
+            continue; // The look every 5 s applied it first.
+        }
+        assert_eq!(after, 1, "the reload applied the edit once:\n{log}");
+        return;
+    }
+    panic!(
+        "each of {EDIT_ATTEMPTS} edits was applied before the reload asked for it:\n{}",
+        daemon.diagnostics()
+    );
 }
 
-/// A broken clients file is refused and the clients already loaded keep working.
+/// A broken clients file is refused and the clients already loaded keep working; the
+/// failure names the file, and `status` tells it as the last reload.
 #[test]
 fn reload_of_a_broken_file_fails_and_keeps_the_old_clients() {
     let client = service_client();
@@ -108,7 +155,56 @@ fn reload_of_a_broken_file_fails_and_keeps_the_old_clients() {
     daemon.write_file("clients.toml", "[clients.broken\n");
     let output = daemon.admin(&["reload"]);
     assert_eq!(output.code(), Some(1), "a failed reload exits 1:\n{output}");
+    let lines = output.stderr_lines();
+    assert_eq!(lines.len(), 1, "one sentence on stderr:\n{output}");
+    assert!(
+        lines[0].contains("clients.toml"),
+        "the failure names the clients file:\n{output}"
+    );
     daemon.access_token(&client, &[]);
+    assert_last_reload_failed(&daemon, "clients.toml");
+}
+
+/// `reload --json`: one object saying how it went, on stdout, whether it succeeded (exit 0,
+/// with the time and the number of clients) or failed (exit 1, with the file, the line and
+/// the reason).
+#[test]
+fn reload_json_tells_the_outcome() {
+    let first = service_client();
+    let second = TestClient::new("second").audiences(&[API]);
+    let daemon = Daemon::with_client(&first);
+    daemon.write_clients(&[first.clone(), second]);
+    let output = daemon.admin(&["reload", "--json"]);
+    output.assert_success();
+    let reloaded: Value = serde_json::from_str(&output.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON value ({e}):\n{output}"));
+    assert_eq!(reloaded["ok"], true, "{output}");
+    assert_eq!(reloaded["clients"], 2, "{output}");
+    let at = reloaded["at"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no `at` time:\n{output}"));
+    let at = tokendealer_tests::keys::unix_seconds(at);
+    assert!((at - now()).abs() <= 60, "`at` is not now:\n{output}");
+
+    daemon.write_file("clients.toml", "[clients.broken\n");
+    let output = daemon.admin(&["reload", "--json"]);
+    assert_eq!(output.code(), Some(1), "a failed reload exits 1:\n{output}");
+    let failed: Value = serde_json::from_str(&output.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON value ({e}):\n{output}"));
+    assert_eq!(failed["ok"], false, "{output}");
+    assert!(
+        failed["file"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("clients.toml")),
+        "the failed file:\n{output}"
+    );
+    assert_eq!(failed["line"], 1, "{output}");
+    assert!(
+        failed["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "a reason:\n{output}"
+    );
+    assert!(failed["at"].is_string(), "{output}");
+    daemon.access_token(&first, &[]);
 }
 
 /// The last reload as `status --json` tells it, having failed on the file named `file`.
@@ -267,6 +363,55 @@ fn an_empty_tokendealer_socket_counts_as_unset() {
     assert!(
         output.stdout.contains(&daemon.addr().to_string()),
         "{output}"
+    );
+}
+
+/// The `listen` address of `tokendealer [--socket FLAG] status --json` run with
+/// `TOKENDEALER_SOCKET=ENV`, from a directory without `./tokendealer-data/`.
+#[track_caller]
+fn listen_of_the_daemon_found(flag: Option<&std::path::Path>, env: &std::path::Path) -> String {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut cmd = Command::new(bins::tokendealer());
+    if let Some(flag) = flag {
+        cmd.arg("--socket").arg(flag);
+    }
+    cmd.args(["status", "--json"])
+        .current_dir(dir.path())
+        .env("TOKENDEALER_SOCKET", env)
+        .env("NO_COLOR", "1");
+    let output = tokendealer_tests::process::run(cmd);
+    output.assert_success();
+    let status: Value = serde_json::from_str(&output.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON value ({e}):\n{output}"));
+    status["listen"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no `listen`:\n{output}"))
+        .to_owned()
+}
+
+/// A non-empty `$TOKENDEALER_SOCKET` names the socket; `--socket` comes before it, even
+/// when the variable names a socket nobody listens on.
+#[test]
+fn tokendealer_socket_is_used_and_the_socket_flag_comes_before_it() {
+    let one = Daemon::with_client(&service_client());
+    let other = Daemon::with_client(&service_client());
+    assert_ne!(one.addr(), other.addr());
+
+    assert_eq!(
+        listen_of_the_daemon_found(None, one.admin_socket()),
+        one.addr().to_string(),
+        "the daemon $TOKENDEALER_SOCKET names"
+    );
+    assert_eq!(
+        listen_of_the_daemon_found(Some(other.admin_socket()), one.admin_socket()),
+        other.addr().to_string(),
+        "--socket before $TOKENDEALER_SOCKET"
+    );
+    let absent = one.dir().join("absent.sock");
+    assert_eq!(
+        listen_of_the_daemon_found(Some(other.admin_socket()), &absent),
+        other.addr().to_string(),
+        "--socket before a $TOKENDEALER_SOCKET that leads nowhere"
     );
 }
 

@@ -116,3 +116,28 @@ fn rsa_bits_sets_the_modulus_size() {
     let bytes = jwt::b64url_decode(n).expect("a base64url modulus");
     assert_eq!(bytes.len(), 3072 / 8, "{jwks}");
 }
+
+/// The largest size allowed: every RSA key the JWKS publishes (the active and the next one)
+/// has a 4096-bit modulus, and a token it signs verifies.
+#[test]
+fn rsa_bits_4096_publishes_512_byte_moduli() {
+    let client = service_client();
+    let daemon = Daemon::builder()
+        .algorithm("RS256")
+        .config("rsa_bits = 4096")
+        .client(&client)
+        .start();
+    let jwks = daemon.jwks();
+    let keys = jwks["keys"].as_array().expect("a `keys` array");
+    assert_eq!(keys.len(), 2, "the active and the next key: {jwks}");
+    for jwk in keys {
+        assert_eq!(jwk["kty"], "RSA", "{jwk}");
+        let n = jwk["n"].as_str().expect("an RSA modulus");
+        let bytes = jwt::b64url_decode(n).expect("a base64url modulus");
+        assert_eq!(bytes.len(), 4096 / 8, "{jwk}");
+        assert!(bytes[0] != 0, "the modulus has no leading zero byte: {jwk}");
+    }
+    let token = daemon.access_token(&client, &[("audience", API)]);
+    let claims = jwt::pyjwt_verify(&daemon.url("/.well-known/jwks.json"), &token, ISSUER, API);
+    assert_eq!(claims["sub"], client.id.as_str(), "{claims}");
+}

@@ -29,7 +29,7 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 use tokendealer_tests::{
     Daemon, DaemonBuilder, Reply, TestClient, bins,
-    daemon::admin_command,
+    daemon::{admin_command, lines_around},
     files::{self, KubeVolume, Tmpfs},
     http::{self, Request},
     random_secret, secret_hash,
@@ -768,26 +768,61 @@ fn requests_never_fail_for_unchanged_clients_across_fifty_reloads() {
 
 // --- SIGHUP ---
 
+/// Only SIGHUP can apply this edit at once: `clients.toml` is a symlink into another
+/// directory, whose edits make no event in the watched one. The test waits for the reload
+/// SIGHUP announces (RELOADING=1, then READY=1 when it is done), after which the edit holds
+/// for the very next request, and the log shows that this reload applied it. The daemon's
+/// look at the file every 5 s may come between the save and the signal: such an edit proves
+/// nothing, and another is made.
 #[test]
 fn sighup_applies_a_change_the_watcher_cannot_see() {
-    let old = TestClient::new("old");
-    let new = TestClient::new("new");
-    let mut daemon = builder().write();
-    // `clients.toml` is a symlink into a directory of its own: edits there make no event in
-    // the watched directory, so only SIGHUP can apply them.
-    let real = daemon.dir().join("elsewhere/clients.toml");
-    daemon.write_file("elsewhere/clients.toml", &files::clients_text([&old]));
-    fs::remove_file(daemon.clients_path()).expect("removing the builder's clients file");
-    symlink(&real, daemon.clients_path()).expect("linking clients.toml");
+    const SIGHUP_LINE: &str = "SIGHUP: reloading";
+    const RELOADED: &str = "clients file reloaded";
+    const ATTEMPTS: usize = 3;
+    let mut was = TestClient::new("old");
+    // At debug, the daemon logs its look at an unchanged file.
+    let mut daemon = builder().log_level("debug").write();
+    let real = daemon.clients_file_elsewhere(std::slice::from_ref(&was));
     daemon.start();
-    assert_works(&daemon, &old);
+    // The start-up's second look at the file, which would apply an edit saved before it, is
+    // over.
+    daemon.wait_for_log("the start-up look at the clients file", |log| {
+        log.contains("clients file unchanged")
+    });
+    assert_works(&daemon, &was);
 
-    files::write_by_rename(&real, files::clients_text([&new]).as_bytes());
-    assert_refused(&daemon, &new);
-    daemon.signal(Signal::SIGHUP);
-    let signalled = Instant::now();
-    works_within(&daemon, &new, signalled);
-    refused_within(&daemon, &old, signalled);
+    for attempt in 1..=ATTEMPTS {
+        let new = TestClient::new(&format!("new-{attempt}"));
+        let loaded = daemon.stderr().matches(RELOADED).count();
+        files::write_by_rename(&real, files::clients_text([&new]).as_bytes());
+        // Not asked whether `new` is refused yet: the look every 5 s may apply the edit at
+        // any moment. The log below tells whether anything did before the signal.
+        daemon.signal(Signal::SIGHUP);
+        daemon.wait_for_notification("RELOADING=1");
+        daemon.wait_for_notification("READY=1");
+        // The reload is over: its outcome holds for the very next request.
+        assert_works(&daemon, &new);
+        assert_refused(&daemon, &was);
+
+        let log = daemon.wait_for_log("the SIGHUP reload's outcome", |log| {
+            log.matches(SIGHUP_LINE).count() == attempt
+                && lines_around(log, SIGHUP_LINE, RELOADED)
+                    .is_some_and(|(before, after)| before > loaded || after > 0)
+        });
+        let (before, after) =
+            lines_around(&log, SIGHUP_LINE, RELOADED).expect("the SIGHUP is logged");
+        if before > loaded {
+            // The look every 5 s applied it first.
+            was = new;
+            continue;
+        }
+        assert_eq!(after, 1, "the SIGHUP reload applied the edit once:\n{log}");
+        return;
+    }
+    panic!(
+        "each of {ATTEMPTS} edits was applied before the SIGHUP reload:\n{}",
+        daemon.diagnostics()
+    );
 }
 
 // --- the daemon's own writes ---

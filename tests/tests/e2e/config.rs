@@ -4,7 +4,9 @@
 use std::{fs, net::TcpListener, path::Path, process::Command};
 
 use serde_json::json;
-use tokendealer_tests::{Daemon, ISSUER, Output, bins, clients::toml_string, http, jwt, process};
+use tokendealer_tests::{
+    Daemon, ISSUER, Output, bins, clients::toml_string, http, jwt, keys, process,
+};
 
 use crate::{API, assert_private_keys, service_client};
 
@@ -86,6 +88,25 @@ fn an_unknown_admin_group_exits_78_naming_it() {
     assert!(output.stderr.contains("no-such-group-here"), "{output}");
 }
 
+/// RSA keys under 2048 bits are refused before any key is made: exit 78 and one sentence
+/// naming `rsa_bits`, the file and the line.
+#[test]
+fn rsa_bits_1024_exits_78_naming_it() {
+    let mut daemon = daemon_with_line6("algorithm = \"RS256\"\nrsa_bits = 1024");
+    let (sentence, output) = daemon.start_refused();
+    assert!(
+        sentence.contains("rsa_bits") && sentence.contains("1024"),
+        "the sentence names `rsa_bits` and its value:\n{output}"
+    );
+    assert_names_file_and_line(&output, &daemon.config_path(), 7);
+    let keys = daemon.dir().join("keys");
+    assert!(
+        fs::read_dir(&keys).map_or(true, |mut entries| entries.next().is_none()),
+        "a refused start made keys in {}",
+        keys.display()
+    );
+}
+
 /// `deny_unknown_fields`: a typo is an error, not a silent default.
 #[test]
 fn unknown_key_exits_78_naming_it() {
@@ -105,7 +126,28 @@ fn check_config(file: &Path) -> Output {
 #[test]
 fn check_config_accepts_a_valid_config() {
     let daemon = Daemon::builder().client(&service_client()).write();
-    check_config(&daemon.config_path()).assert_success();
+    let output = check_config(&daemon.config_path());
+    output.assert_success();
+    assert!(output.stderr.is_empty(), "nothing to warn of:\n{output}");
+}
+
+/// What a start warns of, `check-config` warns of too, and still accepts the config: no
+/// `issuer` with a wildcard `listen` names an address no client can reach.
+#[test]
+fn check_config_warns_of_a_wildcard_listen_without_issuer() {
+    let daemon = Daemon::builder()
+        .without_issuer()
+        .client(&service_client())
+        .write();
+    keys::set_config(&daemon, "listen", r#""0.0.0.0:8080""#);
+    let output = check_config(&daemon.config_path());
+    output.assert_success();
+    let lines = output.stderr_lines();
+    assert_eq!(lines.len(), 1, "one warning:\n{output}");
+    assert!(
+        lines[0].contains("warning") && lines[0].contains("set `issuer`"),
+        "{output}"
+    );
 }
 
 #[test]

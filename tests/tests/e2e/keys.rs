@@ -539,6 +539,66 @@ fn a_stop_is_not_held_by_upkeep_waiting_for_the_key_directory_lock() {
     drop(lock);
 }
 
+/// retiring → removed on a running daemon: at its `retire_at`, with no admin asking and no
+/// restart, the retiring key leaves the JWKS and the key directory; not before.
+#[test]
+fn a_retiring_key_leaves_the_jwks_and_the_key_directory_at_its_time() {
+    let (mut daemon, client) = daemon_with("ES256");
+    let rotated = keys::rotate_now(&daemon);
+    let retiring = json_str(&rotated, "/retiring/kid").to_owned();
+    let active = json_str(&rotated, "/active").to_owned();
+    daemon.stop();
+    let key_dir = keys::key_dir(&daemon);
+    let retire_at = now() + RETIRE_SOON_SECS;
+    keys::edit_manifest(&key_dir, |keys| {
+        for key in keys.iter_mut().filter(|k| k["state"] == "retiring") {
+            key["retire_at"] = Value::from(retire_at);
+        }
+    });
+    daemon.start();
+    assert!(
+        jwks_kids(&daemon).contains(&retiring),
+        "the retiring key is published until {retire_at}: {}",
+        daemon.jwks()
+    );
+    let pem = key_dir.join(format!("{retiring}.pem"));
+    assert!(pem.exists(), "{} is gone before its time", pem.display());
+
+    daemon.wait_for_log("the retiring key's file removed", |log| {
+        log.lines().any(|l| {
+            l.contains("removed the key file of a key that left the manifest")
+                && l.contains(&retiring)
+        })
+    });
+    assert!(
+        now() >= retire_at,
+        "the retiring key left at {}, before its retire_at {retire_at}",
+        now()
+    );
+    assert!(!pem.exists(), "{} remains", pem.display());
+    // The JWKS is swapped just after the file goes.
+    let deadline = Instant::now() + ADOPTION_DEADLINE;
+    while jwks_kids(&daemon).contains(&retiring) {
+        assert!(
+            Instant::now() < deadline,
+            "the retiring key is still published after its file was removed: {}",
+            daemon.jwks()
+        );
+    }
+    let listed = keys::list(&daemon);
+    assert!(
+        listed.iter().all(|k| k.state != "retiring"),
+        "no retiring key is left: {listed:#?}"
+    );
+    assert_eq!(keys::only(&listed, "active").kid, active, "{listed:#?}");
+    let on_disk = keys::assert_key_dir_consistent(&key_dir);
+    assert!(
+        on_disk.iter().all(|(kid, _)| *kid != retiring),
+        "the manifest still names {retiring}: {on_disk:?}"
+    );
+    assert_eq!(kid_of(&token(&daemon, &client)), active);
+}
+
 #[test]
 fn revoking_the_active_key_drops_it_from_the_jwks_and_promotes_next() {
     let (daemon, client) = daemon_with("EdDSA");
@@ -701,6 +761,44 @@ fn tokens_signed_by_a_revoked_key_no_longer_verify() {
     let reply = verify_token(&daemon, &revoked_token);
     reply.assert_status(400);
     assert_eq!(reply.json()["error"], "invalid_token", "{reply}");
+}
+
+/// `keys revoke KID --json`: the key revoked, the state it had, and the key that signs now.
+#[test]
+fn keys_revoke_json_names_the_key_its_former_state_and_the_signing_key() {
+    let (daemon, client) = daemon_with("EdDSA");
+    let rotated = keys::rotate_now(&daemon);
+    let retiring = json_str(&rotated, "/retiring/kid").to_owned();
+    let active = json_str(&rotated, "/active").to_owned();
+    let next = json_str(&rotated, "/next").to_owned();
+
+    let revoke = |kid: &str| -> Value {
+        let output = daemon.admin(&["keys", "revoke", kid, "--json"]);
+        output.assert_success();
+        serde_json::from_str(&output.stdout)
+            .unwrap_or_else(|e| panic!("`keys revoke --json` printed no JSON ({e}):\n{output}"))
+    };
+    assert_eq!(
+        revoke(&retiring),
+        json!({"revoked": retiring, "former_state": "retiring", "active": active})
+    );
+    assert_eq!(
+        jwks_kids(&daemon),
+        kid_set([active.as_str(), next.as_str()]),
+        "the retiring key left the JWKS"
+    );
+
+    // The active key revoked: the next one signs, and says so.
+    assert_eq!(
+        revoke(&active),
+        json!({"revoked": active, "former_state": "active", "active": next})
+    );
+    assert_eq!(kid_of(&token(&daemon, &client)), next);
+    let kids = jwks_kids(&daemon);
+    assert!(
+        !kids.contains(&active) && kids.contains(&next),
+        "the JWKS after the revocation: {kids:?}"
+    );
 }
 
 #[test]
@@ -1046,26 +1144,48 @@ fn a_reload_whose_key_settings_cannot_be_applied_fails() {
 }
 
 /// Only the key files it wrote leave the key directory: others kept there (a TLS
-/// certificate, a backup) stay.
+/// certificate, a backup, even a backup named after the key that goes) stay, through a
+/// rotation, the removal of a key's file and a restart.
 #[test]
 fn files_of_others_in_the_key_directory_are_left_alone() {
     let client = service_client();
-    let daemon = Daemon::builder().client(&client).write();
+    let mut daemon = Daemon::builder().client(&client).write();
     let dir = keys::key_dir(&daemon);
     fs::create_dir_all(&dir).expect("the key directory");
-    for name in ["tls-cert.pem", "backup-of-oldkey.pem"] {
-        fs::write(dir.join(name), "theirs").expect("writing a file");
-    }
-    let mut daemon = daemon;
+    let theirs = |names: &[String]| {
+        for name in names {
+            fs::write(dir.join(name), "theirs").expect("writing a file");
+        }
+    };
+    let mut names = vec!["tls-cert.pem".to_owned(), "backup-of-oldkey.pem".to_owned()];
+    theirs(&names);
     daemon.start();
-    keys::rotate_now(&daemon);
-    for name in ["tls-cert.pem", "backup-of-oldkey.pem"] {
+    let rotated = keys::rotate_now(&daemon);
+    let retiring = json_str(&rotated, "/retiring/kid").to_owned();
+    let backups = [format!("{retiring}.pem.bak"), format!("{retiring}.pem~")];
+    theirs(&backups);
+    names.extend(backups);
+
+    daemon
+        .admin(&["keys", "revoke", retiring.as_str()])
+        .assert_success();
+    let pem = dir.join(format!("{retiring}.pem"));
+    assert!(
+        !pem.exists(),
+        "the revoked key's file remains: {:?}",
+        keys::listing(&dir)
+    );
+    daemon.restart();
+    keys::assert_key_dir_consistent(&dir);
+    for name in &names {
         assert_eq!(
             fs::read_to_string(dir.join(name)).ok().as_deref(),
             Some("theirs"),
-            "{name} is gone"
+            "{name} is gone or changed: {:?}",
+            keys::listing(&dir)
         );
     }
+    token(&daemon, &client);
 }
 
 #[test]

@@ -190,10 +190,44 @@ async fn http<I>(
 }
 
 async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resp {
-    // RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without `Host`.
-    if req.version() == Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
-        return OAuthError::invalid_request("an HTTP/1.1 request needs a Host header")
-            .into_response();
+    // Answered before its body is read (all but the endpoints that read one), an HTTP/1
+    // request's connection ends, and the answer says so.
+    let body_unread = response::body_unread(req.version(), req.body());
+    let unread = |resp| {
+        if body_unread {
+            response::closing(resp)
+        } else {
+            resp
+        }
+    };
+    // RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without `Host`, and to
+    // any request with more than one, or one that is not a host (and port).
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let refused = match (hosts.next(), hosts.next()) {
+        (None, _) if req.version() == Version::HTTP_11 => {
+            Some("an HTTP/1.1 request needs a Host header")
+        }
+        (Some(_), Some(_)) => Some("a request has one Host header, not more"),
+        (Some(host), None) if !is_host(host) => Some("the Host header is not a host and port"),
+        _ => None,
+    };
+    if let Some(why) = refused {
+        return unread(OAuthError::invalid_request(why).into_response());
+    }
+    let known = matches!(
+        *req.method(),
+        Method::POST
+            | Method::GET
+            | Method::HEAD
+            | Method::PUT
+            | Method::DELETE
+            | Method::PATCH
+            | Method::OPTIONS
+            | Method::TRACE
+            | Method::CONNECT
+    );
+    if !known {
+        return unread(OAuthError::not_implemented().into_response());
     }
     let head = req.method() == Method::HEAD;
     let get_only = |req: &Request<Incoming>| matches!(*req.method(), Method::GET | Method::HEAD);
@@ -208,10 +242,8 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resp 
         .and_then(|prefix| full.strip_prefix(prefix))
         .filter(|rest| rest.starts_with('/'))
         .unwrap_or(full);
-    // The endpoints that read a body say themselves when they leave one unread; the others
-    // never read one.
+    // The endpoints that read a body say themselves when they leave one unread.
     let reads_body = matches!(path, "/oauth/token" | "/oauth/introspect" | "/verify_token");
-    let unread = !reads_body && response::body_unread(req.version(), req.body());
     let resp = match path {
         "/oauth/token" => token::handle(state, req, peer).await,
         "/oauth/introspect" => discovery::introspect(state, req, peer).await,
@@ -236,12 +268,19 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resp 
         }
         _ => OAuthError::not_found().into_response(),
     };
-    let resp = if unread {
-        response::closing(resp)
-    } else {
-        resp
-    };
+    let resp = if reads_body { resp } else { unread(resp) };
     if head { without_body(resp) } else { resp }
+}
+
+/// Whether a `Host` value is `uri-host [ ":" port ]` (RFC 9112 §3.2), or empty (a target
+/// without authority).
+fn is_host(value: &header::HeaderValue) -> bool {
+    value.is_empty()
+        || value
+            .to_str()
+            .ok()
+            .and_then(|text| text.parse::<http::uri::Authority>().ok())
+            .is_some_and(|authority| !authority.as_str().contains('@'))
 }
 
 /// A response to HEAD: its headers, `Content-Length` included, and no content (RFC 9110

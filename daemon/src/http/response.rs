@@ -65,6 +65,24 @@ struct ErrorBody<'a> {
     error_description: Option<&'a str>,
 }
 
+/// RFC 6749 §5.2: `error_description` holds printable ASCII without `"` and `\`. Some
+/// descriptions quote what the client sent (a parameter's name, a scope, a resource): a
+/// double quote there is shown as `'`, and any other character outside the set as `?`.
+fn describable(text: Cow<'static, str>) -> Cow<'static, str> {
+    let allowed = |c: char| matches!(c, '\x20'..='\x21' | '\x23'..='\x5b' | '\x5d'..='\x7e');
+    if text.chars().all(allowed) {
+        return text;
+    }
+    text.chars()
+        .map(|c| match c {
+            c if allowed(c) => c,
+            '"' => '\'',
+            _ => '?',
+        })
+        .collect::<String>()
+        .into()
+}
+
 impl OAuthError {
     fn new(
         status: StatusCode,
@@ -74,7 +92,7 @@ impl OAuthError {
         Self {
             status,
             code,
-            description: Some(description.into()),
+            description: Some(describable(description.into())),
             challenge: false,
             allow: None,
             retry_after: None,
@@ -168,6 +186,16 @@ impl OAuthError {
             description: None,
             ..Self::new(StatusCode::NOT_FOUND, "not_found", "")
         }
+    }
+
+    /// RFC 9110 §9.1: a method the server does not know at all (not one it knows but an
+    /// endpoint does not allow, which is 405).
+    pub fn not_implemented() -> Self {
+        Self::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "invalid_request",
+            "the request's method is not one this server knows",
+        )
     }
 
     pub fn into_response(self) -> Resp {
@@ -268,4 +296,24 @@ pub fn has_media_type(headers: &http::HeaderMap, expected: &str) -> bool {
             }
             _ => true,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A description quoting what the client sent keeps to RFC 6749 §5.2's characters.
+    #[test]
+    fn descriptions_keep_to_the_characters_rfc_6749_allows() {
+        let said = OAuthError::invalid_request("parameter `a\"\\é\n` is included more than once");
+        assert_eq!(
+            said.description.as_deref(),
+            Some("parameter `a'???` is included more than once")
+        );
+        let plain = OAuthError::invalid_request("grant_type is missing");
+        assert!(
+            matches!(plain.description, Some(Cow::Borrowed(_))),
+            "no copy"
+        );
+    }
 }

@@ -340,17 +340,31 @@ fn authorize<'a>(
     })
 }
 
-/// RFC 8707 §2: an absolute URI (`scheme:` …) with no fragment.
+/// RFC 8707 §2: an absolute URI (`scheme:` …, RFC 3986 §4.3) with no fragment: only the
+/// characters RFC 3986 allows, each `%` beginning an escape of two hex digits, and an
+/// authority, if it has one, that is a host and port (brackets closed).
 fn is_resource_indicator(value: &str) -> bool {
     let Some((scheme, rest)) = value.split_once(':') else {
         return false;
     };
     let mut chars = scheme.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-        && !rest.is_empty()
-        && !value.contains('#')
-        && !value.contains(|c: char| c.is_whitespace() || c.is_control())
+    let scheme_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    let bytes = value.as_bytes();
+    // `#` is not among them: no fragment.
+    let characters_ok = bytes.iter().enumerate().all(|(at, &b)| {
+        b.is_ascii_alphanumeric()
+            || b"-._~:/?[]@!$&'()*+,;=".contains(&b)
+            || (b == b'%'
+                && bytes
+                    .get(at + 1..at + 3)
+                    .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)))
+    });
+    let authority_ok = rest.strip_prefix("//").is_none_or(|after| {
+        let authority = &after[..after.find(['/', '?']).unwrap_or(after.len())];
+        authority.is_empty() || authority.parse::<http::uri::Authority>().is_ok()
+    });
+    scheme_ok && !rest.is_empty() && characters_ok && authority_ok
 }
 
 #[derive(Serialize)]
@@ -474,6 +488,34 @@ mod tests {
     use super::*;
     use crate::clients::hash_secret;
     use tokendealer_shared::clients_file::{self, format_hash};
+
+    /// RFC 8707 resource indicators are absolute RFC 3986 URIs without a fragment.
+    #[test]
+    fn resource_indicators_are_absolute_uris() {
+        for good in [
+            "https://api.example",
+            "https://api.example:8443/v1/runs?x=1",
+            "https://[::1]:8080/",
+            "https://x/%C3%A9",
+            "urn:example:resource",
+            "file:///srv/data",
+        ] {
+            assert!(is_resource_indicator(good), "{good}");
+        }
+        for bad in [
+            "api.example/v1",
+            "//api.example",
+            "https://x/#frag",
+            "https://x/%zz",
+            "https://x/é<>",
+            "https://[::1",
+            "https://x y",
+            "1https://x",
+            "https:",
+        ] {
+            assert!(!is_resource_indicator(bad), "{bad}");
+        }
+    }
 
     fn client(extra: &str) -> Registry {
         let h = format_hash(&hash_secret("s"));

@@ -1,5 +1,7 @@
 //! The JWKS, RFC 8414 metadata, health endpoints, `/verify_token` and RFC 7662 introspection.
 
+use std::io::Write as _;
+
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::json;
 use sha2::Sha256;
@@ -157,16 +159,77 @@ fn metadata_of_an_issuer_with_a_path_is_where_rfc_8414_puts_it() {
         .assert_status(404);
 }
 
-/// RFC 9112 §3.2: an HTTP/1.1 request without `Host` is answered 400.
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host` is answered 400, and so is any request
+/// with two, or one that is not a host and port; a token request among them too, with its
+/// credentials right.
 #[test]
 fn an_http_1_1_request_without_host_is_400() {
+    let client = service_client();
+    let daemon = Daemon::with_client(&client);
+    // The whole answer, HTTP/1.0 ones included, read to the close.
+    let ask = |request: String| {
+        let mut stream = http::connect(daemon.addr());
+        stream
+            .write_all(request.as_bytes())
+            .expect("writing a request");
+        http::read_to_close(&mut stream)
+    };
+    let get = |hosts: &str, version: &str| {
+        ask(format!(
+            "GET /healthz HTTP/{version}\r\n{hosts}Connection: close\r\n\r\n"
+        ))
+    };
+    let refused = |answer: &str| {
+        http::raw_status(answer) == 400 && answer.contains(r#""error":"invalid_request""#)
+    };
+    for (hosts, version) in [
+        ("", "1.1"),
+        ("Host: a\r\nHost: b\r\n", "1.1"),
+        ("Host: a\r\nHost: b\r\n", "1.0"),
+        ("Host: a b/c@\r\n", "1.1"),
+        ("Host: user@a\r\n", "1.1"),
+    ] {
+        let answer = get(hosts, version);
+        assert!(refused(&answer), "HTTP/{version} with {hosts:?}:\n{answer}");
+    }
+    for (hosts, version) in [
+        ("Host: x\r\n", "1.1"),
+        ("Host: [::1]:8080\r\n", "1.1"),
+        ("Host: \r\n", "1.1"),
+        ("", "1.0"),
+    ] {
+        let answer = get(hosts, version);
+        assert_eq!(
+            http::raw_status(&answer),
+            200,
+            "HTTP/{version} with {hosts:?}:\n{answer}"
+        );
+    }
+    let body = http::form_body(&[("grant_type", "client_credentials")]);
+    let reply = ask(format!(
+        "POST /oauth/token HTTP/1.1\r\nHost: evil.example\r\nHost: {}\r\n\
+         Authorization: {}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        daemon.addr(),
+        http::basic_header(&client.id, &client.secret),
+        body.len()
+    ));
+    assert!(refused(&reply), "two Hosts on a token request:\n{reply}");
+}
+
+/// RFC 9110 §9.1: a method the server does not know is 501; one it knows that the endpoint
+/// does not take is 405 with `Allow`.
+#[test]
+fn an_unknown_method_is_501() {
     let daemon = Daemon::with_client(&service_client());
-    let mut conn = RawConn::open(daemon.addr());
-    let reply = conn.request(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n");
-    reply.assert_status(400);
-    let mut conn = RawConn::open(daemon.addr());
-    let reply = conn.request(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    reply.assert_status(200);
+    let reply = RawConn::open(daemon.addr())
+        .request(b"FROB /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    reply.assert_status(501);
+    assert_eq!(reply.json()["error"], "invalid_request", "{reply}");
+    let reply = RawConn::open(daemon.addr()).request(
+        b"PUT /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    reply.assert_status(405);
 }
 
 /// The methods an `Allow` header names, sorted.

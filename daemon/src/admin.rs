@@ -83,9 +83,11 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
         path: path.to_owned(),
         source,
     };
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(parent).map_err(io_err)?;
-    }
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).map_err(io_err)?;
     match fs::symlink_metadata(path) {
         Ok(meta) if !meta.file_type().is_socket() => {
             return Err(BindError::NotASocket(path.to_owned()));
@@ -98,11 +100,35 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(io_err(e)),
     }
-    // Until the chmod below the socket has the umask's mode; with the usual umask (022) only
-    // the owner can connect in that window, which is no wider than what follows.
-    let listener = UnixListener::bind(path).map_err(io_err)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o660)).map_err(io_err)?;
-    Ok(listener)
+    // A socket is made with the umask's mode. Made where it is served, a loose umask (000)
+    // would let anyone connect before the chmod, while the file already vouched for its
+    // group (see `vouching_group`). So it is made in a directory of its own, which nobody
+    // else may enter, made 0660 there, and only then moved into place.
+    let staging = parent.join(format!(".admin-sock.{}", std::process::id()));
+    drop(fs::remove_dir_all(&staging));
+    std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700)
+        .create(&staging)
+        .map_err(io_err)?;
+    let staged = staging.join("s");
+    let placed = (|| {
+        let listener = UnixListener::bind(&staged)?;
+        fs::set_permissions(&staged, fs::Permissions::from_mode(0o660))?;
+        // Never over another's socket: one bound since the look above is in use.
+        rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &staged,
+            rustix::fs::CWD,
+            path,
+            rustix::fs::RenameFlags::NOREPLACE,
+        )?;
+        Ok::<_, io::Error>(listener)
+    })();
+    drop(fs::remove_dir_all(&staging));
+    match placed {
+        Ok(listener) => Ok(listener),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(BindError::InUse(path.to_owned())),
+        Err(e) => Err(io_err(e)),
+    }
 }
 
 /// Removes the socket at shutdown.
@@ -997,6 +1023,24 @@ fn status(state: &State) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The socket is moved into place already 0660, leaving nothing else in its directory;
+    /// a second daemon's bind is refused while the first one's socket answers.
+    #[tokio::test]
+    async fn the_socket_is_placed_with_its_mode_and_never_over_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock");
+        let _listener = bind(&path).unwrap();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.mode() & 0o777, 0o660);
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["admin.sock"], "the staging directory is gone");
+        assert!(matches!(bind(&path), Err(BindError::InUse(_))));
+    }
 
     /// A connection that leaves idleness after it was chosen to close is told so (it closes
     /// rather than serve the request that came meanwhile); one that leaves before is not,

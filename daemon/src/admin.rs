@@ -160,11 +160,14 @@ pub async fn serve(
     let idle = Arc::new(Idle::default());
     let subscribers = Arc::new(Semaphore::new(MAX_SUBSCRIBERS as usize));
     let tracker = TaskTracker::new();
-    // Where peers connect: its group and mode can vouch for a peer's group membership.
+    // Where peers connect: its group and mode can vouch for a peer's group membership. The
+    // path the daemon serves, not the listener's own: one the daemon bound was bound in a
+    // staging directory and moved (see `bind`). None for an abstract socket.
     let socket_file = listener
         .local_addr()
         .ok()
-        .and_then(|a| a.as_pathname().map(Path::to_owned));
+        .filter(|a| a.as_pathname().is_some())
+        .map(|_| state.admin_socket.clone());
     'accepting: loop {
         let stream = tokio::select! {
             () = stop.cancelled() => break,

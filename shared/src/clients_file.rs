@@ -211,9 +211,9 @@ impl std::fmt::Debug for SecretHash {
 /// Why a clients file was refused. `line` is 1-based.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientsFileError {
-    #[error("{}{message}", line_prefix(*line))]
+    #[error("{}{}", line_prefix(*line), crate::printable(message))]
     Syntax { line: Option<u32>, message: String },
-    #[error("{}client `{client}`: {problem}", line_prefix(*line))]
+    #[error("{}client `{}`: {}", line_prefix(*line), crate::printable(client), crate::printable(problem))]
     Invalid {
         client: String,
         line: Option<u32>,
@@ -481,21 +481,25 @@ pub fn check_scope_token(scope: &str) -> Result<(), String> {
     let ok_char = |b: u8| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b);
     if scope.is_empty() || !scope.bytes().all(ok_char) {
         return Err(format!(
-            "scope `{scope}` is not a valid scope token (printable ASCII without spaces, quotes or backslashes)"
+            "scope `{}` is not a valid scope token (printable ASCII without spaces, quotes or backslashes)",
+            crate::printable(scope)
         ));
     }
     Ok(())
 }
 
-/// An audience: `"*"`, or a non-empty value without whitespace or control characters.
+/// An audience: `"*"`, or a non-empty value without whitespace, control characters or
+/// invisible ones (zero-width, bidirectional overrides): an audience is compared byte for
+/// byte, and one that reads like another in `clients list` would mislead whoever checks it.
 pub fn check_audience(audience: &str) -> Result<(), String> {
     if audience.is_empty()
         || audience
             .chars()
-            .any(|c| c.is_whitespace() || c.is_control())
+            .any(|c| c.is_whitespace() || c.is_control() || crate::is_invisible(c))
     {
         return Err(format!(
-            "audience `{audience}` must be non-empty and hold no spaces or control characters"
+            "audience `{}` must be non-empty and hold no spaces, control or invisible characters",
+            crate::printable(audience)
         ));
     }
     Ok(())
@@ -503,7 +507,12 @@ pub fn check_audience(audience: &str) -> Result<(), String> {
 
 /// Parses `sha256:` followed by 64 hex digits.
 pub fn parse_hash(hash: &str) -> Result<[u8; 32], String> {
-    let bad = || format!("secret hash `{hash}` is not `{HASH_PREFIX}` followed by 64 hex digits");
+    let bad = || {
+        format!(
+            "secret hash `{}` is not `{HASH_PREFIX}` followed by 64 hex digits",
+            crate::printable(hash)
+        )
+    };
     let hex = hash.strip_prefix(HASH_PREFIX).ok_or_else(bad)?;
     let mut digest = [0u8; 32];
     hex::decode_to_slice(hex, &mut digest).map_err(|_| bad())?;
@@ -531,6 +540,19 @@ mod tests {
     use super::*;
 
     const HASH: &str = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    /// What a file holds goes to logs and terminals in its errors: control characters are
+    /// shown escaped, never sent raw; an invisible character makes an audience refused.
+    #[test]
+    fn errors_show_control_characters_escaped() {
+        let text =
+            format!("[clients.a]\nsecret_hashes = [\"{HASH}\"]\naudiences = [\"\\u001b[2Jx\"]\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(!err.contains('\u{1b}'), "{err:?}");
+        assert!(err.contains("\\u{1b}[2Jx"), "{err}");
+        assert!(check_audience("https://api.example\u{202e}").is_err());
+        assert!(check_audience("https://api.example/é").is_ok());
+    }
 
     #[test]
     fn parses_the_documented_example() {

@@ -54,6 +54,34 @@ pub mod duration;
 pub mod form;
 pub mod frame;
 
+/// Whether `c` is invisible where text is shown (zero-width, bidirectional controls): such a
+/// character makes one value read like another.
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
+    )
+}
+
+/// `text` with control and invisible characters written as `\u{…}`: text read from a file
+/// or sent by a peer goes to logs and terminals, where they would move the cursor,
+/// recolour the screen, or make one value read like another.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() || is_invisible(c)) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() || is_invisible(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
 /// `n` things, in the singular for one: `1 client`, `2 clients`.
 pub fn count(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })

@@ -480,7 +480,12 @@ struct Segment {
 
 /// A new client's id, named in the refusal: an import names many.
 fn check_id(id: &str) -> Result<(), EditError> {
-    check_client_id(id).map_err(|e| EditError::Invalid(format!("client `{id}`: {e}")))
+    check_client_id(id).map_err(|e| {
+        EditError::Invalid(format!(
+            "client `{}`: {e}",
+            tokendealer_shared::printable(id)
+        ))
+    })
 }
 
 fn check_new_client(clients: &dyn TableLike, id: &str) -> Result<(), EditError> {

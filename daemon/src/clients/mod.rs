@@ -52,6 +52,13 @@ pub enum LoadError {
     },
     #[error("clients file {} is empty (caught mid-save?); the previous clients stay — to really have no clients, leave a comment line in it", path.display())]
     Empty { path: PathBuf },
+    #[error("clients file {} is not loaded: {problem}, so anyone could add a client with a secret they know; run `chmod o-w {}`", path.display(), shown.display())]
+    Exposed {
+        path: PathBuf,
+        /// What is writable by others.
+        problem: String,
+        shown: PathBuf,
+    },
 }
 
 /// Why a change to the clients was not made. In every case the file and the registry are
@@ -220,7 +227,7 @@ impl ClientsStore {
                         (None, "the file is missing".to_owned())
                     }
                     LoadError::Read { source, .. } => (None, source.to_string()),
-                    LoadError::Empty { .. } => (None, e.to_string()),
+                    LoadError::Empty { .. } | LoadError::Exposed { .. } => (None, e.to_string()),
                 };
                 ReloadOutcome::Failed {
                     at: now(),
@@ -377,6 +384,7 @@ fn read(
     applied: Option<Digest>,
 ) -> Result<Option<(Registry, Digest)>, LoadError> {
     let mut file = fs::File::open(path).map_err(read_error(path))?;
+    refuse_exposed(path, &file)?;
     let loaded = read_open(path, &mut file, previous, applied);
     // Told when the file is loaded, not at every look at an unchanged one (the second read
     // at start-up, a reload with nothing changed).
@@ -449,6 +457,47 @@ fn refuse_empty(path: &Path, len: usize, previous: Option<&Registry>) -> Result<
         return Err(LoadError::Empty {
             path: path.to_owned(),
         });
+    }
+    Ok(())
+}
+
+/// Refuses a clients file that others may write, or that sits in a directory others may
+/// write (they could put another file in its place): whoever writes it decides who gets
+/// tokens. Its group may (an admin group editing by hand).
+fn refuse_exposed(path: &Path, file: &fs::File) -> Result<(), LoadError> {
+    let exposed = |problem: String, shown: &Path| LoadError::Exposed {
+        path: path.to_owned(),
+        problem,
+        shown: shown.to_owned(),
+    };
+    let mode = file
+        .metadata()
+        .map_err(read_error(path))?
+        .permissions()
+        .mode();
+    if mode & 0o002 != 0 {
+        return Err(exposed(
+            format!("it is writable by others (mode {:04o})", mode & 0o7777),
+            path,
+        ));
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir_mode = fs::metadata(dir)
+        .map_err(read_error(dir))?
+        .permissions()
+        .mode();
+    if dir_mode & 0o002 != 0 {
+        return Err(exposed(
+            format!(
+                "its directory {} is writable by others (mode {:04o})",
+                dir.display(),
+                dir_mode & 0o7777
+            ),
+            dir,
+        ));
     }
     Ok(())
 }

@@ -12,8 +12,8 @@
 
 use std::{
     fs::{self, File, OpenOptions},
-    io::ErrorKind,
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    io::{ErrorKind, Read as _},
+    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -283,8 +283,29 @@ pub enum KeyStoreError {
     BadKeyFile { path: PathBuf, reason: String },
     #[error("key manifest {} names no usable active key", path.display())]
     NoActiveKey { path: PathBuf },
+    #[error("{} {problem}: whoever can write there can make the daemon sign with a key of theirs; {fix}", path.display())]
+    Exposed {
+        path: PathBuf,
+        problem: String,
+        fix: String,
+    },
     #[error(transparent)]
     Key(#[from] KeyError),
+}
+
+/// Refuses a key directory or manifest that the group or others may write: they could put
+/// a key of theirs in, and the daemon would sign with it. (Key files must be private
+/// altogether, see [`KeyStoreError::Permissions`].)
+fn refuse_exposed(path: &Path, meta: &fs::Metadata, what: &str) -> Result<(), KeyStoreError> {
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(KeyStoreError::Exposed {
+            path: path.to_owned(),
+            problem: format!("({what}) is writable by group or others (mode {mode:04o})"),
+            fix: format!("run `chmod go-w {}`", path.display()),
+        });
+    }
+    Ok(())
 }
 
 /// The key directory.
@@ -377,12 +398,21 @@ impl KeyStore {
 
     /// The manifest, or `None` when there is none yet.
     pub fn read_manifest(&self) -> Result<Option<Manifest>, KeyStoreError> {
+        match fs::metadata(&self.dir) {
+            Ok(meta) => refuse_exposed(&self.dir, &meta, "the key directory")?,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io(&self.dir)(e)),
+        }
         let path = self.manifest_path();
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.io(&path)(e)),
         };
+        let meta = file.metadata().map_err(self.io(&path))?;
+        refuse_exposed(&path, &meta, "the key manifest")?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(self.io(&path))?;
         let manifest: Manifest =
             serde_json::from_slice(&bytes).map_err(|e| KeyStoreError::CorruptManifest {
                 path: path.clone(),
@@ -400,15 +430,14 @@ impl KeyStore {
     /// Reads one key's private key file, checking its mode and that it holds that key.
     pub fn read_key(&self, meta: &StoredKey) -> Result<SigningKey, KeyStoreError> {
         let path = self.key_path(&meta.kid);
-        let mode = fs::metadata(&path)
-            .map_err(self.io(&path))?
-            .permissions()
-            .mode()
-            & 0o777;
+        let mut file = File::open(&path).map_err(self.io(&path))?;
+        let file_meta = file.metadata().map_err(self.io(&path))?;
+        let mode = file_meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(KeyStoreError::Permissions { path, mode });
         }
-        let text = fs::read_to_string(&path).map_err(self.io(&path))?;
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(self.io(&path))?;
         let bad = |reason: String| KeyStoreError::BadKeyFile {
             path: path.clone(),
             reason,
@@ -682,6 +711,31 @@ mod tests {
         .unwrap();
         let err = store.read_key(&StoredKey::next(&k, 0)).unwrap_err();
         assert!(matches!(err, KeyStoreError::BadKeyFile { .. }), "{err}");
+    }
+
+    /// A key directory or manifest the group or others may write is refused: they could
+    /// make the daemon sign with a key of theirs.
+    #[test]
+    fn a_directory_or_manifest_others_may_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(dir.path()).unwrap();
+        store
+            .write_manifest(&Manifest::new(vec![key("a", KeyState::Active, 0)]))
+            .unwrap();
+        assert!(store.read_manifest().unwrap().is_some());
+
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let err = store.read_manifest().unwrap_err();
+        assert!(matches!(err, KeyStoreError::Exposed { .. }), "{err}");
+        assert!(err.to_string().contains("chmod go-w"), "{err}");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+
+        let manifest = dir.path().join(MANIFEST);
+        fs::set_permissions(&manifest, fs::Permissions::from_mode(0o620)).unwrap();
+        let err = store.read_manifest().unwrap_err();
+        assert!(matches!(err, KeyStoreError::Exposed { .. }), "{err}");
+        fs::set_permissions(&manifest, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(store.read_manifest().unwrap().is_some(), "readable is fine");
     }
 
     #[test]

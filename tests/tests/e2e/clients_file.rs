@@ -1295,6 +1295,41 @@ fn group_readable_clients_file_is_warned_about() {
     );
 }
 
+/// Whoever may write the clients file decides who gets tokens: one that others may write
+/// is not loaded. At start the daemon refuses (exit 78, saying what to run); while it runs,
+/// a save that leaves the file writable by all is not applied, and the failure is told.
+#[test]
+fn a_clients_file_others_may_write_is_not_loaded() {
+    let first = TestClient::new("a");
+    let mut daemon = builder().client(&first).write();
+    let path = daemon.clients_path();
+    files::set_mode(&path, 0o666);
+    let (sentence, _) = daemon.start_refused();
+    assert!(
+        sentence.contains("writable by others") && sentence.contains("chmod o-w"),
+        "{sentence}"
+    );
+
+    files::set_mode(&path, 0o600);
+    daemon.start();
+    let added = TestClient::new("b");
+    // Saved already writable by all, as an editor keeping a loose mode would.
+    let temp = path.with_extension("saving");
+    fs::write(&temp, files::clients_text([&first, &added])).expect("writing the new file");
+    files::set_mode(&temp, 0o666);
+    let saved = Instant::now();
+    fs::rename(&temp, &path).expect("putting the new file in place");
+    let failed = await_last_reload(&daemon, false, saved + POLLED_WITHIN);
+    assert!(
+        failed["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("writable by others")),
+        "{failed}"
+    );
+    assert_refused(&daemon, &added);
+    assert_works(&daemon, &first);
+}
+
 #[test]
 fn owner_only_clients_file_is_not_warned_about() {
     let daemon = builder().client(&TestClient::new("a")).start();

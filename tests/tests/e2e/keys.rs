@@ -6,6 +6,7 @@
 use std::{
     collections::BTreeSet,
     fs,
+    os::unix::fs::PermissionsExt as _,
     time::{Duration, Instant},
 };
 
@@ -1206,4 +1207,33 @@ fn a_group_readable_private_key_stops_a_restart_with_exit_78() {
         sentence.contains(pem.to_str().expect("UTF-8 path")),
         "the sentence names the key file:\n{output}"
     );
+}
+
+/// A key directory or manifest that the group or others may write would let them make the
+/// daemon sign with a key of theirs: the start is refused, saying what to run.
+#[test]
+fn a_key_directory_others_may_write_stops_a_restart_with_exit_78() {
+    let (mut daemon, client) = daemon_with("EdDSA");
+    daemon.stop();
+    let dir = keys::key_dir(&daemon);
+    for (path, mode) in [(dir.clone(), 0o777), (dir.join("manifest.json"), 0o666)] {
+        let kept = fs::metadata(&path)
+            .expect("the key directory's files")
+            .permissions()
+            .mode();
+        files::set_mode(&path, mode);
+        let (sentence, output) = daemon.start_refused();
+        assert!(
+            sentence.contains("writable by group or others") && sentence.contains("chmod go-w"),
+            "the sentence says why and what to run:\n{output}"
+        );
+        assert!(
+            sentence.contains(path.to_str().expect("UTF-8 path")),
+            "the sentence names {}:\n{output}",
+            path.display()
+        );
+        files::set_mode(&path, kept & 0o7777);
+    }
+    daemon.start();
+    token(&daemon, &client);
 }

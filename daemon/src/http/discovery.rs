@@ -121,7 +121,7 @@ pub fn verify_token<'s>(
     async move {
         if !post {
             let refused = OAuthError::method_not_allowed("POST").into_response();
-            return if response::body_unread(version, &body) {
+            return if response::discard_arrived(version, body).await {
                 response::closing(refused)
             } else {
                 refused

@@ -189,31 +189,36 @@ async fn http<I>(
     }
 }
 
+/// The paths served, besides the metadata's RFC 8414 §3.1 one.
+const ENDPOINTS: [&str; 8] = [
+    "/oauth/token",
+    "/oauth/introspect",
+    "/verify_token",
+    "/.well-known/jwks.json",
+    "/.well-known/oauth-authorization-server",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+];
+
 async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resp {
-    // Answered before its body is read (all but the endpoints that read one), an HTTP/1
-    // request's connection ends, and the answer says so.
-    let body_unread = response::body_unread(req.version(), req.body());
-    let unread = |resp| {
-        if body_unread {
-            response::closing(resp)
-        } else {
-            resp
-        }
-    };
+    let version = req.version();
     // RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without `Host`, and to
     // any request with more than one, or one that is not a host (and port).
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let refused = match (hosts.next(), hosts.next()) {
-        (None, _) if req.version() == Version::HTTP_11 => {
-            Some("an HTTP/1.1 request needs a Host header")
-        }
-        (Some(_), Some(_)) => Some("a request has one Host header, not more"),
-        (Some(host), None) if !is_host(host) => Some("the Host header is not a host and port"),
+        (None, _) if version == Version::HTTP_11 => Some(OAuthError::invalid_request(
+            "an HTTP/1.1 request needs a Host header",
+        )),
+        (Some(_), Some(_)) => Some(OAuthError::invalid_request(
+            "a request has one Host header, not more",
+        )),
+        (Some(host), None) if !is_host(host.as_bytes()) => Some(OAuthError::invalid_request(
+            "the Host header is not a host and port",
+        )),
         _ => None,
     };
-    if let Some(why) = refused {
-        return unread(OAuthError::invalid_request(why).into_response());
-    }
+    // RFC 9110 §9.1: a method the server does not know at all is 501.
     let known = matches!(
         *req.method(),
         Method::POST
@@ -226,61 +231,116 @@ async fn route(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resp 
             | Method::TRACE
             | Method::CONNECT
     );
-    if !known {
-        return unread(OAuthError::not_implemented().into_response());
+    let refused = refused.or_else(|| (!known).then(OAuthError::not_implemented));
+    if let Some(refused) = refused {
+        return answered_unread(refused.into_response(), version, req.into_body()).await;
     }
     let head = req.method() == Method::HEAD;
     let get_only = |req: &Request<Incoming>| matches!(*req.method(), Method::GET | Method::HEAD);
 
     // For an issuer with a path (`https://host/td`), the endpoints its metadata names
     // (`https://host/td/oauth/token`) are served there as well as at the root: behind a
-    // proxy that passes the path on and one that strips it alike.
+    // proxy that passes the path on and one that strips it alike. A path served as it is
+    // comes first (with the issuer `https://host/oauth`, `/oauth/token` is the token
+    // endpoint, not `/token` under the issuer).
     let full = req.uri().path();
-    let path = state
-        .issuer_path
-        .as_deref()
-        .and_then(|prefix| full.strip_prefix(prefix))
-        .filter(|rest| rest.starts_with('/'))
-        .unwrap_or(full);
+    let path = if ENDPOINTS.contains(&full) {
+        full
+    } else {
+        state
+            .issuer_path
+            .as_deref()
+            .and_then(|prefix| full.strip_prefix(prefix))
+            .filter(|rest| rest.starts_with('/'))
+            .unwrap_or(full)
+    };
     // The endpoints that read a body say themselves when they leave one unread.
-    let reads_body = matches!(path, "/oauth/token" | "/oauth/introspect" | "/verify_token");
     let resp = match path {
         "/oauth/token" => token::handle(state, req, peer).await,
         "/oauth/introspect" => discovery::introspect(state, req, peer).await,
         "/verify_token" => discovery::verify_token(state, req).await,
-        "/.well-known/jwks.json" if get_only(&req) => discovery::jwks(state),
-        "/.well-known/oauth-authorization-server" if get_only(&req) => discovery::metadata(state),
-        "/healthz" if get_only(&req) => discovery::healthz(),
-        "/readyz" if get_only(&req) => discovery::readyz(state),
-        "/metrics" if get_only(&req) => metrics::metrics(state),
-        "/.well-known/jwks.json"
-        | "/.well-known/oauth-authorization-server"
-        | "/healthz"
-        | "/readyz"
-        | "/metrics" => OAuthError::method_not_allowed("GET, HEAD").into_response(),
-        // RFC 8414 §3.1: for an issuer with a path, the metadata's URL ends with that path.
-        path if state.metadata_path.as_deref() == Some(path) => {
-            if get_only(&req) {
-                discovery::metadata(state)
-            } else {
-                OAuthError::method_not_allowed("GET, HEAD").into_response()
-            }
+        _ => {
+            let resp = match path {
+                "/.well-known/jwks.json" if get_only(&req) => discovery::jwks(state),
+                "/.well-known/oauth-authorization-server" if get_only(&req) => {
+                    discovery::metadata(state)
+                }
+                "/healthz" if get_only(&req) => discovery::healthz(),
+                "/readyz" if get_only(&req) => discovery::readyz(state),
+                "/metrics" if get_only(&req) => metrics::metrics(state),
+                "/.well-known/jwks.json"
+                | "/.well-known/oauth-authorization-server"
+                | "/healthz"
+                | "/readyz"
+                | "/metrics" => OAuthError::method_not_allowed("GET, HEAD").into_response(),
+                // RFC 8414 §3.1: for an issuer with a path, the metadata's URL ends with that
+                // path.
+                path if state.metadata_path.as_deref() == Some(path) => {
+                    if get_only(&req) {
+                        discovery::metadata(state)
+                    } else {
+                        OAuthError::method_not_allowed("GET, HEAD").into_response()
+                    }
+                }
+                _ => OAuthError::not_found().into_response(),
+            };
+            answered_unread(resp, version, req.into_body()).await
         }
-        _ => OAuthError::not_found().into_response(),
     };
-    let resp = if reads_body { resp } else { unread(resp) };
     if head { without_body(resp) } else { resp }
 }
 
-/// Whether a `Host` value is `uri-host [ ":" port ]` (RFC 9112 §3.2), or empty (a target
-/// without authority).
-fn is_host(value: &header::HeaderValue) -> bool {
-    value.is_empty()
-        || value
-            .to_str()
-            .ok()
-            .and_then(|text| text.parse::<http::uri::Authority>().ok())
-            .is_some_and(|authority| !authority.as_str().contains('@'))
+/// `resp`, an answer that did not need the request's body: what of the body has arrived is
+/// read and dropped, and if more is to come, the answer says `Connection: close` (see
+/// [`response::discard_arrived`]).
+async fn answered_unread(resp: Resp, version: Version, body: Incoming) -> Resp {
+    if response::discard_arrived(version, body).await {
+        response::closing(resp)
+    } else {
+        resp
+    }
+}
+
+/// Whether a `Host` value is `uri-host [ ":" port ]` (RFC 9112 §3.2, RFC 3986 §3.2.2), or
+/// empty (a target without authority). Checked on the bytes: this runs for every request.
+fn is_host(value: &[u8]) -> bool {
+    if value.is_empty() {
+        return true;
+    }
+    let (host, port) = if value[0] == b'[' {
+        // An IP literal: an IPv6 address (or IPvFuture) in brackets.
+        match value.iter().position(|&b| b == b']') {
+            Some(end) => value.split_at(end + 1),
+            None => return false,
+        }
+    } else {
+        match value.iter().rposition(|&b| b == b':') {
+            Some(colon) => value.split_at(colon),
+            None => (value, &[][..]),
+        }
+    };
+    let port_ok = port.is_empty() || (port[0] == b':' && port[1..].iter().all(u8::is_ascii_digit));
+    let host_ok = match host {
+        [b'[', inside @ .., b']'] => {
+            !inside.is_empty()
+                && inside
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b":._~-!$&'()*+,;=".contains(&b))
+        }
+        // A reg-name or an IPv4 address: unreserved, sub-delims and percent escapes.
+        _ => {
+            !host.is_empty()
+                && host.iter().enumerate().all(|(at, &b)| {
+                    b.is_ascii_alphanumeric()
+                        || b"-._~!$&'()*+,;=".contains(&b)
+                        || (b == b'%'
+                            && host
+                                .get(at + 1..at + 3)
+                                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)))
+                })
+        }
+    };
+    port_ok && host_ok
 }
 
 /// A response to HEAD: its headers, `Content-Length` included, and no content (RFC 9110
@@ -317,6 +377,25 @@ pub fn metadata_path(issuer: &str) -> Option<Box<str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_values() {
+        for good in [
+            "x",
+            "tokens.example:8443",
+            "127.0.0.1",
+            "[::1]:8080",
+            "ex%41mple.com",
+            "",
+        ] {
+            assert!(is_host(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "a b", "a:b", "user@a", "[::1", "a:80x", "%zz", ":80", "a/b", "[]",
+        ] {
+            assert!(!is_host(bad.as_bytes()), "{bad}");
+        }
+    }
 
     #[test]
     fn metadata_path_of_an_issuer_with_a_path() {

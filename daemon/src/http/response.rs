@@ -257,11 +257,24 @@ pub async fn read_body(body: Incoming, timeout: std::time::Duration) -> Result<B
     }
 }
 
-/// Whether an HTTP/1 request has body bytes still to come. Answered before they are read,
-/// the connection cannot go on (where the next request starts is unknown), and hyper
-/// closes it after the answer.
-pub fn body_unread(version: http::Version, body: &Incoming) -> bool {
-    version < http::Version::HTTP_2 && !body.is_end_stream()
+/// Reads and drops what has arrived of a body its answer does not need, without waiting for
+/// more: a body sent with its headers, the usual case, is then read to its end, and hyper
+/// keeps the connection for the next request. Returns whether some of it is still to come
+/// over HTTP/1: the connection then cannot go on (where the next request starts is
+/// unknown), hyper closes it after the answer, and the answer should say so ([`closing`]).
+/// HTTP/2 streams end on their own.
+pub async fn discard_arrived(version: http::Version, body: Incoming) -> bool {
+    if version >= http::Version::HTTP_2 || body.is_end_stream() {
+        return false;
+    }
+    if body.size_hint().lower() > BODY_LIMIT as u64 {
+        return true;
+    }
+    let mut collect = pin!(Limited::new(body, BODY_LIMIT).collect());
+    !matches!(
+        poll_fn(|cx| Poll::Ready(collect.as_mut().poll(cx))).await,
+        Poll::Ready(Ok(_))
+    )
 }
 
 /// An answer given before its request's body was read to the end, over HTTP/1: hyper closes

@@ -81,8 +81,9 @@ pub fn form_request<'s>(
                 // Too large, too slow or broken: the rest of it is not read.
                 Err(e) => (Err(e), version < http::Version::HTTP_2),
             },
-            // Refused on its head (throttled, no form, a query string): the body is not read.
-            Err(e) => (Err(e), response::body_unread(version, &body)),
+            // Refused on its head (throttled, no form, a query string): the body is not
+            // needed; what has arrived of it is dropped.
+            Err(e) => (Err(e), response::discard_arrived(version, body).await),
         };
         let resp = respond(answered);
         if unread {

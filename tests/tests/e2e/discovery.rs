@@ -157,6 +157,21 @@ fn metadata_of_an_issuer_with_a_path_is_where_rfc_8414_puts_it() {
     daemon
         .get("/.well-known/oauth-authorization-server/tenant-b")
         .assert_status(404);
+
+    // An issuer path that begins an endpoint's path takes nothing from it.
+    let daemon = Daemon::builder()
+        .without_issuer()
+        .config(r#"issuer = "https://tokens.example/oauth""#)
+        .client(&client)
+        .start();
+    for path in ["/oauth/token", "/oauth/oauth/token"] {
+        let reply = daemon.post_form(
+            path,
+            Auth::Basic(&client.id, &client.secret),
+            &[("grant_type", "client_credentials"), ("audience", API)],
+        );
+        reply.assert_status(200);
+    }
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request without `Host` is answered 400, and so is any request

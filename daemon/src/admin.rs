@@ -29,7 +29,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     AdminAccess, State,
-    clients::{self, Client, Edit, EditError, WriteError},
+    clients::{self, Client, Edit, EditError, Edited, WriteError},
     config::MAX_TOKEN_TTL,
     keys::{KeyChangeError, RotationRefused},
 };
@@ -100,35 +100,78 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(io_err(e)),
     }
+    // Clients connect by this path, which the kernel takes up to 107 bytes.
+    if path.as_os_str().len() >= 108 {
+        return Err(io_err(io::Error::from(ErrorKind::InvalidInput)));
+    }
     // A socket is made with the umask's mode. Made where it is served, a loose umask (000)
     // would let anyone connect before the chmod, while the file already vouched for its
     // group (see `vouching_group`). So it is made in a directory of its own, which nobody
     // else may enter, made 0660 there, and only then moved into place.
-    let staging = parent.join(format!(".admin-sock.{}", std::process::id()));
-    drop(fs::remove_dir_all(&staging));
-    std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700)
-        .create(&staging)
-        .map_err(io_err)?;
-    let staged = staging.join("s");
-    let placed = (|| {
-        let listener = UnixListener::bind(&staged)?;
-        fs::set_permissions(&staged, fs::Permissions::from_mode(0o660))?;
-        // Never over another's socket: one bound since the look above is in use.
-        rustix::fs::renameat_with(
-            rustix::fs::CWD,
-            &staged,
-            rustix::fs::CWD,
-            path,
-            rustix::fs::RenameFlags::NOREPLACE,
-        )?;
-        Ok::<_, io::Error>(listener)
-    })();
-    drop(fs::remove_dir_all(&staging));
+    let staging = staging_dir(parent).map_err(io_err)?;
+    let placed = place(&staging, path);
+    // Only what this call made: the socket if it was not moved, and its directory.
+    drop(fs::remove_file(staging.join("s")));
+    drop(fs::remove_dir(&staging));
     match placed {
         Ok(listener) => Ok(listener),
         Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(BindError::InUse(path.to_owned())),
         Err(e) => Err(io_err(e)),
     }
+}
+
+/// Makes a new directory in `parent` that only this user may enter, under a name nobody
+/// else made (one found there, another's or left by a crash, is not touched).
+fn staging_dir(parent: &Path) -> io::Result<PathBuf> {
+    let mut builder = fs::DirBuilder::new();
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    let mut tries = 0;
+    loop {
+        let mut name = [0u8; 6];
+        aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut name)
+            .map_err(|_| io::Error::other("no system randomness"))?;
+        let dir = parent.join(format!(".admin-sock.{}", hex::encode(name)));
+        match builder.create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists && tries < 8 => tries += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Binds the socket in `staging`, makes it 0660 and moves it to `path`, never over a file
+/// there (a socket another daemon bound since it was looked for is in use).
+fn place(staging: &Path, path: &Path) -> io::Result<UnixListener> {
+    let dir = fs::File::open(staging)?;
+    // Bound through the directory's descriptor: the staging path may be longer than the
+    // 107 bytes a socket path may have, though `path` is not.
+    let through_fd = PathBuf::from(format!(
+        "/proc/self/fd/{}/s",
+        std::os::fd::AsRawFd::as_raw_fd(&dir)
+    ));
+    let listener = match UnixListener::bind(&through_fd) {
+        Ok(listener) => listener,
+        // No /proc: the staging path itself, when it is short enough.
+        Err(e) if e.kind() == ErrorKind::NotFound => UnixListener::bind(staging.join("s"))?,
+        Err(e) => return Err(e),
+    };
+    let staged = staging.join("s");
+    fs::set_permissions(&staged, fs::Permissions::from_mode(0o660))?;
+    match rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        &staged,
+        rustix::fs::CWD,
+        path,
+        rustix::fs::RenameFlags::NOREPLACE,
+    ) {
+        Ok(()) => {}
+        // A file system without RENAME_NOREPLACE: a hard link never replaces either.
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+            fs::hard_link(&staged, path)?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(listener)
 }
 
 /// Removes the socket at shutdown.
@@ -845,20 +888,10 @@ fn change_of(edit: &Edit) -> ChangeKind {
 /// Runs a clients-file edit on the blocking pool (it fsyncs) and types its failure; a
 /// change made is logged with `uid`.
 async fn apply(state: &State, uid: u32, edit: Edit) -> Result<(), AdminError> {
-    // Disabling a disabled client (enabling an enabled one) is done already: nothing to
-    // write, and no change for the dashboards to tell.
-    if let Edit::SetDisabled { id, disabled } = &edit
-        && state
-            .clients
-            .load()
-            .get(id)
-            .is_some_and(|c| c.disabled == *disabled)
-    {
-        return Ok(());
-    }
     let mut change = change_of(&edit);
-    let applied = apply_edit(state, edit).await;
-    if applied.is_ok() {
+    let edited = apply_edit(state, edit).await?;
+    // Done already (disabling a disabled client): no change for the dashboards to tell.
+    if edited == Edited::Written {
         if let ChangeKind::SecretRotated {
             id,
             old_valid_until,
@@ -868,10 +901,10 @@ async fn apply(state: &State, uid: u32, edit: Edit) -> Result<(), AdminError> {
         }
         state.changes.record(Some(uid), change);
     }
-    applied
+    Ok(())
 }
 
-async fn apply_edit(state: &State, edit: Edit) -> Result<(), AdminError> {
+async fn apply_edit(state: &State, edit: Edit) -> Result<Edited, AdminError> {
     let (clients, keys, token_ttl) = (state.clients.clone(), state.keys.clone(), state.token_ttl);
     let result = tokio::task::spawn_blocking(move || {
         let result = clients.edit(&edit);
@@ -1043,6 +1076,23 @@ mod tests {
             .collect();
         assert_eq!(names, ["admin.sock"], "the staging directory is gone");
         assert!(matches!(bind(&path), Err(BindError::InUse(_))));
+    }
+
+    /// A socket path the kernel takes (up to 107 bytes) binds, though its staging path is
+    /// longer; one longer is refused saying so.
+    #[tokio::test]
+    async fn a_long_socket_path_binds() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().as_os_str().len();
+        let long = dir.path().join("d".repeat(100 - base - 12));
+        let path = long.join("admin.sock");
+        assert_eq!(path.as_os_str().len(), 100);
+        let _listener = bind(&path).unwrap();
+        std::os::unix::net::UnixStream::connect(&path).unwrap();
+
+        let too_long = long.join("a".repeat(20));
+        let err = bind(&too_long).unwrap_err();
+        assert!(err.to_string().contains("107 bytes"), "{err}");
     }
 
     /// A connection that leaves idleness after it was chosen to close is told so (it closes

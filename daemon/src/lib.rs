@@ -551,10 +551,10 @@ fn reload_failed(file: impl std::fmt::Display, line: Option<u32>, reason: String
     }
 }
 
-/// Serves until SIGTERM or SIGINT; SIGHUP reloads meanwhile.
 /// Told at start, and by `check-config`, when no `issuer` is set and `listen` is a wildcard.
 pub const WILDCARD_WITHOUT_ISSUER: &str = "no `issuer` is configured and the listen address is a wildcard: tokens and metadata name an address no client can reach; set `issuer` to the URL clients use";
 
+/// Serves until SIGTERM or SIGINT; SIGHUP reloads meanwhile.
 pub async fn run(loaded: Loaded, listeners: Listeners, mut signals: Signals) -> io::Result<()> {
     let Loaded {
         mut config,

@@ -224,6 +224,7 @@ pub async fn tick(stats: Arc<Stats>, clients: Arc<ClientsStore>, stop: Cancellat
     let mut last_failures = [0u64; ERROR_CODES.len()];
     let mut last_latency = stats.latency.snapshot();
     let mut last_clients: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut baseline_lost = false;
     interval.tick().await;
     loop {
         tokio::select! {
@@ -235,17 +236,8 @@ pub async fn tick(stats: Arc<Stats>, clients: Arc<ClientsStore>, stop: Cancellat
             .unwrap_or(u64::MAX)
             .max(1);
         last = now;
-
-        let issued_total = stats.issued.load(Relaxed);
-        let failures_now = stats.failures_by_code();
-        let failures_total: u64 = failures_now.iter().map(|(_, n)| n).sum();
-        let failures_by_code: Vec<(String, u64)> = failures_now
-            .iter()
-            .zip(&last_failures)
-            .filter(|((_, now), before)| now > before)
-            .map(|((code, now), before)| ((*code).to_owned(), now - before))
-            .collect();
-        let latency_now = stats.latency.snapshot();
+        // The end of the interval, before the walk below (whose length varies).
+        let at_ms = jiff::Timestamp::now().as_millisecond();
 
         // On the blocking pool: with 100 000 clients busy, the walk takes milliseconds that
         // a worker serving tokens would otherwise stall for.
@@ -257,19 +249,34 @@ pub async fn tick(stats: Arc<Stats>, clients: Arc<ClientsStore>, stop: Cancellat
             walked = walk => match walked {
                 Ok((active, seen)) => {
                     last_clients = seen;
-                    active
+                    // Counted from nothing, as after a failed walk, the counts are totals
+                    // since start, not this tick's: they only set the baseline.
+                    if std::mem::take(&mut baseline_lost) { Vec::new() } else { active }
                 }
-                // Counted from nothing again next tick; this one tells no client's share.
                 Err(e) => {
                     tracing::error!(error = %e, "counting the clients' activity failed");
+                    baseline_lost = true;
                     Vec::new()
                 }
             },
         };
 
+        // Read after the clients' counters: the token endpoint counts a token in the total
+        // before the client's, so no client's share of the tick's tokens exceeds the tick's.
+        let issued_total = stats.issued.load(Relaxed);
+        let failures_now = stats.failures_by_code();
+        let failures_total: u64 = failures_now.iter().map(|(_, n)| n).sum();
+        let failures_by_code: Vec<(String, u64)> = failures_now
+            .iter()
+            .zip(&last_failures)
+            .filter(|((_, now), before)| now > before)
+            .map(|((code, now), before)| ((*code).to_owned(), now - before))
+            .collect();
+        let latency_now = stats.latency.snapshot();
+
         let issued = issued_total - last_issued;
         let tick = StatsTick {
-            at_ms: jiff::Timestamp::now().as_millisecond(),
+            at_ms,
             interval_ms,
             issued,
             failures: failures_now

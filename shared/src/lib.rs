@@ -54,12 +54,17 @@ pub mod duration;
 pub mod form;
 pub mod frame;
 
-/// Whether `c` is invisible where text is shown (zero-width, bidirectional controls): such a
-/// character makes one value read like another.
+/// Whether `c` is invisible where text is shown (zero-width, bidirectional controls, line and
+/// paragraph separators): such a character makes one value read like another, or breaks a
+/// log line.
 pub fn is_invisible(c: char) -> bool {
     matches!(
         c,
-        '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
+        '\u{061C}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{FEFF}'
     )
 }
 

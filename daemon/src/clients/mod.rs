@@ -52,13 +52,8 @@ pub enum LoadError {
     },
     #[error("clients file {} is empty (caught mid-save?); the previous clients stay — to really have no clients, leave a comment line in it", path.display())]
     Empty { path: PathBuf },
-    #[error("clients file {} is not loaded: {problem}, so anyone could add a client with a secret they know; run `chmod o-w {}`", path.display(), shown.display())]
-    Exposed {
-        path: PathBuf,
-        /// What is writable by others.
-        problem: String,
-        shown: PathBuf,
-    },
+    #[error("clients file {} is not loaded: it is writable by others (mode {mode:04o}), so anyone could add a client with a secret they know; run `chmod o-w {}`", path.display(), path.display())]
+    Exposed { path: PathBuf, mode: u32 },
 }
 
 /// Why a change to the clients was not made. In every case the file and the registry are
@@ -286,7 +281,7 @@ impl ClientsStore {
 
     /// Applies `edit` to the file on disk, then to memory. A change made by hand since the
     /// file was last loaded is kept: the edit is applied to the file as it is now.
-    pub fn edit(&self, edit: &Edit) -> Result<(), WriteError> {
+    pub fn edit(&self, edit: &Edit) -> Result<Edited, WriteError> {
         let _writing = self.write_lock.lock().expect("write lock");
         // A symlinked file (kept in git, or managed by configuration management) is written
         // where the link points: replacing the link with a file would cut it loose.
@@ -307,6 +302,14 @@ impl ClientsStore {
                 });
             }
             let after = edit::apply(&before, edit, jiff::Timestamp::now())?;
+            // Done already (disabling a disabled client), in the file and in what is served:
+            // nothing to write. A file that says so but is not what is served (a hand edit
+            // not loaded yet, or refused) is written and loaded as any edit's.
+            if after == before
+                && *self.applied.lock().expect("applied lock") == CutText::new(&before).digest()
+            {
+                return Ok(Edited::Already);
+            }
             // Someone may have saved the file while we edited it; the rename would then lose
             // their change. Checked just before the rename (the new file written and
             // synced), a chunk at a time (a second copy of a large file is not needed); if
@@ -333,10 +336,18 @@ impl ClientsStore {
                 at: now(),
                 clients: count,
             };
-            return Ok(());
+            return Ok(Edited::Written);
         }
         Err(WriteError::Contended)
     }
+}
+
+/// What [`ClientsStore::edit`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edited {
+    Written,
+    /// The file and the clients served already were as the edit would make them.
+    Already,
 }
 
 /// Whether the file at `path` holds exactly `expected`, read a chunk at a time.
@@ -390,6 +401,7 @@ fn read(
     // at start-up, a reload with nothing changed).
     if !matches!(loaded, Ok(None)) {
         warn_if_readable(path, &file);
+        warn_if_directory_exposed(path);
     }
     loaded
 }
@@ -461,45 +473,44 @@ fn refuse_empty(path: &Path, len: usize, previous: Option<&Registry>) -> Result<
     Ok(())
 }
 
-/// Refuses a clients file that others may write, or that sits in a directory others may
-/// write (they could put another file in its place): whoever writes it decides who gets
+/// Refuses a clients file that others may write: whoever writes it decides who gets
 /// tokens. Its group may (an admin group editing by hand).
 fn refuse_exposed(path: &Path, file: &fs::File) -> Result<(), LoadError> {
-    let exposed = |problem: String, shown: &Path| LoadError::Exposed {
-        path: path.to_owned(),
-        problem,
-        shown: shown.to_owned(),
-    };
     let mode = file
         .metadata()
         .map_err(read_error(path))?
         .permissions()
         .mode();
     if mode & 0o002 != 0 {
-        return Err(exposed(
-            format!("it is writable by others (mode {:04o})", mode & 0o7777),
-            path,
-        ));
-    }
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let dir_mode = fs::metadata(dir)
-        .map_err(read_error(dir))?
-        .permissions()
-        .mode();
-    if dir_mode & 0o002 != 0 {
-        return Err(exposed(
-            format!(
-                "its directory {} is writable by others (mode {:04o})",
-                dir.display(),
-                dir_mode & 0o7777
-            ),
-            dir,
-        ));
+        return Err(LoadError::Exposed {
+            path: path.to_owned(),
+            mode: mode & 0o7777,
+        });
     }
     Ok(())
+}
+
+/// Warns of a clients file in a directory that others may write (they could put another
+/// file in its place), unless the directory is sticky (they may not) or on a read-only
+/// file system (nobody may: a Kubernetes ConfigMap's mount is 0777 and read-only). The
+/// directory is the file's own, through symlinks.
+fn warn_if_directory_exposed(path: &Path) {
+    let Ok(real) = fs::canonicalize(path) else {
+        return;
+    };
+    let Some(dir) = real.parent() else { return };
+    let Ok(meta) = fs::metadata(dir) else { return };
+    let mode = meta.permissions().mode();
+    let read_only = rustix::fs::statvfs(dir)
+        .is_ok_and(|fs| fs.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY));
+    if mode & 0o002 != 0 && mode & 0o1000 == 0 && !read_only {
+        tracing::warn!(
+            file = %real.display(),
+            dir = %dir.display(),
+            mode = format!("{:04o}", mode & 0o7777),
+            "the clients file is in a directory others may write: they could put a file of theirs in its place and decide who gets tokens; run `chmod o-w` on the directory"
+        );
+    }
 }
 
 fn warn_if_readable(path: &Path, file: &fs::File) {
@@ -548,6 +559,35 @@ mod tests {
         assert_eq!(
             fs::metadata(store.path()).unwrap().permissions().mode() & 0o777,
             0o600
+        );
+    }
+
+    /// An edit that changes nothing writes nothing; one whose result the file already holds
+    /// but the served clients do not (a hand edit not loaded yet) is applied like any.
+    #[test]
+    fn an_edit_already_done_writes_nothing_unless_the_file_is_ahead() {
+        let (_dir, store) = store("");
+        store.edit(&add("a")).unwrap();
+        let disable = Edit::SetDisabled {
+            id: "a".into(),
+            disabled: true,
+        };
+        assert_eq!(store.edit(&disable).unwrap(), Edited::Written);
+        assert_eq!(store.edit(&disable).unwrap(), Edited::Already);
+
+        // The file says enabled; what is served does not know yet.
+        let text = fs::read_to_string(store.path()).unwrap();
+        let enabled = text.replace("disabled = true\n", "");
+        assert_ne!(enabled, text, "{text}");
+        fs::write(store.path(), enabled).unwrap();
+        let enable = Edit::SetDisabled {
+            id: "a".into(),
+            disabled: false,
+        };
+        assert_eq!(store.edit(&enable).unwrap(), Edited::Written);
+        assert!(
+            !store.load().get("a").unwrap().disabled,
+            "the file's state served"
         );
     }
 

@@ -293,16 +293,17 @@ pub enum KeyStoreError {
     Key(#[from] KeyError),
 }
 
-/// Refuses a key directory or manifest that the group or others may write: they could put
-/// a key of theirs in, and the daemon would sign with it. (Key files must be private
-/// altogether, see [`KeyStoreError::Permissions`].)
+/// Refuses a key directory or manifest that others may write: they could put a key of
+/// theirs in, and the daemon would sign with it. Its group may (a volume shared through a
+/// group, as Kubernetes' fsGroup makes it); key files must be private altogether (see
+/// [`KeyStoreError::Permissions`]).
 fn refuse_exposed(path: &Path, meta: &fs::Metadata, what: &str) -> Result<(), KeyStoreError> {
     let mode = meta.mode() & 0o7777;
-    if mode & 0o022 != 0 {
+    if mode & 0o002 != 0 {
         return Err(KeyStoreError::Exposed {
             path: path.to_owned(),
-            problem: format!("({what}) is writable by group or others (mode {mode:04o})"),
-            fix: format!("run `chmod go-w {}`", path.display()),
+            problem: format!("({what}) is writable by others (mode {mode:04o})"),
+            fix: format!("run `chmod o-w {}`", path.display()),
         });
     }
     Ok(())
@@ -713,8 +714,8 @@ mod tests {
         assert!(matches!(err, KeyStoreError::BadKeyFile { .. }), "{err}");
     }
 
-    /// A key directory or manifest the group or others may write is refused: they could
-    /// make the daemon sign with a key of theirs.
+    /// A key directory or manifest others may write is refused: they could make the daemon
+    /// sign with a key of theirs. Its group may.
     #[test]
     fn a_directory_or_manifest_others_may_write_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -727,11 +728,15 @@ mod tests {
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
         let err = store.read_manifest().unwrap_err();
         assert!(matches!(err, KeyStoreError::Exposed { .. }), "{err}");
-        assert!(err.to_string().contains("chmod go-w"), "{err}");
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(err.to_string().contains("chmod o-w"), "{err}");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o2770)).unwrap();
+        assert!(
+            store.read_manifest().unwrap().is_some(),
+            "its group may write"
+        );
 
         let manifest = dir.path().join(MANIFEST);
-        fs::set_permissions(&manifest, fs::Permissions::from_mode(0o620)).unwrap();
+        fs::set_permissions(&manifest, fs::Permissions::from_mode(0o602)).unwrap();
         let err = store.read_manifest().unwrap_err();
         assert!(matches!(err, KeyStoreError::Exposed { .. }), "{err}");
         fs::set_permissions(&manifest, fs::Permissions::from_mode(0o644)).unwrap();

@@ -1209,8 +1209,8 @@ fn a_group_readable_private_key_stops_a_restart_with_exit_78() {
     );
 }
 
-/// A key directory or manifest that the group or others may write would let them make the
-/// daemon sign with a key of theirs: the start is refused, saying what to run.
+/// A key directory or manifest that others may write would let them make the daemon sign
+/// with a key of theirs: the start is refused, saying what to run.
 #[test]
 fn a_key_directory_others_may_write_stops_a_restart_with_exit_78() {
     let (mut daemon, client) = daemon_with("EdDSA");
@@ -1224,7 +1224,7 @@ fn a_key_directory_others_may_write_stops_a_restart_with_exit_78() {
         files::set_mode(&path, mode);
         let (sentence, output) = daemon.start_refused();
         assert!(
-            sentence.contains("writable by group or others") && sentence.contains("chmod go-w"),
+            sentence.contains("writable by others") && sentence.contains("chmod o-w"),
             "the sentence says why and what to run:\n{output}"
         );
         assert!(

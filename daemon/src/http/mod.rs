@@ -328,19 +328,22 @@ fn is_host(value: &[u8]) -> bool {
                     .all(|&b| b.is_ascii_alphanumeric() || b":._~-!$&'()*+,;=".contains(&b))
         }
         // A reg-name or an IPv4 address: unreserved, sub-delims and percent escapes.
-        _ => {
-            !host.is_empty()
-                && host.iter().enumerate().all(|(at, &b)| {
-                    b.is_ascii_alphanumeric()
-                        || b"-._~!$&'()*+,;=".contains(&b)
-                        || (b == b'%'
-                            && host
-                                .get(at + 1..at + 3)
-                                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)))
-                })
-        }
+        _ => !host.is_empty() && uri_characters(host, b"-._~!$&'()*+,;="),
     };
     port_ok && host_ok
+}
+
+/// Whether `text` is made of letters, digits, the `others` RFC 3986 allows where it stands,
+/// and percent escapes of two hex digits.
+pub(crate) fn uri_characters(text: &[u8], others: &[u8]) -> bool {
+    text.iter().enumerate().all(|(at, &b)| {
+        b.is_ascii_alphanumeric()
+            || others.contains(&b)
+            || (b == b'%'
+                && text
+                    .get(at + 1..at + 3)
+                    .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)))
+    })
 }
 
 /// A response to HEAD: its headers, `Content-Length` included, and no content (RFC 9110

@@ -351,16 +351,8 @@ fn is_resource_indicator(value: &str) -> bool {
     let mut chars = scheme.chars();
     let scheme_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
-    let bytes = value.as_bytes();
     // `#` is not among them: no fragment.
-    let characters_ok = bytes.iter().enumerate().all(|(at, &b)| {
-        b.is_ascii_alphanumeric()
-            || b"-._~:/?[]@!$&'()*+,;=".contains(&b)
-            || (b == b'%'
-                && bytes
-                    .get(at + 1..at + 3)
-                    .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)))
-    });
+    let characters_ok = super::uri_characters(value.as_bytes(), b"-._~:/?[]@!$&'()*+,;=");
     let authority_ok = rest.strip_prefix("//").is_none_or(|after| {
         let authority = &after[..after.find(['/', '?']).unwrap_or(after.len())];
         authority.is_empty() || authority.parse::<http::uri::Authority>().is_ok()

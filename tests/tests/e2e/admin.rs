@@ -805,19 +805,26 @@ fn clients_import_refuses_a_short_secret_unless_forced() {
     assert_only_hashes_stored(&daemon, &[&strong, weak]);
 }
 
-/// An import that fills most of a frame (about 950 KB: 18 000 clients) is read and applied
-/// whole: what the frame limit allows, the daemon decodes.
-#[test]
-fn clients_import_of_nearly_a_frame_is_applied_whole() {
-    let daemon = Daemon::with_client(&service_client());
-    let secrets: Vec<(String, String)> = (0..18_000)
+/// A seed of `count` clients with ids of 20 characters written into the daemon's directory:
+/// the ids and secrets, and the seed's path.
+fn write_seeds(daemon: &Daemon, count: usize) -> (Vec<(String, String)>, String) {
+    let secrets: Vec<(String, String)> = (0..count)
         .map(|i| (format!("seeded-client-{i:07}"), seed_secret()))
         .collect();
     let seed: Vec<(&str, &str)> = secrets
         .iter()
         .map(|(id, secret)| (id.as_str(), secret.as_str()))
         .collect();
-    let seed = write_seed(&daemon, &seed);
+    let path = write_seed(daemon, &seed);
+    (secrets, path)
+}
+
+/// An import that fills most of a frame (about 950 KB: 18 000 clients) is read and applied
+/// whole: what the frame limit allows, the daemon decodes.
+#[test]
+fn clients_import_of_nearly_a_frame_is_applied_whole() {
+    let daemon = Daemon::with_client(&service_client());
+    let (secrets, seed) = write_seeds(&daemon, 18_000);
 
     let imported = admin_json(&daemon, &["clients", "import", &seed]);
     assert_eq!(imported, json!({"imported": 18_000}));
@@ -832,14 +839,7 @@ fn clients_import_of_nearly_a_frame_is_applied_whole() {
 #[test]
 fn clients_import_too_large_for_one_request_says_to_split_it() {
     let daemon = Daemon::with_client(&service_client());
-    let secrets: Vec<(String, String)> = (0..40_000)
-        .map(|i| (format!("seeded-client-{i:05}"), seed_secret()))
-        .collect();
-    let seed: Vec<(&str, &str)> = secrets
-        .iter()
-        .map(|(id, secret)| (id.as_str(), secret.as_str()))
-        .collect();
-    let seed = write_seed(&daemon, &seed);
+    let (_, seed) = write_seeds(&daemon, 40_000);
     let file = clients_file(&daemon);
 
     // `admin` fails the test should the tool wait for an answer that never comes.

@@ -19,6 +19,30 @@ pub fn is_temp_file(name: &str) -> bool {
     name.starts_with('.') && name.contains(TEMP_MARKER)
 }
 
+/// Opens `path` for reading if it is a regular file. Opened without waiting (`O_NONBLOCK`),
+/// so that a FIFO put there fails here rather than block the reader for good, holding
+/// whatever lock it holds; a FIFO, a device or a directory is refused.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits().cast_signed())
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "it is not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
+/// Reads a whole regular file, as [`open_regular`] opens it.
+pub fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut open_regular(path)?, &mut bytes)?;
+    Ok(bytes)
+}
+
 /// Replaces `path` with `contents`: a new file beside it (`O_EXCL`, `mode`), fsync, rename
 /// over, fsync of the directory. Readers see the old file or the new one, never a mix, and
 /// once this returns the new one survives a crash. On error the old file is untouched.
@@ -139,6 +163,33 @@ pub fn remove_stale_temp_files(dir: &Path, ours: impl Fn(&str) -> bool) {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// A FIFO or a directory where a file should be is refused at once, not waited on.
+    #[test]
+    fn only_a_regular_file_is_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        for path in [fifo.as_path(), dir.path()] {
+            let err = open_regular(path).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                io::ErrorKind::InvalidInput,
+                "{}",
+                path.display()
+            );
+        }
+        let file = dir.path().join("f");
+        fs::write(&file, "x").unwrap();
+        assert_eq!(read_regular(&file).unwrap(), b"x");
+    }
 
     #[test]
     fn replaces_with_mode_and_leaves_no_temp() {

@@ -287,10 +287,15 @@ impl ClientsStore {
         // where the link points: replacing the link with a file would cut it loose.
         let target = fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
         let read_now = || {
-            fs::read_to_string(&target).map_err(|source| WriteError::Read {
-                path: self.path.clone(),
-                source,
-            })
+            fsio::read_regular(&target)
+                .and_then(|bytes| {
+                    String::from_utf8(bytes)
+                        .map_err(|e| std::io::Error::new(ErrorKind::InvalidData, e))
+                })
+                .map_err(|source| WriteError::Read {
+                    path: self.path.clone(),
+                    source,
+                })
         };
         for _ in 0..WRITE_ATTEMPTS {
             let before = read_now()?;
@@ -352,7 +357,7 @@ pub enum Edited {
 
 /// Whether the file at `path` holds exactly `expected`, read a chunk at a time.
 fn same_text(path: &Path, expected: &[u8]) -> std::io::Result<bool> {
-    let mut file = fs::File::open(path)?;
+    let mut file = fsio::open_regular(path)?;
     let mut chunk = vec![0; 64 * 1024];
     let mut rest = expected;
     loop {
@@ -394,7 +399,7 @@ fn read(
     previous: Option<&Registry>,
     applied: Option<Digest>,
 ) -> Result<Option<(Registry, Digest)>, LoadError> {
-    let mut file = fs::File::open(path).map_err(read_error(path))?;
+    let mut file = fsio::open_regular(path).map_err(read_error(path))?;
     refuse_exposed(path, &file)?;
     let loaded = read_open(path, &mut file, previous, applied);
     // Told when the file is loaded, not at every look at an unchanged one (the second read

@@ -90,6 +90,14 @@ impl KeyManager {
         let now = now();
         let mut manifest = match store.read_manifest()? {
             Some(manifest) => manifest,
+            // Key files without a manifest are a lost manifest (a slip of `rm`, a partial
+            // restore), not a first start, which would delete them.
+            None if store.key_files() > 0 => {
+                return Err(KeyStoreError::NoManifest {
+                    path: store.dir().to_owned(),
+                    keys: store.key_files(),
+                });
+            }
             None => {
                 let (active, der) = SigningKey::generate(settings.alg, settings.bits)?;
                 store.write_key(active.kid(), &der)?;
@@ -132,6 +140,10 @@ impl KeyManager {
         let store = KeyStore::existing(dir);
         match store.read_manifest()? {
             Some(manifest) => build(&store, &manifest, None, now()).map(drop),
+            None if store.key_files() > 0 => Err(KeyStoreError::NoManifest {
+                path: dir.to_owned(),
+                keys: store.key_files(),
+            }),
             None => Ok(()),
         }
     }
@@ -195,6 +207,12 @@ impl KeyManager {
         let max_age = secs(settings.jwks_max_age);
         let rotated = self.change(|manifest, now| {
             manifest.check_rotation(now, max_age, force)?;
+            // The key to sign from now on must load from its file, as the next start loads
+            // it: one damaged or deleted since it was made would sign from memory only, and
+            // the next start would refuse.
+            if let Some(next) = manifest.next() {
+                self.store.read_key(next)?;
+            }
             let retiring = manifest.active().map(|k| k.kid.clone());
             // Its tokens may have been issued under a longer lifetime than today's.
             let retire_at = now
@@ -609,6 +627,46 @@ mod tests {
             "retiring, active and next are all published"
         );
         assert_eq!(m.load().active_kid(), rotated.active);
+    }
+
+    /// Key files without a manifest are a lost manifest, not a first start: the start is
+    /// refused and the files stay.
+    #[test]
+    fn key_files_without_a_manifest_are_not_a_first_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = kids(&open(&dir, SigningAlg::EdDSA));
+        std::fs::remove_file(dir.path().join("manifest.json")).unwrap();
+        let err = KeyManager::open(
+            KeyStore::open(dir.path()).unwrap(),
+            settings(SigningAlg::EdDSA),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, KeyStoreError::NoManifest { keys: 2, .. }),
+            "{err}"
+        );
+        for (kid, _) in before {
+            assert!(dir.path().join(format!("{kid}.pem")).exists());
+        }
+    }
+
+    /// A next key whose file was damaged or deleted since it was made is not promoted: it
+    /// would sign from memory only, and the next start would refuse its file.
+    #[test]
+    fn a_next_key_whose_file_is_gone_is_not_promoted() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = open(&dir, SigningAlg::EdDSA);
+        let before = kids(&m);
+        let next = &before[1].0;
+        std::fs::remove_file(dir.path().join(format!("{next}.pem"))).unwrap();
+        let err = m.rotate(true, Duration::from_secs(3600)).unwrap_err();
+        assert!(matches!(err, KeyChangeError::Store(_)), "{err}");
+        assert_eq!(kids(&m), before, "a refused rotation changes nothing");
+        assert_eq!(m.load().active_kid(), before[0].0);
+        // Revoked, it makes way for a new next key, which may be promoted.
+        m.revoke(next, Duration::from_secs(3600)).unwrap();
+        let rotated = m.rotate(true, Duration::from_secs(3600)).unwrap();
+        assert_ne!(&rotated.active, next);
     }
 
     #[test]

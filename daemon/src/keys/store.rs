@@ -281,6 +281,8 @@ pub enum KeyStoreError {
     CorruptManifest { path: PathBuf, reason: String },
     #[error("key file {} cannot be used: {reason}; restore it from a backup", path.display())]
     BadKeyFile { path: PathBuf, reason: String },
+    #[error("key directory {} holds {keys} key files but no manifest.json: starting afresh would replace the keys verifiers know and delete their files; restore manifest.json from a backup, or move the key files aside to start with new keys", path.display())]
+    NoManifest { path: PathBuf, keys: usize },
     #[error("key manifest {} names no usable active key", path.display())]
     NoActiveKey { path: PathBuf },
     #[error("{} {problem}: whoever can write there can make the daemon sign with a key of theirs; {fix}", path.display())]
@@ -405,7 +407,7 @@ impl KeyStore {
             Err(e) => return Err(self.io(&self.dir)(e)),
         }
         let path = self.manifest_path();
-        let mut file = match File::open(&path) {
+        let mut file = match fsio::open_regular(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.io(&path)(e)),
@@ -431,7 +433,7 @@ impl KeyStore {
     /// Reads one key's private key file, checking its mode and that it holds that key.
     pub fn read_key(&self, meta: &StoredKey) -> Result<SigningKey, KeyStoreError> {
         let path = self.key_path(&meta.kid);
-        let mut file = File::open(&path).map_err(self.io(&path))?;
+        let mut file = fsio::open_regular(&path).map_err(self.io(&path))?;
         let file_meta = file.metadata().map_err(self.io(&path))?;
         let mode = file_meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
@@ -483,6 +485,21 @@ impl KeyStore {
     ///
     /// Only files this store writes are touched: a key directory shared with other files
     /// (TLS certificates, a backup of a key) keeps them.
+    /// How many key files (`KID.pem`) the directory holds.
+    pub fn key_files(&self) -> usize {
+        fs::read_dir(&self.dir).map_or(0, |entries| {
+            entries
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|name| name.strip_suffix(".pem"))
+                        .is_some_and(is_kid)
+                })
+                .count()
+        })
+    }
+
     pub fn remove_unreferenced(&self, manifest: &Manifest) {
         fsio::remove_stale_temp_files(&self.dir, |name| {
             name == MANIFEST || name.strip_suffix(".pem").is_some_and(is_kid)

@@ -1330,6 +1330,30 @@ fn a_clients_file_others_may_write_is_not_loaded() {
     assert_works(&daemon, &first);
 }
 
+/// A FIFO where the clients file was is refused at once, not waited on: a reload fails
+/// saying why, the previous clients keep being served, and a file put back is loaded.
+#[test]
+fn a_fifo_for_the_clients_file_is_refused_not_waited_on() {
+    let first = TestClient::new("a");
+    let daemon = builder().client(&first).start();
+    let path = daemon.clients_path();
+    fs::remove_file(&path).expect("removing the clients file");
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let output = daemon.admin(&["reload"]);
+    output.assert_code(1);
+    assert!(
+        output.stderr.contains("not a regular file"),
+        "the refusal says why:\n{output}"
+    );
+    assert_works(&daemon, &first);
+
+    let added = TestClient::new("b");
+    fs::remove_file(&path).expect("removing the FIFO");
+    files::write_by_rename(&path, files::clients_text([&first, &added]).as_bytes());
+    daemon.admin(&["reload"]).assert_success();
+    assert_works(&daemon, &added);
+}
+
 #[test]
 fn owner_only_clients_file_is_not_warned_about() {
     let daemon = builder().client(&TestClient::new("a")).start();

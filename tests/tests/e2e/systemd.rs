@@ -181,12 +181,13 @@ fn speaks_sd_notify_ready_watchdog_reload_and_stopping() {
 }
 
 /// A reload still running when the daemon is told to stop (here stuck reading a FIFO where
-/// the clients file was) must not say READY=1 after STOPPING=1: systemd would take the
-/// stopping service for a running one again.
+/// the config file was: the clients file and the key files are opened without waiting, the
+/// config as it is) must not say READY=1 after STOPPING=1: systemd would take the stopping
+/// service for a running one again.
 #[test]
 fn a_reload_running_at_the_stop_says_nothing_after_stopping() {
     let (dir, notify) = setup("");
-    let clients = dir.path().join("clients.toml");
+    let config = dir.path().join("config.toml");
     let mut cmd = Command::new(bins::tokendealerd());
     cmd.arg("--config")
         .arg(dir.path().join("config.toml"))
@@ -194,8 +195,8 @@ fn a_reload_running_at_the_stop_says_nothing_after_stopping() {
         .env_remove("WATCHDOG_USEC");
     let mut service = spawn(cmd, dir, notify);
     service.expect("READY=1");
-    fs::remove_file(&clients).expect("removing the clients file");
-    nix::unistd::mkfifo(&clients, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    fs::remove_file(&config).expect("removing the config file");
+    nix::unistd::mkfifo(&config, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
     service.signal(Signal::SIGHUP);
     service.expect("RELOADING=1");
     service.signal(Signal::SIGTERM);

@@ -92,13 +92,14 @@ impl KeyManager {
             Some(manifest) => manifest,
             // Key files without a manifest are a lost manifest (a slip of `rm`, a partial
             // restore), not a first start, which would delete them.
-            None if store.key_files() > 0 => {
-                return Err(KeyStoreError::NoManifest {
-                    path: store.dir().to_owned(),
-                    keys: store.key_files(),
-                });
-            }
             None => {
+                let keys = store.key_files();
+                if keys > 0 {
+                    return Err(KeyStoreError::NoManifest {
+                        path: store.dir().to_owned(),
+                        keys,
+                    });
+                }
                 let (active, der) = SigningKey::generate(settings.alg, settings.bits)?;
                 store.write_key(active.kid(), &der)?;
                 let mut meta = StoredKey::next(&active, now);
@@ -140,11 +141,13 @@ impl KeyManager {
         let store = KeyStore::existing(dir);
         match store.read_manifest()? {
             Some(manifest) => build(&store, &manifest, None, now()).map(drop),
-            None if store.key_files() > 0 => Err(KeyStoreError::NoManifest {
-                path: dir.to_owned(),
-                keys: store.key_files(),
-            }),
-            None => Ok(()),
+            None => match store.key_files() {
+                0 => Ok(()),
+                keys => Err(KeyStoreError::NoManifest {
+                    path: dir.to_owned(),
+                    keys,
+                }),
+            },
         }
     }
 
